@@ -1,0 +1,1 @@
+"""Shared vocabulary of tfwarden: value types, the exception tree and the clock. No I/O."""

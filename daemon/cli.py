@@ -1,0 +1,123 @@
+"""The ``tfwarden`` command line.
+
+Exit codes: 0 success; 1 the command ran and failed (invalid config, start-up error); 2 the
+command line itself was wrong (unknown subcommand, bad flag). Errors are one readable line on
+stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import NoReturn
+
+from core.errors import ConfigError, TfwardenError
+
+log = logging.getLogger("tfwarden")
+
+
+def package_version() -> str:
+    try:
+        return version("tfwarden")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tfwarden", description="Keep production TensorFlow models healthy.")
+    parser.add_argument("--version", action="version", version=f"tfwarden {package_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", required=True, metavar="FILE", help="YAML configuration file")
+
+    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("file", metavar="FILE")
+
+    sub.add_parser("config-schema", help="print the JSON Schema of the configuration file")
+
+    demo = sub.add_parser("demo", help="start tfwarden on an embedded default and show it work")
+    demo.add_argument("--duration", type=float, default=20.0, metavar="SECONDS",
+                      help="how long to run before stopping (default 20)")
+    demo.add_argument("--keep-running", action="store_true", help="run until Ctrl-C")
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from daemon.app import Daemon
+    from daemon.logs import configure_logging
+
+    configure_logging()
+    daemon = Daemon(args.config, version=package_version())
+    try:
+        return asyncio.run(daemon.run())
+    except TfwardenError as exc:
+        log.critical("cannot start: %s", exc)
+        return 1
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from daemon.config import load_config
+
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        count = len(exc.problems)
+        print(f"{exc.source}: invalid ({count} problem{'s' if count != 1 else ''})", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: OK ({len(config.serving)} serving endpoint(s), "
+          f"{len(config.models)} model(s))")
+    return 0
+
+
+def cmd_config_schema(_: argparse.Namespace) -> int:
+    from daemon.config import config_json_schema
+
+    print(json.dumps(config_json_schema(), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from daemon.demo import run_demo
+
+    duration = None if args.keep_running else args.duration
+    try:
+        return run_demo(duration)
+    except TfwardenError as exc:
+        print(f"tfwarden demo: {exc}", file=sys.stderr)
+        return 1
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "check-config": cmd_check_config,
+    "config-schema": cmd_config_schema,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

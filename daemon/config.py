@@ -1,0 +1,346 @@
+"""tfwarden's configuration: YAML validated by pydantic models that forbid unknown fields.
+
+``load_config(path)`` returns a frozen :class:`Config` or raises :class:`ConfigError` listing every
+problem with its YAML path (``models[1].slo.availability``) and line. Relative paths in the file
+are resolved against the directory of the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from core.errors import ConfigError, ConfigProblem
+from daemon.yamlfile import format_path, line_of, read_yaml
+
+DEFAULT_LISTEN = "127.0.0.1:9321"
+SHIPPED_RULESETS = ("default",)
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def _split_host_port(value: str) -> tuple[str, int]:
+    """Parse ``host:port`` / ``[v6]:port``; raise ValueError with what was expected."""
+    match = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", value)
+    if not match:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9321, got {value!r}")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be between 1 and 65535, got {port}")
+    return host, port
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    if base is not None and not value.is_absolute():
+        value = Path(base) / value
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    """The daemon's own HTTP server."""
+
+    listen: str = Field(DEFAULT_LISTEN, description="HOST:PORT of the HTTP API and /metrics.")
+    bearer_token_file: Path | None = Field(
+        None, description="File holding the bearer token required by write endpoints."
+    )
+    shutdown_grace_seconds: float = Field(
+        5.0, gt=0, le=8, description="How long in-flight jobs may run after SIGTERM."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        _split_host_port(value)
+        return value
+
+    @field_validator("bearer_token_file")
+    @classmethod
+    def _check_token_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        value = _resolve_path(value, info)
+        if not value.is_file():
+            raise ValueError(f"bearer token file {str(value)!r} does not exist")
+        if not value.read_text(encoding="utf-8").strip():
+            raise ValueError(f"bearer token file {str(value)!r} is empty")
+        return value
+
+    @property
+    def host(self) -> str:
+        return _split_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_host_port(self.listen)[1]
+
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class LoggingConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class TFServingEndpoint(_Strict):
+    """A TensorFlow Serving server (or `tfwarden devserver`)."""
+
+    kind: Literal["tfserving"]
+    rest_url: AnyHttpUrl | None = Field(None, description="REST base URL, e.g. http://host:8501")
+    grpc_address: str | None = Field(None, description="gRPC HOST:PORT, e.g. host:8500")
+    metrics_url: AnyHttpUrl | None = Field(
+        None, description="Prometheus page, e.g. http://host:8501/monitoring/prometheus/metrics"
+    )
+    model_config_file: Path | None = Field(
+        None, description="The --model_config_file this server reads (written by tfwarden)."
+    )
+    timeout_seconds: float = Field(5.0, gt=0, le=120)
+
+    @field_validator("grpc_address")
+    @classmethod
+    def _check_grpc(cls, value: str | None) -> str | None:
+        if value is not None:
+            _split_host_port(value)
+        return value
+
+    @field_validator("model_config_file")
+    @classmethod
+    def _resolve_model_config(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve_path(value, info)
+
+
+class SLOConfig(_Strict):
+    """Service level objectives of one model."""
+
+    availability: float = Field(0.999, gt=0.5, lt=1, description="Target success ratio.")
+    latency_p99_ms: float | None = Field(None, gt=0)
+    latency_p50_ms: float | None = Field(None, gt=0)
+    window_days: int = Field(28, ge=1, le=90)
+
+
+class ModelConfig(_Strict):
+    """A model tfwarden watches on one serving endpoint."""
+
+    name: Annotated[str, Field(pattern=_NAME, max_length=200)]
+    serving: str = Field(description="Name of an entry under `serving`.")
+    golden_requests: Path | None = Field(
+        None, description="JSONL file of golden requests with expected outputs."
+    )
+    slo: SLOConfig = SLOConfig()
+
+    @field_validator("golden_requests")
+    @classmethod
+    def _check_golden(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        value = _resolve_path(value, info)
+        if not value.is_file():
+            raise ValueError(f"golden request file {str(value)!r} does not exist")
+        return value
+
+
+class AlertmanagerConfig(_Strict):
+    url: AnyHttpUrl = Field(description="Alertmanager base URL; alerts go to /api/v2/alerts.")
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+
+
+class WebhookConfig(_Strict):
+    url: AnyHttpUrl
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+
+
+class AlertingConfig(_Strict):
+    alertmanager: AlertmanagerConfig | None = None
+    webhooks: list[WebhookConfig] = []
+    labels: dict[str, str] = Field({}, description="Extra labels added to every alert.")
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _LABEL_NAME.match(name):
+                raise ValueError(f"label name {name!r} must match [a-zA-Z_][a-zA-Z0-9_]*")
+        return value
+
+
+class PoliciesConfig(_Strict):
+    ruleset: str = Field(
+        "default", description="A shipped rule set name or the path of a YAML rule file."
+    )
+    dry_run: bool = Field(False, description="Decide and journal, but do not act.")
+
+    @field_validator("ruleset")
+    @classmethod
+    def _check_ruleset(cls, value: str, info: ValidationInfo) -> str:
+        if value in SHIPPED_RULESETS:
+            return value
+        path = _resolve_path(Path(value), info)
+        if not path.is_file():
+            raise ValueError(
+                f"expected a shipped rule set ({', '.join(SHIPPED_RULESETS)}) "
+                f"or an existing rule file, got {value!r}"
+            )
+        return str(path)
+
+
+class Config(_Strict):
+    """The whole configuration file."""
+
+    server: ServerConfig = ServerConfig()
+    logging: LoggingConfig = LoggingConfig()
+    state_dir: Path = Field(description="Directory of the SQLite state (journal, lifecycle).")
+    serving: dict[Annotated[str, Field(pattern=_NAME)], TFServingEndpoint] = {}
+    models: list[ModelConfig] = []
+    alerting: AlertingConfig = AlertingConfig()
+    policies: PoliciesConfig = PoliciesConfig()
+
+    @field_validator("state_dir")
+    @classmethod
+    def _resolve_state_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve_path(value, info)
+
+
+def _cross_check(config: Config) -> list[ConfigProblem]:
+    """Problems that span fields: references, uniqueness, safety rules."""
+    problems: list[ConfigProblem] = []
+    seen: set[tuple[str, str]] = set()
+    for i, model in enumerate(config.models):
+        if model.serving not in config.serving:
+            known = ", ".join(sorted(config.serving)) or "none defined"
+            problems.append(ConfigProblem(
+                f"models[{i}].serving",
+                f"unknown serving endpoint {model.serving!r} (defined: {known})",
+            ))
+        if (model.name, model.serving) in seen:
+            problems.append(ConfigProblem(
+                f"models[{i}].name",
+                f"model {model.name!r} is listed twice for serving endpoint {model.serving!r}",
+            ))
+        seen.add((model.name, model.serving))
+    for name, endpoint in config.serving.items():
+        if endpoint.rest_url is None and endpoint.grpc_address is None:
+            problems.append(ConfigProblem(
+                f"serving.{name}", "needs at least one of rest_url or grpc_address"
+            ))
+    if not config.server.is_loopback() and config.server.bearer_token_file is None:
+        problems.append(ConfigProblem(
+            "server.bearer_token_file",
+            f"required when server.listen ({config.server.listen}) is not a loopback address",
+        ))
+    return problems
+
+
+def _describe(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind not in ("value_error", "assertion_error") and "input" in error:
+        shown = repr(error["input"])
+        message += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+    return message
+
+
+def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
+    """Field names allowed next to an unknown field at ``loc``, for a helpful message."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def validate_config(data: Any, source: str, base_dir: Path, node: Any = None) -> Config:
+    """Validate already-parsed YAML ``data``; raise ConfigError listing every problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [ConfigProblem("", "expected a mapping at the top level")])
+    try:
+        config = Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            message = _describe(error)
+            if error["type"] == "extra_forbidden":
+                allowed = _allowed_fields(loc)
+                if allowed:
+                    message += f" (allowed: {', '.join(allowed)})"
+            problems.append(ConfigProblem(format_path(loc), message, line_of(node, loc)))
+        raise ConfigError(source, problems) from None
+    problems = _cross_check(config)
+    if problems:
+        located = [
+            ConfigProblem(p.path, p.message, line_of(node, _parse_path(p.path))) for p in problems
+        ]
+        raise ConfigError(source, located)
+    return config
+
+
+def _parse_path(path: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path):
+        parts.append(int(index) if index else name)
+    return parts
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML configuration file."""
+    path = Path(path)
+    data, node = read_yaml(path)
+    return validate_config(data, str(path), path.resolve().parent, node)
+
+
+def read_bearer_token(config: Config) -> str | None:
+    """The configured bearer token, stripped, or None when write endpoints are open."""
+    token_file = config.server.bearer_token_file
+    if token_file is None:
+        return None
+    try:
+        token = token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(str(token_file), [ConfigProblem(
+            "server.bearer_token_file", f"cannot read: {exc}")]) from exc
+    return token
+
+
+def config_json_schema() -> dict[str, Any]:
+    """JSON Schema of the configuration file, for editors."""
+    schema = Config.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "tfwarden configuration"
+    return schema

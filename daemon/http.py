@@ -1,0 +1,108 @@
+"""The daemon's HTTP API (FastAPI, served by uvicorn inside the daemon's event loop).
+
+Errors are always JSON ``{"error": "..."}`` with a 4xx/5xx status. Write endpoints require
+``Authorization: Bearer <token>`` when ``server.bearer_token_file`` is configured.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from daemon.recorder import Recorder
+
+
+class DaemonControl(Protocol):
+    """What the HTTP layer needs from the daemon."""
+
+    recorder: Recorder
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def bearer_token(self) -> str | None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def reload(self, trigger: str) -> dict[str, Any]: ...
+
+
+class ApiError(Exception):
+    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status_code, self.message, self.headers = status_code, message, headers
+
+
+def _require_token(daemon: DaemonControl, request: Request) -> None:
+    expected = daemon.bearer_token()
+    if expected is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        daemon.recorder.unauthorized(request.url.path)
+        raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)",
+                       {"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        daemon.recorder.unauthorized(request.url.path)
+        raise ApiError(403, "bearer token is not valid")
+
+
+def create_app(daemon: DaemonControl) -> FastAPI:
+    """Build the FastAPI application bound to ``daemon``."""
+    app = FastAPI(title="tfwarden", docs_url=None, redoc_url=None, openapi_url="/api/v1/openapi.json")
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} not allowed on {request.url.path}"
+        return JSONResponse({"error": message}, exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"])
+        return JSONResponse({"error": f"{where}: {first['msg']}"}, 422)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(daemon.recorder.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/-/healthy")
+    async def healthy() -> dict[str, str]:
+        return {"status": "healthy"}
+
+    @app.get("/-/ready")
+    async def ready() -> JSONResponse:
+        if daemon.ready:
+            return JSONResponse({"status": "ready"})
+        state = "stopping" if daemon.stopping else "starting"
+        return JSONResponse({"status": state}, 503)
+
+    @app.post("/-/reload")
+    async def reload(request: Request) -> JSONResponse:
+        _require_token(daemon, request)
+        result = await daemon.reload("http")
+        return JSONResponse(result, 200 if result["ok"] else 400)
+
+    @app.get("/api/v1/status")
+    async def status() -> dict[str, Any]:
+        return daemon.status()
+
+    return app

@@ -1,0 +1,106 @@
+"""Every tfwarden metric, created in one place with typed methods (flagger's Recorder).
+
+Tests build a Recorder on a fresh CollectorRegistry and read values with
+``registry.get_sample_value``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+JOB_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Recorder:
+    """tfwarden's own metrics; names are ``tfwarden_*`` with unit suffixes."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, version: str = "") -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self._build_info = Gauge(
+            "tfwarden_build_info", "tfwarden build information; value is always 1.",
+            ["version"], registry=r)
+        self._build_info.labels(version=version).set(1)
+        self._start_time = Gauge(
+            "tfwarden_start_time_seconds", "Unix time the daemon started.", registry=r)
+        self._ready = Gauge(
+            "tfwarden_ready", "1 once start-up finished and until shutdown began.", registry=r)
+        self._reload_ok = Gauge(
+            "tfwarden_config_last_reload_successful",
+            "1 if the last configuration (re)load succeeded, 0 if it failed.", registry=r)
+        self._reload_time = Gauge(
+            "tfwarden_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration (re)load.", registry=r)
+        self._generation = Gauge(
+            "tfwarden_config_generation",
+            "Configuration generation; starts at 1 and grows with each successful reload.",
+            registry=r)
+        self._reloads = Counter(
+            "tfwarden_config_reloads_total", "Configuration reload attempts by outcome.",
+            ["outcome"], registry=r)
+        self._job_runs = Counter(
+            "tfwarden_job_runs_total", "Scheduled job runs by job and outcome.",
+            ["job", "outcome"], registry=r)
+        self._job_duration = Histogram(
+            "tfwarden_job_duration_seconds", "Duration of scheduled job runs.", ["job"],
+            buckets=JOB_DURATION_BUCKETS, registry=r)
+        self._job_last_success = Gauge(
+            "tfwarden_job_last_success_timestamp_seconds",
+            "Unix time a job last finished without error.", ["job"], registry=r)
+        self._loop_lag = Gauge(
+            "tfwarden_event_loop_lag_seconds",
+            "How late the event loop ran the last heartbeat; high values mean a blocked loop.",
+            registry=r)
+        self._watchdog_pings = Counter(
+            "tfwarden_watchdog_pings_total", "WATCHDOG=1 notifications sent to systemd.",
+            registry=r)
+        self._journal_events = Counter(
+            "tfwarden_journal_events_total", "Events appended to the state journal by kind.",
+            ["kind"], registry=r)
+        self._http_denied = Counter(
+            "tfwarden_http_unauthorized_requests_total",
+            "Write requests refused for a missing or wrong bearer token.", ["path"], registry=r)
+
+    def started(self, t: float) -> None:
+        self._start_time.set(t)
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready.set(1 if ready else 0)
+
+    def config_loaded(self, ok: bool, t: float, generation: int) -> None:
+        self._reload_ok.set(1 if ok else 0)
+        self._reloads.labels(outcome="success" if ok else "failure").inc()
+        if ok:
+            self._reload_time.set(t)
+            self._generation.set(generation)
+
+    def job_ran(self, job: str, outcome: str, duration_seconds: float, t: float) -> None:
+        self._job_runs.labels(job=job, outcome=outcome).inc()
+        self._job_duration.labels(job=job).observe(duration_seconds)
+        if outcome == "success":
+            self._job_last_success.labels(job=job).set(t)
+
+    def loop_lag(self, seconds: float) -> None:
+        self._loop_lag.set(seconds)
+
+    def watchdog_pinged(self) -> None:
+        self._watchdog_pings.inc()
+
+    def journaled(self, kind: str) -> None:
+        self._journal_events.labels(kind=kind).inc()
+
+    def unauthorized(self, path: str) -> None:
+        self._http_denied.labels(path=path).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
