@@ -176,6 +176,7 @@ class Daemon:
         self._last_reload = {"ok": True, "t": self.clock.now(), "trigger": "start", "error": None}
         self.store = self._store_factory(self.config.state_dir)
         self._journal("daemon_starting", {"pid": os.getpid(), "version": self.version})
+        self._journal("config_loaded", {"generation": self.generation, "trigger": "start"})
         protos.load()
         sock = _bind(self.config.server.host, self.config.server.port)
         self.jobs.start()

@@ -1,0 +1,132 @@
+"""A real `tfwarden run` process on a free loopback port."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import DaemonProcess, free_port
+
+pytestmark = pytest.mark.integration
+
+Factory = Callable[..., DaemonProcess]
+
+
+def metric(daemon: DaemonProcess, name: str) -> float:
+    text = daemon.client.get("/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return float(sample.value)
+    raise AssertionError(f"{name} not exposed")
+
+
+def test_ready_metrics_reload_and_sigterm(daemon_factory: Factory, tmp_path: Path) -> None:
+    daemon = daemon_factory()
+    daemon.wait_ready()
+
+    families = {f.name: f for f in text_string_to_metric_families(daemon.client.get("/metrics").text)}
+    assert families["tfwarden_ready"].samples[0].value == 1
+    assert "tfwarden_config_last_reload_successful" in families
+    assert daemon.client.get("/-/healthy").json() == {"status": "healthy"}
+
+    status = daemon.client.get("/api/v1/status").json()
+    assert status["ready"] is True and status["config"]["generation"] == 1
+    assert {j["name"] for j in status["jobs"]} >= {"heartbeat", "state-checkpoint"}
+    assert status["process"]["heavy_modules_loaded"] == []  # the lean-process rule
+
+    config = tmp_path / "tfwarden.yaml"
+    good = config.read_text()
+    config.write_text(good + "not_a_field: true\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while metric(daemon, "tfwarden_config_last_reload_successful") != 0:
+        assert time.monotonic() < deadline, daemon.stderr()
+        time.sleep(0.05)
+    assert daemon.client.get("/-/ready").status_code == 200  # still serving the old config
+    assert daemon.client.get("/api/v1/status").json()["config"]["generation"] == 1
+    errors = [line for line in daemon.stderr().splitlines() if "reload (SIGHUP) failed" in line]
+    assert len(errors) == 1 and "not_a_field (line" in errors[0]
+
+    config.write_text(good)
+    answer = daemon.client.post("/-/reload")
+    assert answer.status_code == 200 and answer.json() == {"ok": True, "generation": 2}
+    assert metric(daemon, "tfwarden_config_last_reload_successful") == 1
+
+    time.sleep(1.5)  # let the heartbeat job run at least once
+    jobs = {j["name"]: j for j in daemon.client.get("/api/v1/status").json()["jobs"]}
+    assert jobs["heartbeat"]["runs"] >= 1 and jobs["heartbeat"]["last_outcome"] == "success"
+
+    code, seconds = daemon.terminate()
+    assert code == 0 and seconds < 10
+    assert "Traceback" not in daemon.stderr()
+    journal = sqlite3.connect(tmp_path / "state" / "state.db").execute(
+        "SELECT kind FROM journal ORDER BY id").fetchall()
+    kinds = [k for (k,) in journal]
+    assert kinds[:2] == ["daemon_starting", "config_loaded"]
+    assert "config_reload_failed" in kinds and kinds[-1] == "daemon_stopped"
+
+
+def test_sigterm_during_an_idle_run_is_fast(daemon_factory: Factory) -> None:
+    daemon = daemon_factory()
+    daemon.wait_ready()
+    code, seconds = daemon.terminate()
+    assert code == 0 and seconds < 3
+
+
+def test_port_in_use_is_a_one_line_startup_error(tmp_path: Path) -> None:
+    port = free_port()
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+    try:
+        config = tmp_path / "c.yaml"
+        config.write_text(f"server: {{listen: '127.0.0.1:{port}'}}\nstate_dir: {tmp_path}/s\n")
+        daemon = DaemonProcess(config, port)
+        code = daemon.proc.wait(timeout=30)
+        daemon.close()
+        lines = daemon.stderr().strip().splitlines()
+        assert code == 1
+        assert len(lines) == 1 and "Address already in use" in lines[0], lines
+    finally:
+        holder.close()
+
+
+def test_corrupt_state_is_a_one_line_startup_error(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "state.db").write_bytes(b"garbage" * 1000)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"server: {{listen: '127.0.0.1:{port}'}}\nstate_dir: {tmp_path}/s\n")
+    daemon = DaemonProcess(config, port)
+    code = daemon.proc.wait(timeout=30)
+    daemon.close()
+    lines = daemon.stderr().strip().splitlines()
+    assert code == 1
+    assert len(lines) == 1 and "corrupt or not a tfwarden state database" in lines[0], lines
+
+
+def test_bearer_token_protects_reload(daemon_factory: Factory, tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("t0ken\n")
+    daemon = daemon_factory(extra="")
+    daemon.wait_ready()
+    daemon.terminate()
+    config = tmp_path / "tfwarden.yaml"
+    port = free_port()
+    config.write_text(f"server:\n  listen: 127.0.0.1:{port}\n  bearer_token_file: token\n"
+                      f"state_dir: {tmp_path / 'state'}\n")
+    secured = DaemonProcess(config, port)
+    try:
+        secured.wait_ready()
+        assert secured.client.post("/-/reload").status_code == 401
+        ok = secured.client.post("/-/reload", headers={"Authorization": "Bearer t0ken"})
+        assert ok.status_code == 200
+    finally:
+        secured.close()

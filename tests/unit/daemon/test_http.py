@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from daemon.http import create_app
+from daemon.recorder import Recorder
+
+
+class FakeDaemon:
+    def __init__(self, token: str | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.recorder = Recorder(self.registry, version="test")
+        self.token = token
+        self.ready = False
+        self.stopping = False
+        self.reloads: list[str] = []
+        self.reload_ok = True
+
+    def bearer_token(self) -> str | None:
+        return self.token
+
+    def status(self) -> dict[str, Any]:
+        return {"ready": self.ready, "config": {"generation": 1}}
+
+    async def reload(self, trigger: str) -> dict[str, Any]:
+        self.reloads.append(trigger)
+        if self.reload_ok:
+            return {"ok": True, "generation": 2}
+        return {"ok": False, "generation": 1, "error": "x.yaml: bogus: unknown field"}
+
+
+def call(daemon: FakeDaemon, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(daemon))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def test_ready_reflects_startup_and_shutdown() -> None:
+    daemon = FakeDaemon()
+    response = call(daemon, "GET", "/-/ready")
+    assert response.status_code == 503 and response.json() == {"status": "starting"}
+    daemon.ready = True
+    assert call(daemon, "GET", "/-/ready").status_code == 200
+    daemon.ready, daemon.stopping = False, True
+    assert call(daemon, "GET", "/-/ready").json() == {"status": "stopping"}
+    assert call(daemon, "GET", "/-/healthy").status_code == 200
+
+
+def test_metrics_parse_with_prometheus_parser() -> None:
+    response = call(FakeDaemon(), "GET", "/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    names = {f.name for f in text_string_to_metric_families(response.text)}
+    assert {"tfwarden_build_info", "tfwarden_config_last_reload_successful",
+            "process_resident_memory_bytes"} <= names
+
+
+def test_reload_without_token_configured() -> None:
+    daemon = FakeDaemon()
+    assert call(daemon, "POST", "/-/reload").json() == {"ok": True, "generation": 2}
+    daemon.reload_ok = False
+    response = call(daemon, "POST", "/-/reload")
+    assert response.status_code == 400
+    assert "unknown field" in response.json()["error"]
+
+
+def test_write_endpoints_require_the_bearer_token() -> None:
+    daemon = FakeDaemon(token="s3cret")
+    missing = call(daemon, "POST", "/-/reload")
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    assert "missing bearer token" in missing.json()["error"]
+    wrong = call(daemon, "POST", "/-/reload", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 403
+    assert daemon.reloads == []
+    good = call(daemon, "POST", "/-/reload", headers={"Authorization": "Bearer s3cret"})
+    assert good.status_code == 200 and daemon.reloads == ["http"]
+    assert daemon.registry.get_sample_value(
+        "tfwarden_http_unauthorized_requests_total", {"path": "/-/reload"}) == 2
+    # reads stay open
+    assert call(daemon, "GET", "/api/v1/status").status_code == 200
+
+
+def test_unknown_paths_and_methods_are_json_errors() -> None:
+    response = call(FakeDaemon(), "GET", "/nope")
+    assert response.status_code == 404
+    assert response.json() == {"error": "no such endpoint: GET /nope"}
+    response = call(FakeDaemon(), "GET", "/-/reload")
+    assert response.status_code == 405 and "not allowed" in response.json()["error"]
