@@ -98,6 +98,8 @@ def create_app(daemon: DaemonControl) -> FastAPI:
     @app.post("/-/reload")
     async def reload(request: Request) -> JSONResponse:
         _require_token(daemon, request)
+        if daemon.stopping:
+            raise ApiError(503, "shutting down; not reloading")
         result = await daemon.reload("http")
         return JSONResponse(result, 200 if result["ok"] else 400)
 

@@ -130,3 +130,18 @@ def test_bearer_token_protects_reload(daemon_factory: Factory, tmp_path: Path) -
         assert ok.status_code == 200
     finally:
         secured.close()
+
+
+def test_metrics_pass_promtool_lint(daemon_factory: Factory) -> None:
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not installed (apt-get install prometheus); scripts/test installs it")
+    daemon = daemon_factory()
+    daemon.wait_ready()
+    text = daemon.client.get("/metrics").text
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr

@@ -94,3 +94,10 @@ def test_unknown_paths_and_methods_are_json_errors() -> None:
     assert response.json() == {"error": "no such endpoint: GET /nope"}
     response = call(FakeDaemon(), "GET", "/-/reload")
     assert response.status_code == 405 and "not allowed" in response.json()["error"]
+
+
+def test_reload_is_refused_while_stopping() -> None:
+    daemon = FakeDaemon()
+    daemon.stopping = True
+    response = call(daemon, "POST", "/-/reload")
+    assert response.status_code == 503 and daemon.reloads == []
