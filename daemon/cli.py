@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("config-schema", help="print the JSON Schema of the configuration file")
 
+    devserver = sub.add_parser(
+        "devserver", help="run a TF-Serving-compatible model server (TF Serving's flags)",
+        add_help=False)
+    devserver.add_argument("flags", nargs=argparse.REMAINDER,
+                           help="TF Serving flags, e.g. --port=8500 --rest_api_port=8501")
+
     demo = sub.add_parser("demo", help="start tfwarden on an embedded default and show it work")
     demo.add_argument("--duration", type=float, default=20.0, metavar="SECONDS",
                       help="how long to run before stopping (default 20)")
@@ -103,7 +109,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_devserver(args: argparse.Namespace) -> int:
+    from serving.devserver.main import main as devserver_main
+
+    flags = args.flags[1:] if args.flags[:1] == ["--"] else args.flags
+    return devserver_main(flags)
+
+
 COMMANDS = {
+    "devserver": cmd_devserver,
     "run": cmd_run,
     "check-config": cmd_check_config,
     "config-schema": cmd_config_schema,
@@ -112,6 +126,9 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["devserver"]:  # TF Serving's flags go to the devserver's own parser
+        argv = ["devserver", "--", *argv[1:]] if len(argv) > 1 else argv
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
