@@ -80,3 +80,46 @@ class DaemonProcess:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+
+
+class DevServer:
+    """`tfwarden devserver` as a child process on free loopback ports."""
+
+    def __init__(self, *flags: str, workdir: Path, rest: bool = True, grpc: bool = True) -> None:
+        self.grpc_port = free_port() if grpc else 0
+        self.rest_port = free_port() if rest else 0
+        self.rest_url = f"http://127.0.0.1:{self.rest_port}"
+        self.grpc_address = f"127.0.0.1:{self.grpc_port}"
+        self.log_path = workdir / f"devserver-{self.rest_port or self.grpc_port}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "devserver", f"--port={self.grpc_port}",
+             f"--rest_api_port={self.rest_port}", *flags],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        marker = "Exporting HTTP/REST API" if self.rest_port else "Running gRPC ModelServer"
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"devserver exited {self.proc.returncode}: {self.output()}")
+            if marker in self.output():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"devserver not ready after {timeout}s: {self.output()}")
+
+    def output(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode

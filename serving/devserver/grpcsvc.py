@@ -142,8 +142,6 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
 
     def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def run() -> Any:
-            from tensorflow.core.protobuf import meta_graph_pb2
-
             if not request.metadata_field:
                 raise ServingStatus("INVALID_ARGUMENT",
                                     "GetModelMetadataRequest must specify at least one "
@@ -154,7 +152,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, _
                                         f"Metadata field {field} is not supported")
             target = _target(request.model_spec)
             version, signatures = self.inference.signatures(target)
-            sig_map = meta_graph_pb2.SignatureDefMap()
+            sig_map = get_model_metadata_pb2.SignatureDefMap()
             for key, value in signatures.items():
                 sig_map.signature_def[key].CopyFrom(value)
             response = get_model_metadata_pb2.GetModelMetadataResponse()

@@ -153,10 +153,10 @@ class RestApi:
     def _metadata(self, target: Target) -> str:
         import json
 
-        from tensorflow.core.protobuf import meta_graph_pb2
+        from tensorflow_serving.apis import get_model_metadata_pb2
 
         version, signatures = self.inference.signatures(target)
-        sig_map = meta_graph_pb2.SignatureDefMap()
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
         for key, value in signatures.items():
             sig_map.signature_def[key].CopyFrom(value)
         body = {
