@@ -49,13 +49,13 @@ def _initial_config(flags: Any) -> Any:
 async def _serve(flags: Any) -> int:
     import grpc
     import uvicorn
+    from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
     from serving.devserver.core import ServerCore
     from serving.devserver.grpcsvc import ModelService, PredictionService
     from serving.devserver.inference import Inference
     from serving.devserver.monitoring import ServingMetrics, read_monitoring_config
     from serving.devserver.rest import RestApi
-    from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
     metrics_path = read_monitoring_config(flags.monitoring_config_file) \
         if flags.monitoring_config_file else None

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-
 def exponential_buckets(scale: float, growth: float, count: int) -> list[float]:
     return [scale * growth**i for i in range(count)]
 

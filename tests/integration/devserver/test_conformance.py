@@ -73,9 +73,9 @@ def two_versions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer
     config.write_text(config.read_text().replace(
         'model_platform: "tensorflow"',
         'model_platform: "tensorflow" version_labels { key: "Version_Label" value: 123 }'))
+    from google.protobuf import text_format
     from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
     from tensorflow_serving.config import model_server_config_pb2
-    from google.protobuf import text_format
 
     request = model_management_pb2.ReloadConfigRequest()
     text_format.Parse(config.read_text(), request.config)
