@@ -23,11 +23,13 @@ from typing import Any
 import uvicorn
 
 from core.clock import Clock, SystemClock
+from core.series import SeriesWindows
 from core.errors import ConfigError, StartupError
 from daemon.config import Config, load_config, read_bearer_token
 from daemon.http import create_app
 from daemon.jobs import JobRunner
 from daemon.logs import set_level
+from daemon.probing import ProbeSupervisor
 from daemon.recorder import Recorder
 from daemon.sdnotify import SystemdNotifier, watchdog_loop
 from daemon.state import SQLiteStateStore, StateStore
@@ -79,6 +81,8 @@ class Daemon:
         self.generation = 0
         self.store: StateStore | None = None
         self.jobs = JobRunner(self.recorder, self.clock)
+        self.windows = SeriesWindows()
+        self.probes: ProbeSupervisor | None = None
         self._token: str | None = None
         self._ready = False
         self._stopping = False
@@ -102,6 +106,9 @@ class Daemon:
 
     def bearer_token(self) -> str | None:
         return self._token
+
+    def probes_debug(self) -> dict[str, Any]:
+        return self.probes.debug() if self.probes is not None else {}
 
     def status(self) -> dict[str, Any]:
         config = self.config
@@ -136,6 +143,10 @@ class Daemon:
             for field in self._pending_restart:
                 log.warning("%s changed in %s; it takes effect after a restart", field,
                             self.config_path)
+            try:
+                await self._restart_probes(new)
+            except ConfigError as exc:
+                return self._reload_failed(trigger, exc)
             self.config, self._token = new, token
             self.generation += 1
             set_level(new.logging.level)
@@ -147,6 +158,16 @@ class Daemon:
                 log.info("configuration reloaded (%s): generation %d", trigger, self.generation)
                 self.notifier.status(self._status_line())
             return {"ok": True, "generation": self.generation}
+
+    async def _restart_probes(self, config: Config) -> None:
+        """Replace the running probes with those of ``config`` (golden files are read first,
+        so a bad one keeps the old probes running)."""
+        supervisor = ProbeSupervisor(config, self.jobs, self.recorder, self.clock, self.windows)
+        supervisor.load_golden()
+        if self.probes is not None:
+            await self.probes.stop()
+        self.probes = supervisor
+        supervisor.start()
 
     def _reload_failed(self, trigger: str, exc: ConfigError) -> dict[str, Any]:
         now = self.clock.now()
@@ -181,6 +202,7 @@ class Daemon:
         sock = _bind(self.config.server.host, self.config.server.port)
         self.jobs.start()
         self._add_jobs()
+        await self._restart_probes(self.config)
         server = _EmbeddedServer(uvicorn.Config(
             create_app(self), log_config=None, access_log=False, lifespan="off",
             timeout_graceful_shutdown=int(HTTP_STOP_SECONDS), server_header=False,
@@ -228,6 +250,8 @@ class Daemon:
     async def _shutdown(self, server: uvicorn.Server, serve_task: asyncio.Task[Any]) -> None:
         self._begin_stopping()
         assert self.config is not None
+        if self.probes is not None:
+            await self.probes.stop()
         cancelled = await self.jobs.drain(self.config.server.shutdown_grace_seconds)
         server.should_exit = True
         try:

@@ -117,6 +117,8 @@ class TFServingEndpoint(_Strict):
         None, description="The --model_config_file this server reads (written by tfwarden)."
     )
     timeout_seconds: float = Field(5.0, gt=0, le=120)
+    status_interval_seconds: float = Field(
+        5.0, ge=0.5, le=3600, description="How often the status probe calls GetModelStatus.")
 
     @field_validator("grpc_address")
     @classmethod
@@ -140,6 +142,19 @@ class SLOConfig(_Strict):
     window_days: int = Field(28, ge=1, le=90)
 
 
+class ProbeConfig(_Strict):
+    """Predict probe of one model: golden requests sent open-loop to each target."""
+
+    protocol: Literal["rest"] = "rest"
+    address: Literal["versions", "labels", "latest"] = Field(
+        "versions", description="Probe every AVAILABLE version, the listed labels, or the "
+        "unlabeled (latest) endpoint.")
+    labels: list[Annotated[str, Field(pattern=r"^[^/:]+$")]] = ["stable", "canary"]
+    rate_per_second: float = Field(2.0, gt=0, le=200, description="Per target.")
+    max_in_flight: int = Field(8, ge=1, le=1000)
+    timeout_seconds: float = Field(2.0, gt=0, le=60)
+
+
 class ModelConfig(_Strict):
     """A model tfwarden watches on one serving endpoint."""
 
@@ -149,6 +164,7 @@ class ModelConfig(_Strict):
         None, description="JSONL file of golden requests with expected outputs."
     )
     slo: SLOConfig = SLOConfig()
+    probe: ProbeConfig | None = Field(None, description="Predict probe; none when omitted.")
 
     @field_validator("golden_requests")
     @classmethod
@@ -159,6 +175,22 @@ class ModelConfig(_Strict):
         if not value.is_file():
             raise ValueError(f"golden request file {str(value)!r} does not exist")
         return value
+
+
+class MemoryTarget(_Strict):
+    """A process (pid or pid file) or a cgroup v2 directory whose memory tfwarden watches."""
+
+    name: Annotated[str, Field(pattern=_NAME)]
+    pid: int | None = Field(None, ge=1)
+    pid_file: Path | None = None
+    cgroup: Path | None = None
+    limit_bytes: int | None = Field(None, gt=0, description="Limit when no cgroup gives one.")
+    interval_seconds: float = Field(10.0, ge=0.5, le=3600)
+
+    @field_validator("pid_file", "cgroup")
+    @classmethod
+    def _resolve(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve_path(value, info)
 
 
 class AlertmanagerConfig(_Strict):
@@ -213,6 +245,7 @@ class Config(_Strict):
     state_dir: Path = Field(description="Directory of the SQLite state (journal, lifecycle).")
     serving: dict[Annotated[str, Field(pattern=_NAME)], TFServingEndpoint] = {}
     models: list[ModelConfig] = []
+    memory: list[MemoryTarget] = []
     alerting: AlertingConfig = AlertingConfig()
     policies: PoliciesConfig = PoliciesConfig()
 
@@ -244,6 +277,25 @@ def _cross_check(config: Config) -> list[ConfigProblem]:
             problems.append(ConfigProblem(
                 f"serving.{name}", "needs at least one of rest_url or grpc_address"
             ))
+    for i, model in enumerate(config.models):
+        endpoint = config.serving.get(model.serving)
+        if model.probe is not None and endpoint is not None and endpoint.rest_url is None:
+            problems.append(ConfigProblem(
+                f"models[{i}].probe", f"needs serving.{model.serving}.rest_url (protocol rest)"))
+        if (model.probe is not None and model.probe.address == "versions" and endpoint is not None
+                and endpoint.grpc_address is None):
+            problems.append(ConfigProblem(
+                f"models[{i}].probe.address",
+                f"'versions' needs serving.{model.serving}.grpc_address to discover versions"))
+    names: set[str] = set()
+    for i, target in enumerate(config.memory):
+        given = [k for k in ("pid", "pid_file", "cgroup") if getattr(target, k) is not None]
+        if len(given) != 1:
+            problems.append(ConfigProblem(
+                f"memory[{i}]", f"give exactly one of pid, pid_file or cgroup (got {len(given)})"))
+        if target.name in names:
+            problems.append(ConfigProblem(f"memory[{i}].name", f"duplicate name {target.name!r}"))
+        names.add(target.name)
     if not config.server.is_loopback() and config.server.bearer_token_file is None:
         problems.append(ConfigProblem(
             "server.bearer_token_file",

@@ -1,13 +1,17 @@
-"""``tfwarden demo``: start the daemon on an embedded default configuration and show it work.
+"""``tfwarden demo``: tfwarden watching a live (dev)server, with one command.
 
-Everything runs on 127.0.0.1 with free ports in a temporary directory that is removed
-afterwards. The story grows with the project (devserver, canary, rollback); today it shows the
-daemon start, report its status and metrics, refuse a broken configuration without stopping,
-and shut down cleanly.
+Everything runs on 127.0.0.1 with free ports in a temporary directory removed afterwards:
+1. `tfwarden devserver` serves half_plus_two as version 1 and version 2; version 2 carries a
+   latency fault file (lognormal, median +15 ms), so the two versions really differ;
+2. `tfwarden run` watches it: gRPC status probe, open-loop golden-request predict probes to
+   each AVAILABLE version at 10/s, and the devserver's memory;
+3. every few seconds the demo prints what tfwarden observes, read from its own API
+   (`/debug/probes`) and metrics, until `--duration` or Ctrl-C.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,18 +21,43 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from core.errors import StartupError
 
-DEMO_CONFIG = """\
+MODEL_DATA = Path(__file__).parent / "demo-data" / "half_plus_two" / "00000123"
+FAULT = {"latency": {"lognormal": {"median_ms": 15, "sigma": 0.3}}, "seed": 1}
+GOLDEN = [{"request": {"instances": [1.0, 2.0, 5.0]}, "expected": {"predictions": [2.5, 3.0, 4.5]}},
+          {"request": {"inputs": [0.0]}, "expected": {"outputs": [2.0]}}]
+TFWARDEN_CONFIG = """\
 server:
   listen: 127.0.0.1:{port}
 state_dir: ./state
-logging:
-  level: info
+serving:
+  dev:
+    kind: tfserving
+    rest_url: http://127.0.0.1:{rest}
+    grpc_address: 127.0.0.1:{grpc}
+    model_config_file: ./models.config
+    status_interval_seconds: 1
+models:
+  - name: half_plus_two
+    serving: dev
+    golden_requests: ./golden.jsonl
+    probe:
+      address: versions
+      rate_per_second: 10
+memory:
+  - name: devserver
+    pid_file: ./devserver.pid
+    interval_seconds: 2
+"""
+MODELS_CONFIG = """model_config_list {{ config {{
+  name: "half_plus_two" base_path: "{base}" model_platform: "tensorflow"
+  model_version_policy {{ all {{}} }}
+}} }}
 """
 
 
@@ -38,14 +67,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _metric(text: str, name: str) -> float | None:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and not sample.labels:
-                return float(sample.value)
-    return None
-
-
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -53,82 +74,113 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _say(t0: float, message: str) -> None:
-    print(f"[{time.monotonic() - t0:6.2f}s] {message}", flush=True)
+class _Timeline:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def say(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.t0:6.1f}s] {message}", flush=True)
+
+
+def _prepare(work: Path) -> tuple[int, int, int]:
+    base = work / "models" / "half_plus_two"
+    for version in (1, 2):
+        shutil.copytree(MODEL_DATA, base / str(version))
+    (base / "2" / "devserver-faults.json").write_text(json.dumps(FAULT))
+    (work / "models.config").write_text(MODELS_CONFIG.format(base=base))
+    (work / "golden.jsonl").write_text("".join(json.dumps(g) + "\n" for g in GOLDEN))
+    rest, grpc, port = free_port(), free_port(), free_port()
+    (work / "tfwarden.yaml").write_text(TFWARDEN_CONFIG.format(port=port, rest=rest, grpc=grpc))
+    return rest, grpc, port
+
+
+def _spawn(args: list[str], work: Path, log_name: str) -> subprocess.Popen[bytes]:
+    log = open(work / log_name, "wb")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([sys.executable, "-m", "daemon", *args], cwd=work, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait(predicate: Any, proc: subprocess.Popen[bytes], what: str, log: Path,
+          timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise StartupError(f"{what} exited with status {proc.returncode}: {' | '.join(tail)}")
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise StartupError(f"{what} was not ready within {timeout:.0f} s")
 
 
 def run_demo(duration: float | None) -> int:
     """Run the demo for ``duration`` seconds (None: until Ctrl-C); return the exit status."""
-    workdir = Path(tempfile.mkdtemp(prefix="tfwarden-demo-"))
-    port = free_port()
-    config_path = workdir / "tfwarden.yaml"
-    config_path.write_text(DEMO_CONFIG.format(port=port))
-    base = f"http://127.0.0.1:{port}"
-    t0 = time.monotonic()
-    _say(t0, f"starting tfwarden on {base} (config {config_path})")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon", "run", "--config", str(config_path)],
-        cwd=workdir, stderr=open(workdir / "daemon.log", "wb"),  # noqa: SIM115
-    )
+    work = Path(tempfile.mkdtemp(prefix="tfwarden-demo-"))
+    timeline = _Timeline()
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        with httpx.Client(base_url=base, timeout=2.0) as client:
-            _wait_ready(client, proc, t0)
-            _say(t0, f"ready; daemon RSS {_rss_mb(proc.pid):.0f} MB")
-            _show_status(client, proc, t0)
-            _demo_reload(client, config_path, t0)
-            deadline = None if duration is None else t0 + duration
+        rest, grpc, port = _prepare(work)
+        timeline.say("starting tfwarden devserver (TF Serving protocol) with half_plus_two "
+                     "versions 1 and 2; version 2 has a latency fault (median +15 ms)")
+        dev = _spawn(["devserver", f"--port={grpc}", f"--rest_api_port={rest}",
+                      f"--model_config_file={work / 'models.config'}"], work, "devserver.log")
+        procs.append(dev)
+        (work / "devserver.pid").write_text(str(dev.pid))
+        _wait(lambda: "Exporting HTTP/REST API" in (work / "devserver.log").read_text(errors="replace"),
+              dev, "devserver", work / "devserver.log")
+        timeline.say(f"devserver ready: REST 127.0.0.1:{rest}, gRPC 127.0.0.1:{grpc}")
+        daemon = _spawn(["run", "--config", str(work / "tfwarden.yaml")], work, "tfwarden.log")
+        procs.append(daemon)
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, timeout=5.0) as client:
+            _wait(lambda: _ready(client), daemon, "tfwarden", work / "tfwarden.log")
+            timeline.say(f"tfwarden ready on {base} (daemon RSS {_rss_mb(daemon.pid):.0f} MB, "
+                         "no TensorFlow in it); probing each version at 10 requests/s")
+            deadline = None if duration is None else time.monotonic() + duration
             while deadline is None or time.monotonic() < deadline:
-                time.sleep(min(5.0, max(0.1, (deadline or 1e18) - time.monotonic())))
-                _show_status(client, proc, t0)
+                time.sleep(min(5.0, max(0.5, (deadline or 1e18) - time.monotonic())))
+                _report(client, daemon, timeline)
     except KeyboardInterrupt:
         print()
     finally:
-        code = _stop(proc, t0)
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if code == 0 else 1
+        codes = [_stop(p) for p in reversed(procs)]
+        timeline.say("stopped tfwarden and the devserver")
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if all(c == 0 for c in codes) else 1
 
 
-def _wait_ready(client: httpx.Client, proc: subprocess.Popen[bytes], t0: float) -> None:
-    while time.monotonic() - t0 < 30:
-        if proc.poll() is not None:
-            raise StartupError(f"daemon exited with status {proc.returncode} during start-up")
-        try:
-            if client.get("/-/ready").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise StartupError("daemon was not ready within 30 s")
+def _ready(client: httpx.Client) -> bool:
+    try:
+        return client.get("/-/ready").status_code == 200
+    except httpx.TransportError:
+        return False
 
 
-def _show_status(client: httpx.Client, proc: subprocess.Popen[bytes], t0: float) -> None:
-    status = client.get("/api/v1/status").json()
-    metrics = client.get("/metrics").text
-    jobs = ", ".join(f"{j['name']} x{j['runs']} ({j['last_outcome'] or 'pending'})"
-                     for j in status["jobs"])
-    reload_ok = _metric(metrics, "tfwarden_config_last_reload_successful")
-    _say(t0, f"uptime {status['uptime_seconds']:.1f}s, config generation "
-             f"{status['config']['generation']}, last reload ok={reload_ok == 1}, "
-             f"RSS {_rss_mb(proc.pid):.0f} MB, jobs: {jobs}")
+def _report(client: httpx.Client, daemon: subprocess.Popen[bytes], timeline: _Timeline) -> None:
+    debug = client.get("/debug/probes").json()
+    states = {v["version"]: v["state"] for m in debug.get("status", {}).values()
+              for v in m.get("versions", [])}
+    for target in debug.get("predict", []):
+        outcomes = target["outcomes"]
+        failed = sum(n for k, n in outcomes.items() if k != "ok")
+        p50 = "-" if target["p50_ms"] is None else f"{target['p50_ms']:.1f}"
+        p99 = "-" if target["p99_ms"] is None else f"{target['p99_ms']:.1f}"
+        timeline.say(f"{target['target']:<18} {states.get(target['version'], '?'):<10} "
+                     f"p50 {p50:>6} ms  p99 {p99:>6} ms  last {debug['window_seconds']:.0f}s: "
+                     f"{outcomes.get('ok', 0)} ok, {failed} failed")
+    memory = debug.get("recent", {}).get("memory:devserver", [])
+    if memory and memory[-1]["ok"]:
+        rss = memory[-1]["detail"]["rss_bytes"] / 2**20
+        timeline.say(f"{'devserver memory':<18} RSS {rss:.0f} MB; tfwarden daemon RSS "
+                     f"{_rss_mb(daemon.pid):.0f} MB")
 
 
-def _demo_reload(client: httpx.Client, config_path: Path, t0: float) -> None:
-    good = config_path.read_text()
-    config_path.write_text(good + "unexpected_key: 1\n")
-    answer = client.post("/-/reload").json()
-    _say(t0, f"reload with a broken file refused, daemon keeps running: {answer['error']}")
-    config_path.write_text(good)
-    answer = client.post("/-/reload").json()
-    _say(t0, f"reload with the fixed file: ok={answer['ok']}, generation {answer['generation']}")
-
-
-def _stop(proc: subprocess.Popen[bytes], t0: float) -> int | None:
+def _stop(proc: subprocess.Popen[bytes]) -> int | None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    _say(t0, f"daemon stopped with exit status {proc.returncode}")
     return proc.returncode

@@ -33,6 +33,8 @@ class DaemonControl(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
+    def probes_debug(self) -> dict[str, Any]: ...
+
     async def reload(self, trigger: str) -> dict[str, Any]: ...
 
 
@@ -102,6 +104,10 @@ def create_app(daemon: DaemonControl) -> FastAPI:
             raise ApiError(503, "shutting down; not reloading")
         result = await daemon.reload("http")
         return JSONResponse(result, 200 if result["ok"] else 400)
+
+    @app.get("/debug/probes")
+    async def debug_probes() -> dict[str, Any]:
+        return daemon.probes_debug()
 
     @app.get("/api/v1/status")
     async def status() -> dict[str, Any]:

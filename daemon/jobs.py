@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -51,13 +52,16 @@ class JobRunner:
     def start(self) -> None:
         self.scheduler.start()
 
-    def add(self, name: str, func: JobFunc, interval_seconds: float, jitter: float = 0) -> None:
-        """Run ``func`` every ``interval_seconds`` (replacing a job of the same name)."""
+    def add(self, name: str, func: JobFunc, interval_seconds: float, jitter: float = 0,
+            run_now: bool = False) -> None:
+        """Run ``func`` every ``interval_seconds`` (replacing a job of the same name), starting
+        at once when ``run_now``."""
         self._jobs[name] = JobStatus(name, interval_seconds)
+        extra: dict[str, Any] = {"next_run_time": datetime.now(UTC)} if run_now else {}
         self.scheduler.add_job(
             self._run, "interval", args=(name, func), id=name, name=name,
             seconds=interval_seconds, jitter=jitter or None, max_instances=1, coalesce=True,
-            misfire_grace_time=max(1, int(interval_seconds)), replace_existing=True,
+            misfire_grace_time=max(1, int(interval_seconds)), replace_existing=True, **extra,
         )
 
     def remove(self, name: str) -> None:

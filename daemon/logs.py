@@ -48,7 +48,7 @@ def configure_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     set_level(level)
-    for noisy in ("uvicorn", "uvicorn.error", "apscheduler"):
+    for noisy in ("uvicorn", "uvicorn.error", "apscheduler", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

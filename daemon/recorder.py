@@ -13,10 +13,15 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 
+disable_created_metrics()  # *_created series double the page and no alert uses them
+
 JOB_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+PROBE_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
+                         0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10)
 
 
 class Recorder:
@@ -71,6 +76,28 @@ class Recorder:
             "tfwarden_http_unauthorized_requests_total",
             "Write requests refused for a missing or wrong bearer token.", ["path"], registry=r)
 
+        self._probe_requests = Counter(
+            "tfwarden_probe_requests_total",
+            "Predict probe requests by outcome (ok, error, incorrect, timeout, unreachable).",
+            ["model", "version", "target", "outcome"], registry=r)
+        self._probe_latency = Histogram(
+            "tfwarden_probe_latency_seconds", "Client-side latency of predict probe requests.",
+            ["model", "version", "target"], buckets=PROBE_LATENCY_BUCKETS, registry=r)
+        self._probe_skipped = Counter(
+            "tfwarden_probe_skipped_total",
+            "Predict probe send slots skipped because too many requests were in flight.",
+            ["model", "version", "target"], registry=r)
+        self._probe_runs = Counter(
+            "tfwarden_probe_runs_total", "Status and memory probe runs by outcome.",
+            ["probe", "outcome"], registry=r)
+        self._version_state = Gauge(
+            "tfwarden_model_version_state",
+            "TF Serving state of a model version (10 START, 20 LOADING, 30 AVAILABLE, "
+            "40 UNLOADING, 50 END).", ["serving", "model", "version"], registry=r)
+        self._memory = Gauge(
+            "tfwarden_memory_bytes", "Memory of a watched process or cgroup by kind.",
+            ["target", "kind"], registry=r)
+
     def started(self, t: float) -> None:
         self._start_time.set(t)
 
@@ -101,6 +128,23 @@ class Recorder:
 
     def unauthorized(self, path: str) -> None:
         self._http_denied.labels(path=path).inc()
+
+    def probe_request(self, model: str, version: str, target: str, outcome: str,
+                      latency_seconds: float) -> None:
+        self._probe_requests.labels(model, version, target, outcome).inc()
+        self._probe_latency.labels(model, version, target).observe(latency_seconds)
+
+    def probe_skipped(self, model: str, version: str, target: str, count: int) -> None:
+        self._probe_skipped.labels(model, version, target).inc(count)
+
+    def probe_ran(self, probe: str, ok: bool) -> None:
+        self._probe_runs.labels(probe, "success" if ok else "failure").inc()
+
+    def version_state(self, serving: str, model: str, version: int, state: float) -> None:
+        self._version_state.labels(serving, model, str(version)).set(state)
+
+    def memory(self, target: str, kind: str, value: float) -> None:
+        self._memory.labels(target, kind).set(value)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

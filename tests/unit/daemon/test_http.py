@@ -27,6 +27,9 @@ class FakeDaemon:
     def status(self) -> dict[str, Any]:
         return {"ready": self.ready, "config": {"generation": 1}}
 
+    def probes_debug(self) -> dict[str, Any]:
+        return {"predict": []}
+
     async def reload(self, trigger: str) -> dict[str, Any]:
         self.reloads.append(trigger)
         if self.reload_ok:

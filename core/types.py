@@ -1,0 +1,48 @@
+"""Value types shared across tfwarden: frozen, past-tense where they are events."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measurement: ``metric`` of ``model``/``version`` (or a non-model ``target``) at ``t``.
+
+    ``t`` is Unix seconds; ``value`` is in the unit the metric name says (``latency_ms``,
+    ``rss_bytes``); ``ok`` is False for a failed probe request (its value is still the time it
+    took). ``version`` is None for server-wide or non-model samples.
+    """
+
+    t: float
+    source: str
+    metric: str
+    value: float
+    model: str = ""
+    version: int | None = None
+    target: str = ""
+    ok: bool = True
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What one probe run saw. Failure is data: ``ok`` False with ``error``, never an exception."""
+
+    probe: str
+    target: str
+    t: float
+    ok: bool
+    duration_seconds: float
+    samples: tuple[Sample, ...] = ()
+    error: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "probe": self.probe, "target": self.target, "t": self.t, "ok": self.ok,
+            "duration_seconds": round(self.duration_seconds, 6), "error": self.error,
+            "samples": len(self.samples), "detail": dict(self.detail),
+        }
