@@ -23,8 +23,8 @@ from typing import Any
 import uvicorn
 
 from core.clock import Clock, SystemClock
-from core.series import SeriesWindows
 from core.errors import ConfigError, StartupError
+from core.series import SeriesWindows
 from daemon.config import Config, load_config, read_bearer_token
 from daemon.http import create_app
 from daemon.jobs import JobRunner

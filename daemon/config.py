@@ -278,12 +278,12 @@ def _cross_check(config: Config) -> list[ConfigProblem]:
                 f"serving.{name}", "needs at least one of rest_url or grpc_address"
             ))
     for i, model in enumerate(config.models):
-        endpoint = config.serving.get(model.serving)
-        if model.probe is not None and endpoint is not None and endpoint.rest_url is None:
+        probed = config.serving.get(model.serving)
+        if model.probe is not None and probed is not None and probed.rest_url is None:
             problems.append(ConfigProblem(
                 f"models[{i}].probe", f"needs serving.{model.serving}.rest_url (protocol rest)"))
-        if (model.probe is not None and model.probe.address == "versions" and endpoint is not None
-                and endpoint.grpc_address is None):
+        if (model.probe is not None and model.probe.address == "versions" and probed is not None
+                and probed.grpc_address is None):
             problems.append(ConfigProblem(
                 f"models[{i}].probe.address",
                 f"'versions' needs serving.{model.serving}.grpc_address to discover versions"))

@@ -17,7 +17,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-disable_created_metrics()  # *_created series double the page and no alert uses them
+disable_created_metrics()  # type: ignore[no-untyped-call] # *_created series double the page and no alert uses them
 
 JOB_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 PROBE_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,

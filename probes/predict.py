@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -64,7 +65,8 @@ class RestPredictProbe:
                       labels={"outcome": outcome, "status": status})
 
 
-async def open_loop(rate_per_second: float, max_in_flight: int, send: Callable[[], Awaitable[None]],
+async def open_loop(rate_per_second: float, max_in_flight: int,
+                    send: Callable[[], Coroutine[Any, Any, None]],
                     on_skipped: Callable[[int], None] = lambda n: None) -> None:
     """Start ``send()`` every 1/rate seconds until cancelled, at most ``max_in_flight`` at once.
 

@@ -30,7 +30,11 @@ FAULT_FILE = "devserver-faults.json"
 RECHECK_SECONDS = 0.5
 log = logging.getLogger("tfwarden.devserver.faults")
 
-ErrorCode = Literal[tuple(code for code in HTTP_STATUS if code != "OK")]  # type: ignore[valid-type]
+ErrorCode = Literal[
+    "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+    "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"]
+assert set(ErrorCode.__args__) == set(HTTP_STATUS) - {"OK"}  # type: ignore[attr-defined]
 
 
 class _Strict(BaseModel):

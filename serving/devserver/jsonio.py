@@ -304,7 +304,8 @@ def _type_name(value: Any) -> str:
         return "Null"
     if isinstance(value, bool):
         return "True" if value else "False"
-    return {dict: "Object", list: "Array", str: "String"}.get(type(value), "Number")
+    names: dict[type, str] = {dict: "Object", list: "Array", str: "String"}
+    return names.get(type(value), "Number")
 
 
 def _type_error(value: Any, dtype: int) -> ServingStatus:

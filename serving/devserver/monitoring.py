@@ -129,7 +129,8 @@ class ServingMetrics:
 
     def exposition(self) -> str:
         with self._lock:
-            families = [self.load_attempts, self.load_latency, self.example_count_total,
+            families: list[Counter | Histogram] = [
+                self.load_attempts, self.load_latency, self.example_count_total,
                         self.example_counts, self.request_count, self.request_latency,
                         self.runtime_latency]
             families.sort(key=lambda f: f.path)

@@ -85,13 +85,13 @@ class RestApi:
         started = time.monotonic()
         routed = Routed()
         try:
-            text = await self._dispatch(method, path, body, routed)
+            reply = await self._dispatch(method, path, body, routed)
             status_name, http_status = "OK", 200
         except ServingStatus as exc:
-            text, status_name, http_status = jsonio.error_response(exc.message), exc.code, exc.http_status
+            reply, status_name, http_status = jsonio.error_response(exc.message), exc.code, exc.http_status
         self.core.metrics.request(routed.model, status_name, routed.api, "REST",
                                   (time.monotonic() - started) * 1e6)
-        return http_status, JSON, text.encode()
+        return http_status, JSON, reply.encode()
 
     async def _dispatch(self, method: str, path: str, body: bytes, routed: Routed) -> str:
         post = POST_PATH.fullmatch(path) if method == "POST" else None
@@ -114,7 +114,7 @@ class RestApi:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.pool, fn, *args)
         try:
-            return await asyncio.wait_for(future, self.timeout_seconds)  # type: ignore[no-any-return]
+            return await asyncio.wait_for(future, self.timeout_seconds)
         except TimeoutError:
             raise ServingStatus("DEADLINE_EXCEEDED", "Deadline Exceeded") from None
 

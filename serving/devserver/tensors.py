@@ -41,6 +41,6 @@ def from_proto(proto: Any, alias: str) -> np.ndarray:
     import tensorflow as tf
 
     try:
-        return tf.make_ndarray(proto)  # type: ignore[no-any-return]
+        return tf.make_ndarray(proto)
     except (TypeError, ValueError) as exc:
         raise ServingStatus("INVALID_ARGUMENT", f"tensor parsing error: {alias}: {exc}") from None

@@ -1,0 +1,134 @@
+"""The daemon probing a real devserver: per-version latency, status, memory, failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import TESTDATA, DaemonProcess, DevServer, free_port
+
+pytestmark = pytest.mark.integration
+MODEL = TESTDATA / "tfserving" / "saved_model_half_plus_two_cpu" / "00000123"
+
+
+def models_config(base: Path, versions: list[int]) -> str:
+    listed = " ".join(f"versions: {v}" for v in versions)
+    return (f'model_config_list {{ config {{ name: "m" base_path: "{base}" '
+            f'model_platform: "tensorflow" model_version_policy {{ specific {{ {listed} }} }} }} }}')
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    work = tmp_path_factory.mktemp("probing")
+    base = work / "models" / "m"
+    for version in (1, 2):
+        shutil.copytree(MODEL, base / str(version))
+    (base / "2" / "devserver-faults.json").write_text(json.dumps({"latency": {"fixed_ms": 30}}))
+    config = work / "models.config"
+    config.write_text(models_config(base, [1, 2]))
+    dev = DevServer(f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
+                    workdir=work)
+    dev.wait_ready()
+    (work / "dev.pid").write_text(str(dev.proc.pid))
+    (work / "golden.jsonl").write_text(json.dumps(
+        {"request": {"instances": [2.0]}, "expected": {"predictions": [3.0]}}) + "\n")
+    port = free_port()
+    daemon_config = work / "tfwarden.yaml"
+    daemon_config.write_text(f"""
+server: {{listen: "127.0.0.1:{port}"}}
+state_dir: ./state
+serving:
+  dev: {{kind: tfserving, rest_url: "{dev.rest_url}", grpc_address: "{dev.grpc_address}",
+         status_interval_seconds: 0.5}}
+models:
+  - name: m
+    serving: dev
+    golden_requests: golden.jsonl
+    probe: {{rate_per_second: 20}}
+memory:
+  - {{name: devserver, pid_file: dev.pid, interval_seconds: 1}}
+""")
+    daemon = DaemonProcess(daemon_config, port)
+    daemon.wait_ready()
+    yield {"dev": dev, "daemon": daemon, "base": base, "config": config}
+    daemon.terminate()
+    daemon.close()
+    dev.stop()
+
+
+def targets(daemon: DaemonProcess) -> dict[int, dict[str, Any]]:
+    return {t["version"]: t for t in daemon.client.get("/debug/probes").json()["predict"]}
+
+
+def wait_for(predicate: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.2)
+
+
+def test_each_version_is_probed_and_the_slow_one_shows(setup: dict[str, Any]) -> None:
+    daemon = setup["daemon"]
+    def enough() -> bool:
+        current = targets(daemon)
+        return len(current) == 2 and all(t["samples"] >= 40 for t in current.values())
+
+    wait_for(enough)
+    by_version = targets(daemon)
+    assert by_version[1]["outcomes"] == {"ok": by_version[1]["samples"]}
+    summary = {v: (t["p50_ms"], t["p99_ms"], t["mean_ms"], t["outcomes"]) for v, t in by_version.items()}
+    assert by_version[2]["p50_ms"] >= 30, summary  # the fault adds 30 ms to every request
+    assert by_version[1]["p50_ms"] < 20, summary
+    assert 20 <= by_version[2]["p50_ms"] - by_version[1]["p50_ms"] <= 45, summary
+    status = daemon.client.get("/api/v1/status").json()
+    assert status["process"]["heavy_modules_loaded"] == []  # gRPC + protos, still no TF
+
+
+def test_status_and_memory_are_exported(setup: dict[str, Any]) -> None:
+    daemon = setup["daemon"]
+    wait_for(lambda: "memory:devserver" in daemon.client.get("/debug/probes").json()["recent"])
+    families = {f.name: f for f in text_string_to_metric_families(
+        daemon.client.get("/metrics").text)}
+    states = {s.labels["version"]: s.value for s in families["tfwarden_model_version_state"].samples}
+    assert states == {"1": 30.0, "2": 30.0}
+    memory = {s.labels["kind"]: s.value for s in families["tfwarden_memory_bytes"].samples}
+    assert memory["rss"] > 100 * 2**20
+    requests = {(s.labels["version"], s.labels["outcome"]): s.value
+                for s in families["tfwarden_probe_requests"].samples}
+    assert requests[("1", "ok")] > 0 and requests[("2", "ok")] > 0
+
+
+def test_failures_are_recorded_as_data(setup: dict[str, Any]) -> None:
+    daemon, base = setup["daemon"], setup["base"]
+    fault = base / "1" / "devserver-faults.json"
+    fault.write_text(json.dumps({"error": {"rate": 1.0, "code": "UNAVAILABLE"}}))
+    try:
+        wait_for(lambda: targets(daemon)[1]["outcomes"].get("error", 0) >= 10)
+    finally:
+        fault.unlink()
+    assert targets(daemon)[2]["outcomes"].get("error", 0) == 0
+
+
+def test_unloaded_version_stops_being_probed(setup: dict[str, Any]) -> None:
+    daemon, config, base = setup["daemon"], setup["config"], setup["base"]
+    config.write_text(models_config(base, [1]))
+    wait_for(lambda: 2 not in targets(daemon))
+    status = daemon.client.get("/debug/probes").json()["status"]["m"]["versions"]
+    assert {v["version"]: v["state"] for v in status} == {2: "END", 1: "AVAILABLE"}
+
+
+def test_demo_command_runs_and_exits_0() -> None:
+    result = subprocess.run([sys.executable, "-m", "daemon", "demo", "--duration", "6"],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "half_plus_two/v1" in result.stdout and "half_plus_two/v2" in result.stdout
+    assert "devserver memory" in result.stdout
