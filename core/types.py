@@ -46,3 +46,37 @@ class ProbeResult:
             "duration_seconds": round(self.duration_seconds, 6), "error": self.error,
             "samples": len(self.samples), "detail": dict(self.detail),
         }
+
+
+OK = "ok"
+REGRESSION = "regression"
+INCONCLUSIVE = "inconclusive"
+VERDICTS = (OK, REGRESSION, INCONCLUSIVE)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A detector's verdict on one model version (or memory target) at time ``t``.
+
+    ``verdict`` is ok, regression or inconclusive; missing data and probe failures give
+    inconclusive, never ok or regression. ``effect`` holds effect sizes with confidence
+    intervals (``median_ratio``, ``median_ratio_ci``...); ``evidence`` the sample counts and
+    statistics (e-value, p-value) behind the verdict; ``severity`` is page, ticket, info or "".
+    """
+
+    detector: str
+    verdict: str
+    t: float
+    model: str = ""
+    version: int | None = None
+    target: str = ""
+    effect: Mapping[str, Any] = field(default_factory=dict)
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    severity: str = ""
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"t": self.t, "detector": self.detector, "model": self.model,
+                "version": self.version, "target": self.target, "verdict": self.verdict,
+                "severity": self.severity, "reason": self.reason, "effect": dict(self.effect),
+                "evidence": dict(self.evidence)}

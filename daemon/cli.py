@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     devserver.add_argument("flags", nargs=argparse.REMAINDER,
                            help="TF Serving flags, e.g. --port=8500 --rest_api_port=8501")
 
+    backtest = sub.add_parser("backtest", help="replay a trace through the detectors")
+    backtest.add_argument("trace", metavar="TRACE.jsonl")
+    backtest.add_argument("--config", metavar="FILE", help="detector settings and SLOs")
+
     demo = sub.add_parser("demo", help="start tfwarden on an embedded default and show it work")
     demo.add_argument("--duration", type=float, default=20.0, metavar="SECONDS",
                       help="how long to run before stopping (default 20)")
@@ -109,6 +113,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from daemon.backtest import run_backtest
+
+    try:
+        return run_backtest(Path(args.trace), Path(args.config) if args.config else None)
+    except TfwardenError as exc:
+        print(f"tfwarden backtest: {exc}", file=sys.stderr)
+        return 1
+
+
 def cmd_devserver(args: argparse.Namespace) -> int:
     from serving.devserver.main import main as devserver_main
 
@@ -117,6 +133,7 @@ def cmd_devserver(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "backtest": cmd_backtest,
     "devserver": cmd_devserver,
     "run": cmd_run,
     "check-config": cmd_check_config,

@@ -237,6 +237,42 @@ class PoliciesConfig(_Strict):
         return str(path)
 
 
+class LatencyDetection(_Strict):
+    """Latency regression detector (docs/detection.md)."""
+
+    min_pairs: int = Field(50, ge=10, le=100_000)
+    effect_floor: float = Field(0.10, ge=0, le=10, description="Ignore regressions under this.")
+    arl_pairs: float = Field(1e7, ge=100, description="Average run length to a false alarm.")
+    max_pair_gap_seconds: float = Field(5.0, gt=0, le=600)
+    stale_seconds: float = Field(30.0, gt=0, le=86400)
+    tail_arl: float = Field(1e5, ge=100)
+    baseline_seconds: float = Field(600.0, gt=0, le=86400)
+    min_baseline: int = Field(200, ge=20)
+
+
+class ErrorDetection(_Strict):
+    min_pairs: int = Field(50, ge=10, le=100_000)
+    arl_discordant: float = Field(1e5, ge=100)
+    error_floor: float = Field(0.005, ge=0, lt=1)
+    stale_seconds: float = Field(30.0, gt=0, le=86400)
+
+
+class MemoryDetection(_Strict):
+    warmup_seconds: float = Field(600.0, ge=0)
+    bin_seconds: float = Field(300.0, ge=10, le=86400)
+    window_seconds: float = Field(86400.0, ge=600)
+    min_bins: int = Field(6, ge=3)
+    alpha: float = Field(1e-3, gt=0, lt=0.5)
+    min_slope_bytes_per_hour: float = Field(1048576.0, ge=0)
+    stale_seconds: float = Field(120.0, gt=0)
+
+
+class DetectionConfig(_Strict):
+    latency: LatencyDetection = LatencyDetection()
+    errors: ErrorDetection = ErrorDetection()
+    memory: MemoryDetection = MemoryDetection()
+
+
 class Config(_Strict):
     """The whole configuration file."""
 
@@ -246,6 +282,7 @@ class Config(_Strict):
     serving: dict[Annotated[str, Field(pattern=_NAME)], TFServingEndpoint] = {}
     models: list[ModelConfig] = []
     memory: list[MemoryTarget] = []
+    detection: DetectionConfig = DetectionConfig()
     alerting: AlertingConfig = AlertingConfig()
     policies: PoliciesConfig = PoliciesConfig()
 

@@ -1,0 +1,311 @@
+"""Latency regressions, judged on time-matched pairs so that load changes cancel out.
+
+Canary vs stable (``CanaryLatency``): each successful canary probe sample is paired with the
+stable sample nearest in arrival (within ``max_pair_gap_seconds``). With identical versions the
+two members of a pair are exchangeable, so ``D = ln(canary) - ln(stable)`` is symmetric about 0
+whatever the latency distribution (heavy tails, spikes, load swings included). The clipped score
+``w = clip(D / scale)`` feeds a mixture e-CUSUM (``MixtureECusum``): an anytime-valid change
+detector, checked after every pair, whose average run length to a false alarm is at least
+``arl_pairs`` pairs. The verdict is ``regression`` only when the detector alarms *and* the
+estimated median ratio is at least ``1 + effect_floor`` (default: ignore regressions under 10 %).
+
+A tail test catches p99-only regressions on the same pairs: both members are compared with the
+stable p99 estimated from earlier samples (``tail_reference`` of them); in pairs where exactly
+one member exceeds it, the exceeding member is equally likely to be either under no change,
+whatever the load, so a second e-CUSUM on those discordant pairs (``w = +1`` when the canary
+exceeded) is valid too (average run length >= ``tail_arl`` discordant pairs).
+
+Version vs its own baseline after a deploy (``BaselineLatency``): the new version's samples are
+paired with samples drawn (seeded) from a frozen window of the previous version before the
+deploy. Not load-controlled; a margin of two standard errors of the baseline median is
+subtracted so that the finite baseline does not bias the test upward.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from core.types import INCONCLUSIVE, OK, REGRESSION, Finding, Sample
+from detectors.base import MixtureECusum, median_ci, quantile
+
+METRIC = "latency_ms"
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    min_pairs: int = 50
+    effect_floor: float = 0.10
+    arl_pairs: float = 1e7
+    max_pair_gap_seconds: float = 5.0
+    stale_seconds: float = 30.0
+    effect_window: int = 2000
+    tail_reference: int = 2000
+    tail_min_reference: int = 500
+    tail_arl: float = 1e5
+    max_unreachable_ratio: float = 0.5
+    baseline_seconds: float = 600.0
+    min_baseline: int = 200
+
+
+class _Arm:
+    """Recent state of one version's probe samples."""
+
+    def __init__(self, settings: LatencySettings) -> None:
+        self.last_t: float | None = None
+        self.outcomes: deque[bool] = deque(maxlen=200)  # True: target reachable
+        self.ok_values: deque[float] = deque(maxlen=settings.effect_window)
+
+    def see(self, sample: Sample) -> None:
+        self.last_t = sample.t
+        reachable = sample.labels.get("outcome") != "unreachable"
+        self.outcomes.append(reachable)
+        if sample.ok:
+            self.ok_values.append(sample.value)
+
+    def unreachable_ratio(self) -> float:
+        return 0.0 if not self.outcomes else 1 - sum(self.outcomes) / len(self.outcomes)
+
+
+class _PairedTest:
+    """The e-CUSUM on clipped log-ratios of pairs, with an adaptive (predictable) scale."""
+
+    def __init__(self, settings: LatencySettings, margin: float = 0.0) -> None:
+        self.settings = settings
+        self.detector = MixtureECusum(settings.arl_pairs)
+        self.diffs: deque[float] = deque(maxlen=settings.effect_window)
+        self.recent: deque[float] = deque(maxlen=200)
+        self.scale = 1.0
+        self.margin = margin
+        self.first_alarm_t: float | None = None
+
+    def add(self, diff: float, t: float) -> None:
+        self.detector.update((diff - self.margin) / self.scale)
+        self.diffs.append(diff)
+        self.recent.append(diff)
+        if self.detector.n % 25 == 0 and len(self.recent) >= 20:
+            ordered = sorted(self.recent)
+            centre = quantile(ordered, 0.5)
+            mad = quantile(sorted(abs(d - centre) for d in ordered), 0.5)
+            self.scale = max(0.05, 2.5 * 1.4826 * mad)  # clip at ~2.5 sigma
+        if self.detector.alarmed and self.first_alarm_t is None:
+            self.first_alarm_t = t
+
+    def median_ratio(self) -> tuple[float, tuple[float, float]]:
+        ordered = sorted(self.diffs)
+        low, high = median_ci(ordered)
+        return math.exp(quantile(ordered, 0.5)), (math.exp(low), math.exp(high))
+
+
+def _p99_ratio(canary: Sequence[float], stable: Sequence[float]) -> tuple[float, tuple[float, float]]:
+    """Ratio of p99s with a seeded bootstrap 95 % interval."""
+    if len(canary) < 100 or len(stable) < 100:
+        return math.nan, (math.nan, math.nan)
+    point = quantile(sorted(canary), 0.99) / quantile(sorted(stable), 0.99)
+    rng = random.Random(1234)
+    ratios = []
+    for _ in range(200):
+        c = sorted(rng.choices(canary, k=len(canary)))
+        s = sorted(rng.choices(stable, k=len(stable)))
+        ratios.append(quantile(c, 0.99) / quantile(s, 0.99))
+    ratios.sort()
+    return point, (quantile(ratios, 0.025), quantile(ratios, 0.975))
+
+
+class CanaryLatency:
+    """Canary vs stable latency, same time window."""
+
+    name = "latency"
+
+    def __init__(self, model: str, stable_version: int, canary_version: int,
+                 settings: LatencySettings | None = None) -> None:
+        self.settings = settings or LatencySettings()
+        self.model, self.stable, self.canary = model, stable_version, canary_version
+        self.arms = {stable_version: _Arm(self.settings), canary_version: _Arm(self.settings)}
+        self.waiting: dict[int, deque[tuple[float, float]]] = {
+            stable_version: deque(maxlen=1000), canary_version: deque(maxlen=1000)}
+        self.test = _PairedTest(self.settings)
+        self.reference: deque[float] = deque(maxlen=self.settings.tail_reference)
+        self._p99: float | None = None
+        self._reference_seen = 0
+        self.tail = MixtureECusum(self.settings.tail_arl)
+        self.tail_canary_exceeded = 0
+        self._points: tuple[int, dict[str, float]] | None = None
+        self._last_verdict = ""
+
+    def observe(self, sample: Sample) -> None:
+        if sample.metric != METRIC or sample.model != self.model or sample.version not in self.arms:
+            return
+        version = sample.version
+        self.arms[version].see(sample)
+        if not sample.ok or sample.value <= 0:
+            return
+        self._pair(version, sample.t, math.log(sample.value))
+        if version == self.stable:
+            self._add_reference(sample.value)
+
+    def _add_reference(self, value: float) -> None:
+        self.reference.append(value)
+        self._reference_seen += 1
+        if len(self.reference) >= self.settings.tail_min_reference and (
+                self._p99 is None or self._reference_seen % 100 == 0):
+            self._p99 = quantile(sorted(self.reference), 0.99)
+
+    def _pair(self, version: int, t: float, log_value: float) -> None:
+        other = self.canary if version == self.stable else self.stable
+        queue = self.waiting[other]
+        while queue and queue[0][0] < t - self.settings.max_pair_gap_seconds:
+            queue.popleft()
+        if not queue:
+            self.waiting[version].append((t, log_value))
+            return
+        _, other_log = queue.popleft()
+        canary_log, stable_log = ((log_value, other_log) if version == self.canary
+                                  else (other_log, log_value))
+        self.test.add(canary_log - stable_log, t)
+        if self._p99 is not None:  # estimated from samples before this pair: predictable
+            threshold = math.log(self._p99)
+            canary_over, stable_over = canary_log > threshold, stable_log > threshold
+            if canary_over != stable_over:
+                self.tail.update(1.0 if canary_over else -1.0)
+                self.tail_canary_exceeded += canary_over
+
+    def _point_effect(self) -> dict[str, float]:
+        """Median and p99 ratios, recomputed every 50 pairs (cheap enough to call per sample)."""
+        bucket = self.test.detector.n // 50
+        if self._points is None or self._points[0] != bucket:
+            points = {"median_ratio": math.exp(quantile(sorted(self.test.diffs), 0.5))}
+            canary, stable = self.arms[self.canary].ok_values, self.arms[self.stable].ok_values
+            if len(canary) >= 100 and len(stable) >= 100:
+                points["p99_ratio"] = quantile(sorted(canary), 0.99) / quantile(sorted(stable), 0.99)
+            self._points = (bucket, points)
+        return self._points[1]
+
+    def _effect(self) -> dict[str, Any]:
+        """Effect sizes with confidence intervals (for reported findings)."""
+        effect: dict[str, Any] = {}
+        if self.test.diffs:
+            ratio, ci = self.test.median_ratio()
+            effect.update(median_ratio=round(ratio, 4),
+                          median_ratio_ci=[round(ci[0], 4), round(ci[1], 4)])
+        p99, p99_ci = _p99_ratio(list(self.arms[self.canary].ok_values),
+                                 list(self.arms[self.stable].ok_values))
+        if not math.isnan(p99):
+            effect.update(p99_ratio=round(p99, 4),
+                          p99_ratio_ci=[round(p99_ci[0], 4), round(p99_ci[1], 4)])
+        return effect
+
+    def _evidence(self) -> dict[str, Any]:
+        return {
+            "pairs": self.test.detector.n,
+            "log_e_value": round(self.test.detector.log_e, 3),
+            "log_threshold": round(self.test.detector.log_threshold, 3),
+            "tail_discordant_pairs": self.tail.n, "tail_canary_exceeded": self.tail_canary_exceeded,
+            "tail_log_e_value": round(self.tail.log_e, 3),
+            "stable_p99_ms": None if self._p99 is None else round(self._p99, 3),
+        }
+
+    def evaluate(self, now: float) -> Finding:
+        finding = self._judge(now)
+        self._last_verdict = finding.verdict
+        return finding
+
+    def _judge(self, now: float) -> Finding:
+        problem = self._data_problem(now)
+        base: dict[str, Any] = {"model": self.model, "version": self.canary, "target": f"v{self.stable}"}
+        if problem:
+            return Finding(self.name, INCONCLUSIVE, now, **base, evidence=self._evidence(),
+                           reason=problem)
+        median_alarm = self.test.detector.alarmed
+        tail_alarm = self.tail.alarmed
+        if not (median_alarm or tail_alarm):
+            return Finding(self.name, OK, now, **base, evidence=self._evidence())
+        points = self._point_effect()
+        floor = 1 + self.settings.effect_floor
+        median_hit = median_alarm and points["median_ratio"] >= floor
+        tail_hit = tail_alarm and points.get("p99_ratio", 0) >= floor
+        verdict = REGRESSION if (median_hit or tail_hit) else OK
+        # confidence intervals (bootstrap) only when the verdict changes
+        effect: dict[str, Any] = (self._effect() if verdict != self._last_verdict
+                                  else {k: round(v, 4) for k, v in points.items()})
+        if verdict == OK:
+            return Finding(self.name, OK, now, **base, effect=effect, evidence=self._evidence(),
+                           reason=f"change below the {self.settings.effect_floor:.0%} effect floor")
+        reasons = []
+        if median_hit:
+            reasons.append(f"median {points['median_ratio']:.2f}x stable")
+        if tail_hit:
+            reasons.append(f"p99 {points['p99_ratio']:.2f}x stable ({self.tail_canary_exceeded} of "
+                           f"{self.tail.n} one-sided exceedances of the stable p99 by the canary)")
+        return Finding(self.name, REGRESSION, now, **base, effect=effect,
+                       evidence=self._evidence(), reason="; ".join(reasons))
+
+    def _data_problem(self, now: float) -> str:
+        for version, arm in self.arms.items():
+            if arm.last_t is None or now - arm.last_t > self.settings.stale_seconds:
+                return f"no recent latency samples for version {version}"
+            if arm.unreachable_ratio() > self.settings.max_unreachable_ratio:
+                return f"probes of version {version} mostly fail to reach the server"
+        if self.test.detector.n < self.settings.min_pairs:
+            return f"{self.test.detector.n} pairs, need {self.settings.min_pairs}"
+        return ""
+
+
+class BaselineLatency:
+    """A version against the previous version's latency before the deploy (frozen baseline)."""
+
+    name = "latency"
+
+    def __init__(self, model: str, version: int, baseline: Sequence[float],
+                 settings: LatencySettings | None = None, seed: int = 0) -> None:
+        self.settings = settings or LatencySettings()
+        self.model, self.version = model, version
+        self.baseline = [math.log(v) for v in baseline if v > 0]
+        n = len(self.baseline)
+        spread = _robust_sigma(self.baseline) if n >= 2 else 0.0
+        # two standard errors of a median (1.25 sigma / sqrt(n)) for pairs with one side fixed
+        self.test = _PairedTest(self.settings, margin=2 * 1.25 * spread / math.sqrt(max(n, 1)))
+        self.arm = _Arm(self.settings)
+        self._rng = random.Random(seed)
+
+    def observe(self, sample: Sample) -> None:
+        if (sample.metric != METRIC or sample.model != self.model or sample.version != self.version):
+            return
+        self.arm.see(sample)
+        if sample.ok and sample.value > 0 and self.baseline:
+            self.test.add(math.log(sample.value) - self._rng.choice(self.baseline), sample.t)
+
+    def evaluate(self, now: float) -> Finding:
+        base: dict[str, Any] = {"model": self.model, "version": self.version, "target": "baseline"}
+        evidence = {"pairs": self.test.detector.n, "baseline_samples": len(self.baseline),
+                    "log_e_value": round(self.test.detector.log_e, 3),
+                    "log_threshold": round(self.test.detector.log_threshold, 3)}
+        if len(self.baseline) < self.settings.min_baseline:
+            return Finding(self.name, INCONCLUSIVE, now, **base, evidence=evidence,
+                           reason=f"baseline has {len(self.baseline)} samples, need "
+                                  f"{self.settings.min_baseline}")
+        if self.arm.last_t is None or now - self.arm.last_t > self.settings.stale_seconds:
+            return Finding(self.name, INCONCLUSIVE, now, **base, evidence=evidence,
+                           reason=f"no recent latency samples for version {self.version}")
+        if self.test.detector.n < self.settings.min_pairs:
+            return Finding(self.name, INCONCLUSIVE, now, **base, evidence=evidence,
+                           reason=f"{self.test.detector.n} samples, need {self.settings.min_pairs}")
+        if not self.test.detector.alarmed:
+            return Finding(self.name, OK, now, **base, evidence=evidence)
+        ratio, ci = self.test.median_ratio()
+        effect = {"median_ratio": round(ratio, 4), "median_ratio_ci": [round(ci[0], 4), round(ci[1], 4)]}
+        if ratio < 1 + self.settings.effect_floor:
+            return Finding(self.name, OK, now, **base, effect=effect, evidence=evidence,
+                           reason=f"change below the {self.settings.effect_floor:.0%} effect floor")
+        return Finding(self.name, REGRESSION, now, **base, effect=effect, evidence=evidence,
+                       reason=f"median {ratio:.2f}x the pre-deploy baseline")
+
+
+def _robust_sigma(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    centre = quantile(ordered, 0.5)
+    return 1.4826 * quantile(sorted(abs(v - centre) for v in ordered), 0.5)

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import math
+import random
+
+from bench.tracegen import CanaryScenario, latency_trace
+from core.types import INCONCLUSIVE, OK, REGRESSION, Sample
+from detectors.latency import BaselineLatency, CanaryLatency, LatencySettings
+
+
+def first_regression(scenario: CanaryScenario, detector: CanaryLatency | None = None):  # type: ignore[no-untyped-def]
+    detector = detector or CanaryLatency("m", 1, 2)
+    finding = None
+    for event in latency_trace(scenario):
+        if event["type"] != "latency":
+            continue
+        detector.observe(Sample(t=event["t"], source="t", metric="latency_ms", value=event["ms"],
+                                model="m", version=event["version"], ok=event["ok"],
+                                labels={"outcome": "ok" if event["ok"] else "error"}))
+        finding = detector.evaluate(event["t"])
+        if finding.verdict == REGRESSION:
+            return event["t"] - scenario.t0, finding
+    return None, finding
+
+
+def test_doubling_is_found_within_seconds() -> None:
+    delay, finding = first_regression(CanaryScenario(seconds=120, canary_factor=2.0, seed=1))
+    assert delay is not None and delay <= 15
+    assert finding.effect["median_ratio"] > 1.5
+    low, high = finding.effect["median_ratio_ci"]
+    assert low <= finding.effect["median_ratio"] <= high
+    assert finding.model == "m" and finding.version == 2 and finding.target == "v1"
+
+
+def test_plus_25_percent_median_is_found_within_a_minute() -> None:
+    delays = [first_regression(CanaryScenario(seconds=180, canary_factor=1.25, seed=s))[0]
+              for s in range(3)]
+    assert all(d is not None and d <= 90 for d in delays), delays  # median ~50 s: BENCHMARKS.md
+
+
+def test_identical_versions_stay_ok_for_hours_with_spikes_and_load_swings() -> None:
+    delay, finding = first_regression(CanaryScenario(seconds=3 * 3600, seed=5))
+    assert delay is None
+    assert finding.verdict == OK
+
+
+def test_regression_under_the_effect_floor_is_not_reported() -> None:
+    delay, _ = first_regression(CanaryScenario(seconds=1800, canary_factor=1.04, seed=2))
+    assert delay is None
+
+
+def test_p99_only_regression_is_caught_by_the_tail_test() -> None:
+    scenario = CanaryScenario(seconds=900, canary_tail_rate=0.03, canary_tail_factor=8, seed=4)
+    delay, finding = first_regression(scenario)
+    assert delay is not None
+    assert "p99" in finding.reason
+    assert finding.effect["p99_ratio"] > 1.1
+
+
+def test_too_few_pairs_is_inconclusive() -> None:
+    detector = CanaryLatency("m", 1, 2, LatencySettings(min_pairs=50))
+    for i in range(20):
+        for version in (1, 2):
+            detector.observe(Sample(t=i * 0.1, source="t", metric="latency_ms", value=10.0 * version,
+                                    model="m", version=version))
+    finding = detector.evaluate(2.0)
+    assert finding.verdict == INCONCLUSIVE and "need 50" in finding.reason
+
+
+def test_missing_canary_data_is_inconclusive_never_ok_or_regression() -> None:
+    detector = CanaryLatency("m", 1, 2)
+    rng = random.Random(0)
+    for i in range(600):
+        for version in (1, 2):
+            detector.observe(Sample(t=i * 0.1, source="t", metric="latency_ms",
+                                    value=20 * math.exp(rng.gauss(0, 0.5)) * version,
+                                    model="m", version=version))
+    assert detector.evaluate(60.0).verdict == REGRESSION
+    for i in range(600, 1000):  # the canary's probes stop arriving
+        detector.observe(Sample(t=i * 0.1, source="t", metric="latency_ms", value=20.0,
+                                model="m", version=1))
+    finding = detector.evaluate(100.0)
+    assert finding.verdict == INCONCLUSIVE and "version 2" in finding.reason
+
+
+def test_unreachable_probes_are_inconclusive() -> None:
+    detector = CanaryLatency("m", 1, 2)
+    for i in range(400):
+        for version in (1, 2):
+            detector.observe(Sample(t=i * 0.1, source="t", metric="latency_ms", value=2000.0,
+                                    model="m", version=version, ok=False,
+                                    labels={"outcome": "unreachable"}))
+    finding = detector.evaluate(40.0)
+    assert finding.verdict == INCONCLUSIVE and "reach" in finding.reason
+
+
+def test_baseline_detector_flags_a_slower_new_version_and_not_an_equal_one() -> None:
+    rng = random.Random(3)
+    baseline = [20 * math.exp(rng.gauss(0, 0.5)) for _ in range(3000)]
+    for factor, expected in ((2.0, REGRESSION), (1.0, OK)):
+        detector = BaselineLatency("m", 3, baseline, seed=1)
+        for i in range(3000):
+            detector.observe(Sample(t=i * 0.1, source="t", metric="latency_ms",
+                                    value=20 * factor * math.exp(rng.gauss(0, 0.5)),
+                                    model="m", version=3))
+        assert detector.evaluate(300.0).verdict == expected
