@@ -41,13 +41,23 @@ class MixtureECusum:
         self.log_threshold = math.log(threshold)
         self.bets = tuple(bets)
         self.log_m = [0.0] * len(self.bets)
+        self.starts = [0] * len(self.bets)
         self.n = 0
 
     def update(self, w: float) -> None:
         w = max(-1.0, min(1.0, w))
-        self.n += 1
         for i, bet in enumerate(self.bets):
-            self.log_m[i] = max(self.log_m[i], 0.0) + math.log1p(bet * w)
+            if self.log_m[i] <= 0.0:
+                self.log_m[i], self.starts[i] = 0.0, self.n
+            self.log_m[i] += math.log1p(bet * w)
+        self.n += 1
+
+    @property
+    def change_index(self) -> int:
+        """Index of the first observation after the estimated change (the CUSUM restart of
+        the leading component)."""
+        best = max(range(len(self.bets)), key=lambda i: self.log_m[i])
+        return self.starts[best]
 
     @property
     def log_e(self) -> float:

@@ -58,14 +58,18 @@ class _Arm:
     def __init__(self, settings: LatencySettings) -> None:
         self.last_t: float | None = None
         self.outcomes: deque[bool] = deque(maxlen=200)  # True: target reachable
-        self.ok_values: deque[float] = deque(maxlen=settings.effect_window)
+        self.ok_values: deque[tuple[float, float]] = deque(maxlen=settings.effect_window)
 
     def see(self, sample: Sample) -> None:
         self.last_t = sample.t
         reachable = sample.labels.get("outcome") != "unreachable"
         self.outcomes.append(reachable)
         if sample.ok:
-            self.ok_values.append(sample.value)
+            self.ok_values.append((sample.t, sample.value))
+
+    def values_since(self, t: float, minimum: int = 100) -> list[float]:
+        recent = [v for ts, v in self.ok_values if ts >= t]
+        return recent if len(recent) >= minimum else [v for _, v in self.ok_values][-minimum:]
 
     def unreachable_ratio(self) -> float:
         return 0.0 if not self.outcomes else 1 - sum(self.outcomes) / len(self.outcomes)
@@ -77,15 +81,15 @@ class _PairedTest:
     def __init__(self, settings: LatencySettings, margin: float = 0.0) -> None:
         self.settings = settings
         self.detector = MixtureECusum(settings.arl_pairs)
-        self.diffs: deque[float] = deque(maxlen=settings.effect_window)
+        self.diffs: deque[tuple[int, float, float]] = deque(maxlen=settings.effect_window)
         self.recent: deque[float] = deque(maxlen=200)
         self.scale = 1.0
         self.margin = margin
         self.first_alarm_t: float | None = None
 
     def add(self, diff: float, t: float) -> None:
+        self.diffs.append((self.detector.n, t, diff))
         self.detector.update((diff - self.margin) / self.scale)
-        self.diffs.append(diff)
         self.recent.append(diff)
         if self.detector.n % 25 == 0 and len(self.recent) >= 20:
             ordered = sorted(self.recent)
@@ -95,8 +99,15 @@ class _PairedTest:
         if self.detector.alarmed and self.first_alarm_t is None:
             self.first_alarm_t = t
 
+    def since_change(self, minimum: int = 30) -> list[tuple[int, float, float]]:
+        """Pairs after the estimated change point (at least the last ``minimum``), so that
+        effects describe the regression, not a mix with the time before it."""
+        start = self.detector.change_index
+        recent = [d for d in self.diffs if d[0] >= start]
+        return recent if len(recent) >= minimum else list(self.diffs)[-minimum:]
+
     def median_ratio(self) -> tuple[float, tuple[float, float]]:
-        ordered = sorted(self.diffs)
+        ordered = sorted(d for _, _, d in self.since_change())
         low, high = median_ci(ordered)
         return math.exp(quantile(ordered, 0.5)), (math.exp(low), math.exp(high))
 
@@ -134,6 +145,7 @@ class CanaryLatency:
         self._reference_seen = 0
         self.tail = MixtureECusum(self.settings.tail_arl)
         self.tail_canary_exceeded = 0
+        self._tail_times: deque[tuple[int, float]] = deque(maxlen=5000)  # (tail index, t)
         self._points: tuple[int, dict[str, float]] | None = None
         self._last_verdict = ""
 
@@ -171,19 +183,28 @@ class CanaryLatency:
             threshold = math.log(self._p99)
             canary_over, stable_over = canary_log > threshold, stable_log > threshold
             if canary_over != stable_over:
+                self._tail_times.append((self.tail.n, t))
                 self.tail.update(1.0 if canary_over else -1.0)
                 self.tail_canary_exceeded += canary_over
 
     def _point_effect(self) -> dict[str, float]:
         """Median and p99 ratios, recomputed every 50 pairs (cheap enough to call per sample)."""
-        bucket = self.test.detector.n // 50
+        bucket = self.test.detector.n // 25
         if self._points is None or self._points[0] != bucket:
-            points = {"median_ratio": math.exp(quantile(sorted(self.test.diffs), 0.5))}
-            canary, stable = self.arms[self.canary].ok_values, self.arms[self.stable].ok_values
+            diffs = sorted(d for _, _, d in self.test.since_change())
+            points = {"median_ratio": math.exp(quantile(diffs, 0.5))}
+            canary, stable = self._tail_samples()
             if len(canary) >= 100 and len(stable) >= 100:
                 points["p99_ratio"] = quantile(sorted(canary), 0.99) / quantile(sorted(stable), 0.99)
             self._points = (bucket, points)
         return self._points[1]
+
+    def _tail_samples(self) -> tuple[list[float], list[float]]:
+        """Canary and stable samples since the tail test's estimated change."""
+        start = self.tail.change_index
+        since = next((t for index, t in self._tail_times if index >= start), -math.inf)
+        return (self.arms[self.canary].values_since(since),
+                self.arms[self.stable].values_since(since))
 
     def _effect(self) -> dict[str, Any]:
         """Effect sizes with confidence intervals (for reported findings)."""
@@ -192,8 +213,7 @@ class CanaryLatency:
             ratio, ci = self.test.median_ratio()
             effect.update(median_ratio=round(ratio, 4),
                           median_ratio_ci=[round(ci[0], 4), round(ci[1], 4)])
-        p99, p99_ci = _p99_ratio(list(self.arms[self.canary].ok_values),
-                                 list(self.arms[self.stable].ok_values))
+        p99, p99_ci = _p99_ratio(*self._tail_samples())
         if not math.isnan(p99):
             effect.update(p99_ratio=round(p99, 4),
                           p99_ratio_ci=[round(p99_ci[0], 4), round(p99_ci[1], 4)])
