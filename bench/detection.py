@@ -100,6 +100,11 @@ def lorden_floor_seconds(theta: float, sigma: float, paired: bool) -> float:
     return math.log(ARL_PAIRS) / kl / RATE
 
 
+def _median(values: list[float | None]) -> float | None:
+    found = [v for v in values if v is not None]
+    return round(statistics.median(found), 1) if found else None
+
+
 def latency_rows(seeds: int, null_hours: float) -> list[dict[str, object]]:
     stable_p99 = 20 * math.exp(2.326 * 0.5) * 1.3  # p99 at the load peak
     scenarios = [
@@ -125,11 +130,12 @@ def latency_rows(seeds: int, null_hours: float) -> list[dict[str, object]]:
             "scenario": name, "found": f"{len(found)}/{seeds}",
             "delay_median_s": round(statistics.median(found), 1) if found else None,
             "delay_max_s": round(max(found), 1) if found else None,
-            "floor_paired_s": None if theta is None else round(lorden_floor_seconds(theta, 0.5, True), 1),
-            "floor_known_stable_s": None if theta is None else round(lorden_floor_seconds(theta, 0.5, False), 1),
+            "floor_paired_s": (None if theta is None
+                               else round(lorden_floor_seconds(theta, 0.5, True), 1)),
+            "floor_known_stable_s": (None if theta is None
+                                     else round(lorden_floor_seconds(theta, 0.5, False), 1)),
             "flagger_found": f"{sum(d is not None for d in flagger_delays)}/{seeds}",
-            "flagger_delay_median_s": (round(statistics.median([d for d in flagger_delays if d is not None]), 1)
-                                       if any(d is not None for d in flagger_delays) else None),
+            "flagger_delay_median_s": _median(flagger_delays),
         })
     # a simulated stretch of identical versions: false regression verdicts and Flagger rollbacks
     scenario = CanaryScenario(seconds=null_hours * 3600, fault_at=1e12, seed=99)

@@ -26,6 +26,7 @@ from core.clock import Clock, SystemClock
 from core.errors import ConfigError, StartupError
 from core.series import SeriesWindows
 from daemon.config import Config, load_config, read_bearer_token
+from daemon.detection import EVALUATE_SECONDS, DetectionSupervisor
 from daemon.http import create_app
 from daemon.jobs import JobRunner
 from daemon.logs import set_level
@@ -83,6 +84,7 @@ class Daemon:
         self.jobs = JobRunner(self.recorder, self.clock)
         self.windows = SeriesWindows()
         self.probes: ProbeSupervisor | None = None
+        self.detection: DetectionSupervisor | None = None
         self._token: str | None = None
         self._ready = False
         self._stopping = False
@@ -106,6 +108,9 @@ class Daemon:
 
     def bearer_token(self) -> str | None:
         return self._token
+
+    def findings(self) -> list[dict[str, Any]]:
+        return self.detection.current() if self.detection is not None else []
 
     def probes_debug(self) -> dict[str, Any]:
         return self.probes.debug() if self.probes is not None else {}
@@ -162,11 +167,15 @@ class Daemon:
     async def _restart_probes(self, config: Config) -> None:
         """Replace the running probes with those of ``config`` (golden files are read first,
         so a bad one keeps the old probes running)."""
-        supervisor = ProbeSupervisor(config, self.jobs, self.recorder, self.clock, self.windows)
+        detection = DetectionSupervisor(config, self.recorder, self.clock, self.windows,
+                                        self._journal_model)
+        supervisor = ProbeSupervisor(config, self.jobs, self.recorder, self.clock, self.windows,
+                                     on_sample=detection.observe, on_status=detection.update_roles)
         supervisor.load_golden()
         if self.probes is not None:
             await self.probes.stop()
-        self.probes = supervisor
+        self.probes, self.detection = supervisor, detection
+        self.jobs.add("detect", detection.evaluate, EVALUATE_SECONDS)
         supervisor.start()
 
     def _reload_failed(self, trigger: str, exc: ConfigError) -> dict[str, Any]:
@@ -302,8 +311,11 @@ class Daemon:
         task.add_done_callback(self._background.discard)
 
     def _journal(self, kind: str, payload: dict[str, Any]) -> None:
+        self._journal_model(kind, payload, None)
+
+    def _journal_model(self, kind: str, payload: dict[str, Any], model: str | None) -> None:
         if self.store is not None:
-            self.store.append(self.clock.now(), kind, payload)
+            self.store.append(self.clock.now(), kind, payload, model=model)
             self.recorder.journaled(kind)
 
     def _status_line(self) -> str:

@@ -35,6 +35,8 @@ class DaemonControl(Protocol):
 
     def probes_debug(self) -> dict[str, Any]: ...
 
+    def findings(self) -> list[dict[str, Any]]: ...
+
     async def reload(self, trigger: str) -> dict[str, Any]: ...
 
 
@@ -108,6 +110,10 @@ def create_app(daemon: DaemonControl) -> FastAPI:
     @app.get("/debug/probes")
     async def debug_probes() -> dict[str, Any]:
         return daemon.probes_debug()
+
+    @app.get("/api/v1/findings")
+    async def findings() -> dict[str, Any]:
+        return {"findings": daemon.findings()}
 
     @app.get("/api/v1/status")
     async def status() -> dict[str, Any]:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import statistics
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -37,9 +38,12 @@ class ProbeSupervisor:
     """Owns every probe of one configuration generation."""
 
     def __init__(self, config: Config, jobs: JobRunner, recorder: Recorder, clock: Clock,
-                 windows: SeriesWindows) -> None:
+                 windows: SeriesWindows, on_sample: Callable[[Sample], None] = lambda s: None,
+                 on_status: Callable[[str, list[dict[str, Any]], dict[str, int] | None], None]
+                 = lambda model, versions, labels: None) -> None:
         self.config, self.jobs, self.recorder, self.clock = config, jobs, recorder, clock
         self.windows = windows
+        self._on_sample, self._on_status = on_sample, on_status
         self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=200))
         self._status_probes: list[StatusProbe] = []
         self._loops: dict[TargetKey, asyncio.Task[None]] = {}
@@ -112,6 +116,7 @@ class ProbeSupervisor:
                 self.recorder.version_state(probe.endpoint, model_name, entry["version"],
                                             _STATE_NUMBER.get(entry["state"], 0))
             self._follow_versions(model_name, detail["versions"])
+            self._on_status(model_name, detail["versions"], detail.get("labels"))
 
     async def _run_generic(self, probe: Any) -> None:
         result = await probe.run()
@@ -123,6 +128,7 @@ class ProbeSupervisor:
         self.recorder.probe_ran(result.probe, result.ok)
         for sample in result.samples:
             self.windows.add(sample)
+            self._on_sample(sample)
         entry = result.to_json()
         self._recent.setdefault(result.probe, deque(maxlen=RECENT_RESULTS)).append(entry)
         if not result.ok:
@@ -155,6 +161,7 @@ class ProbeSupervisor:
         async def send() -> None:
             sample = await probe.send()
             self.windows.add(sample)
+            self._on_sample(sample)
             self.recorder.probe_request(model.name, version_label, label or "",
                                         sample.labels["outcome"], sample.value / 1000)
 

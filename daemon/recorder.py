@@ -6,6 +6,8 @@ Tests build a Recorder on a fresh CollectorRegistry and read values with
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -98,6 +100,22 @@ class Recorder:
             "tfwarden_memory_bytes", "Memory of a watched process or cgroup by kind.",
             ["target", "kind"], registry=r)
 
+        self._finding = Gauge(
+            "tfwarden_finding",
+            "1 for the current verdict of each detector (ok, regression, inconclusive), 0 else.",
+            ["detector", "model", "version", "target", "verdict"], registry=r)
+        self._median_ratio = Gauge(
+            "tfwarden_latency_median_ratio",
+            "Estimated median latency ratio of a version against its comparison.",
+            ["model", "version", "target"], registry=r)
+        self._leak_slope = Gauge(
+            "tfwarden_memory_leak_slope_bytes_per_hour", "Estimated memory growth.",
+            ["target"], registry=r)
+        self._time_to_limit = Gauge(
+            "tfwarden_memory_time_to_limit_seconds",
+            "Projected time until a leaking target reaches its memory limit.", ["target"],
+            registry=r)
+
     def started(self, t: float) -> None:
         self._start_time.set(t)
 
@@ -145,6 +163,24 @@ class Recorder:
 
     def memory(self, target: str, kind: str, value: float) -> None:
         self._memory.labels(target, kind).set(value)
+
+    def finding(self, finding: Any) -> None:
+        """Export one Finding (core.types.Finding)."""
+        version = "" if finding.version is None else str(finding.version)
+        model = finding.model or ""
+        for verdict in ("ok", "regression", "inconclusive"):
+            self._finding.labels(finding.detector, model, version, finding.target, verdict).set(
+                1 if finding.verdict == verdict else 0)
+        ratio = finding.effect.get("median_ratio")
+        if finding.detector == "latency" and ratio is not None:
+            self._median_ratio.labels(model, version, finding.target).set(ratio)
+        if finding.detector == "memory":
+            slope = finding.effect.get("slope_mib_per_hour")
+            if slope is not None:
+                self._leak_slope.labels(finding.target).set(slope * 1024 * 1024)
+            ttl = finding.effect.get("time_to_limit_seconds")
+            if ttl is not None:
+                self._time_to_limit.labels(finding.target).set(ttl)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -93,6 +93,29 @@ def test_each_version_is_probed_and_the_slow_one_shows(setup: dict[str, Any]) ->
     assert status["process"]["heavy_modules_loaded"] == []  # gRPC + protos, still no TF
 
 
+def test_slow_canary_is_a_latency_regression_finding(setup: dict[str, Any]) -> None:
+    daemon = setup["daemon"]
+
+    def latency_finding() -> dict[str, Any] | None:
+        findings = daemon.client.get("/api/v1/findings").json()["findings"]
+        return next((f for f in findings if f["detector"] == "latency"), None)
+
+    wait_for(lambda: (latency_finding() or {}).get("verdict") == "regression", timeout=30)
+    finding = latency_finding()
+    assert finding is not None
+    assert finding["model"] == "m" and finding["version"] == 2 and finding["target"] == "v1"
+    assert finding["effect"]["median_ratio"] > 3  # +30 ms on a few ms
+    low, high = finding["effect"]["median_ratio_ci"]
+    assert low <= finding["effect"]["median_ratio"] <= high
+    families = {f.name: f for f in text_string_to_metric_families(daemon.client.get("/metrics").text)}
+    current = {(s.labels["detector"], s.labels["verdict"]): s.value
+               for s in families["tfwarden_finding"].samples if s.labels["version"] == "2"}
+    assert current[("latency", "regression")] == 1 and current[("latency", "ok")] == 0
+    errors = next(f for f in daemon.client.get("/api/v1/findings").json()["findings"]
+                  if f["detector"] == "errors")
+    assert errors["verdict"] in ("ok", "inconclusive")
+
+
 def test_status_and_memory_are_exported(setup: dict[str, Any]) -> None:
     daemon = setup["daemon"]
     wait_for(lambda: "memory:devserver" in daemon.client.get("/debug/probes").json()["recent"])

@@ -30,6 +30,9 @@ class FakeDaemon:
     def probes_debug(self) -> dict[str, Any]:
         return {"predict": []}
 
+    def findings(self) -> list[dict[str, Any]]:
+        return []
+
     async def reload(self, trigger: str) -> dict[str, Any]:
         self.reloads.append(trigger)
         if self.reload_ok:

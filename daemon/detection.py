@@ -1,0 +1,106 @@
+"""Runs the detectors on the live probe samples and publishes their findings.
+
+Roles: when the status probe can read labels (the server's model config file), the versions
+labelled ``stable`` and ``canary`` are compared; otherwise, with two AVAILABLE versions, the
+lower is stable and the higher (the one unlabeled requests reach) the canary. When the stable
+version changes, a baseline detector compares the new one with the previous one's recent
+samples. Findings are evaluated every ``EVALUATE_SECONDS``, exported as metrics, served at
+``GET /api/v1/findings`` and journaled when a verdict changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from core.clock import Clock
+from core.series import SeriesWindows
+from core.types import Finding, Sample
+from daemon.backtest import detection_settings
+from daemon.config import Config
+from daemon.recorder import Recorder
+from detectors.errors import BurnRate, CanaryErrors
+from detectors.latency import BaselineLatency, CanaryLatency
+from detectors.memory import MemoryLeak
+
+log = logging.getLogger("tfwarden.detection")
+EVALUATE_SECONDS = 2.0
+Key = tuple[str, str, Any]
+
+
+class DetectionSupervisor:
+    """Owns the detectors of one configuration generation."""
+
+    def __init__(self, config: Config, recorder: Recorder, clock: Clock, windows: SeriesWindows,
+                 journal: Callable[[str, dict[str, Any], str | None], None]) -> None:
+        self.settings, self.availability = detection_settings(config)
+        self.config, self.recorder, self.clock, self.windows = config, recorder, clock, windows
+        self.journal = journal
+        self.detectors: dict[Key, Any] = {}
+        self.findings: dict[Key, Finding] = {}
+        self.roles: dict[str, tuple[int | None, int | None]] = {}  # model -> (stable, canary)
+        for target in config.memory:
+            self.detectors[("memory", target.name, None)] = MemoryLeak(target.name,
+                                                                       self.settings.memory)
+
+    def observe(self, sample: Sample) -> None:
+        if sample.metric == "latency_ms" and sample.version is not None:
+            key: Key = ("burn", sample.model, sample.version)
+            if key not in self.detectors:
+                self.detectors[key] = BurnRate(sample.model, sample.version,
+                                               self.availability.get(sample.model, 0.999))
+        for detector in self.detectors.values():
+            detector.observe(sample)
+
+    def update_roles(self, model: str, versions: list[dict[str, Any]],
+                     labels: dict[str, int] | None) -> None:
+        """Follow the status probe: which version is stable and which is the canary."""
+        available = sorted(v["version"] for v in versions if v["state"] == "AVAILABLE")
+        stable = canary = None
+        if labels and labels.get("stable") in available:
+            stable = labels["stable"]
+            if labels.get("canary") in available and labels["canary"] != stable:
+                canary = labels["canary"]
+        elif available:
+            stable = available[0]
+            canary = available[-1] if len(available) > 1 else None
+        previous = self.roles.get(model, (None, None))
+        if previous == (stable, canary):
+            return
+        self.roles[model] = (stable, canary)
+        log.info("model %s: stable version %s, canary %s", model, stable, canary)
+        self._drop(("latency", model, "canary"))
+        self._drop(("errors", model, "canary"))
+        if stable is not None and canary is not None:
+            self.detectors[("latency", model, "canary")] = CanaryLatency(
+                model, stable, canary, self.settings.latency)
+            self.detectors[("errors", model, "canary")] = CanaryErrors(
+                model, stable, canary, self.settings.errors)
+        if previous[0] is not None and stable is not None and stable != previous[0]:
+            since = self.clock.now() - self.settings.latency.baseline_seconds
+            baseline = [s.value for s in self.windows.window(model, previous[0], "latency_ms",
+                                                             since=since) if s.ok]
+            self.detectors[("latency", model, "baseline")] = BaselineLatency(
+                model, stable, baseline, self.settings.latency)
+
+    def _drop(self, key: Key) -> None:
+        self.detectors.pop(key, None)
+        self.findings.pop(key, None)
+
+    async def evaluate(self) -> None:
+        now = self.clock.now()
+        for key, detector in list(self.detectors.items()):
+            finding = detector.evaluate(now)
+            previous = self.findings.get(key)
+            self.findings[key] = finding
+            self.recorder.finding(finding)
+            if previous is None or previous.verdict != finding.verdict:
+                self.journal("finding", finding.to_json(), finding.model or None)
+                level = logging.WARNING if finding.verdict == "regression" else logging.INFO
+                log.log(level, "%s %s %s: %s %s", finding.detector, finding.model or finding.target,
+                        "" if finding.version is None else f"v{finding.version}", finding.verdict,
+                        finding.reason)
+
+    def current(self) -> list[dict[str, Any]]:
+        return [f.to_json() for _, f in sorted(self.findings.items(), key=lambda kv: str(kv[0]))]
