@@ -14,6 +14,7 @@ availability objective.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -133,7 +134,12 @@ class BurnRate:
         self.budget = 1 - availability
         self.bucket_seconds = bucket_seconds
         self.min_requests = min_short_window_requests
-        self.buckets: deque[list[float]] = deque()  # [start, requests, errors]
+        # Bucket starts and cumulative (requests, errors) up to and including each bucket, so a
+        # window's totals are one subtraction and a bisect: evaluating stays O(log n).
+        self.starts: list[float] = []
+        self.cum_requests: list[float] = []
+        self.cum_errors: list[float] = []
+        self.base = (0.0, 0.0)  # cumulative (requests, errors) before starts[0]
         self.horizon = max(long for _, _, long, _ in BURN_RULES)
 
     def observe(self, sample: Sample) -> None:
@@ -148,20 +154,27 @@ class BurnRate:
     def add(self, t: float, requests: float, errors: float) -> None:
         """Count requests (e.g. from Serving's request counter deltas) at time ``t``."""
         start = t - t % self.bucket_seconds
-        if not self.buckets or self.buckets[-1][0] != start:
-            self.buckets.append([start, 0.0, 0.0])
-        self.buckets[-1][1] += requests
-        self.buckets[-1][2] += errors
-        while self.buckets and self.buckets[0][0] < t - self.horizon:
-            self.buckets.popleft()
+        if not self.starts or self.starts[-1] != start:
+            self.starts.append(start)
+            self.cum_requests.append(self.cum_requests[-1] if self.cum_requests else 0.0)
+            self.cum_errors.append(self.cum_errors[-1] if self.cum_errors else 0.0)
+        self.cum_requests[-1] += requests
+        self.cum_errors[-1] += errors
+        expired = bisect.bisect_left(self.starts, t - self.horizon - self.bucket_seconds)
+        if expired > 1000:  # trim in chunks; cumulative sums stay valid as differences
+            self.base = (self.cum_requests[expired - 1], self.cum_errors[expired - 1])
+            del self.starts[:expired], self.cum_requests[:expired], self.cum_errors[:expired]
 
     def _ratio(self, now: float, window: float) -> tuple[float | None, float]:
-        requests = errors = 0.0
-        for start, n, e in reversed(self.buckets):
-            if start < now - window:
-                break
-            requests += n
-            errors += e
+        if not self.starts:
+            return None, 0.0
+        first = bisect.bisect_left(self.starts, now - window)
+        if first >= len(self.starts):
+            return None, 0.0
+        before_requests, before_errors = ((self.cum_requests[first - 1], self.cum_errors[first - 1])
+                                          if first > 0 else self.base)
+        requests = self.cum_requests[-1] - before_requests
+        errors = self.cum_errors[-1] - before_errors
         return (None if requests == 0 else errors / requests), requests
 
     def evaluate(self, now: float) -> Finding:

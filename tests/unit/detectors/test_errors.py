@@ -71,3 +71,15 @@ def test_too_little_traffic_is_inconclusive() -> None:
     burn = BurnRate("m", 1, availability=0.999)
     burn.add(0.0, 3, 3)
     assert burn.evaluate(1.0).verdict == INCONCLUSIVE
+
+
+def test_burn_windows_stay_exact_over_days_of_buckets() -> None:
+    burn = BurnRate("m", 1, availability=0.99)
+    for minute in range(5 * 24 * 60):  # five days: old buckets are trimmed on the way
+        errors = 50 if minute >= 5 * 24 * 60 - 10 else 0  # the last 10 minutes fail half
+        burn.add(minute * 60.0, 100, errors)
+    now = 5 * 86400.0 - 1
+    ratio_5m, requests_5m = burn._ratio(now, 300)
+    assert requests_5m == 500 and ratio_5m == 0.5
+    ratio_3d, requests_3d = burn._ratio(now, 3 * 86400)
+    assert requests_3d == 3 * 24 * 60 * 100 and abs(ratio_3d - 500 / 432000) < 1e-12
