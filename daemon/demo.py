@@ -5,8 +5,9 @@ Everything runs on 127.0.0.1 with free ports in a temporary directory removed af
    latency fault file (lognormal, median +15 ms), so the two versions really differ;
 2. `tfwarden run` watches it: gRPC status probe, open-loop golden-request predict probes to
    each AVAILABLE version at 10/s, and the devserver's memory;
-3. every few seconds the demo prints what tfwarden observes, read from its own API
-   (`/debug/probes`) and metrics, until `--duration` or Ctrl-C.
+3. every few seconds the demo prints what tfwarden observes and concludes, read from its own API
+   (`/debug/probes`, `/api/v1/findings`), until `--duration` or Ctrl-C: version 2 is found to
+   be a latency regression against version 1, with its effect size and evidence.
 """
 
 from __future__ import annotations
@@ -168,6 +169,19 @@ def _report(client: httpx.Client, daemon: subprocess.Popen[bytes], timeline: _Ti
         timeline.say(f"{target['target']:<18} {states.get(target['version'], '?'):<10} "
                      f"p50 {p50:>6} ms  p99 {p99:>6} ms  last {debug['window_seconds']:.0f}s: "
                      f"{outcomes.get('ok', 0)} ok, {failed} failed")
+    for finding in client.get("/api/v1/findings").json()["findings"]:
+        if finding["detector"] not in ("latency", "errors"):
+            continue
+        effect = finding["effect"]
+        detail = ""
+        if "median_ratio" in effect and "median_ratio_ci" in effect:
+            low, high = effect["median_ratio_ci"]
+            detail = f" median {effect['median_ratio']:.2f}x (95% CI {low:.2f}-{high:.2f})"
+        evidence = finding["evidence"]
+        timeline.say(f"{'finding ' + finding['detector']:<18} v{finding['version']} vs "
+                     f"{finding['target']}: {finding['verdict'].upper()}{detail}"
+                     f"{' - ' + finding['reason'] if finding['reason'] else ''} "
+                     f"[{evidence.get('pairs', 0)} pairs]")
     memory = debug.get("recent", {}).get("memory:devserver", [])
     if memory and memory[-1]["ok"]:
         rss = memory[-1]["detail"]["rss_bytes"] / 2**20

@@ -132,6 +132,9 @@ class MemoryLeak:
         rss = sum(r * r for r in residuals)
         denom = sum(r * r for r in residuals) or 1.0
         r1 = sum(a * b for a, b in zip(residuals, residuals[1:], strict=False)) / denom
+        # lag-1 r is biased low and noisy in short series: use Kendall's bias correction plus
+        # one standard error, so the effective sample size errs on the small side
+        r1 = r1 + (1 + 4 * r1) / n + 1.0 / math.sqrt(n)
         r1 = min(max(r1, 0.0), 0.99)
         n_eff = max(2.5, n * (1 - r1) / (1 + r1))
         se = math.sqrt(rss / max(n - 2, 1) / sxx) * math.sqrt((n - 2) / max(n_eff - 2, 0.5))
