@@ -119,6 +119,8 @@ class TFServingEndpoint(_Strict):
     timeout_seconds: float = Field(5.0, gt=0, le=120)
     status_interval_seconds: float = Field(
         5.0, ge=0.5, le=3600, description="How often the status probe calls GetModelStatus.")
+    metrics_interval_seconds: float = Field(
+        15.0, ge=1, le=3600, description="How often Serving's metrics page is scraped.")
 
     @field_validator("grpc_address")
     @classmethod
@@ -191,6 +193,22 @@ class MemoryTarget(_Strict):
     @classmethod
     def _resolve(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return None if value is None else _resolve_path(value, info)
+
+
+class PromQLQuery(_Strict):
+    name: Annotated[str, Field(pattern=_NAME)]
+    query: str = Field(min_length=1, description="An instant PromQL query.")
+    metric: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")] = Field(
+        description="Sample metric name, e.g. rss_bytes (memory leak detection) or limit_bytes.")
+    target_label: str = Field("", description="Series label whose value names the target.")
+    model: str = ""
+    interval_seconds: float = Field(30.0, ge=1, le=3600)
+
+
+class PromQLConfig(_Strict):
+    url: AnyHttpUrl = Field(description="Prometheus base URL (queries go to /api/v1/query).")
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+    queries: list[PromQLQuery] = []
 
 
 class AlertmanagerConfig(_Strict):
@@ -282,6 +300,7 @@ class Config(_Strict):
     serving: dict[Annotated[str, Field(pattern=_NAME)], TFServingEndpoint] = {}
     models: list[ModelConfig] = []
     memory: list[MemoryTarget] = []
+    promql: PromQLConfig | None = None
     detection: DetectionConfig = DetectionConfig()
     alerting: AlertingConfig = AlertingConfig()
     policies: PoliciesConfig = PoliciesConfig()

@@ -45,13 +45,27 @@ class DetectionSupervisor:
                                                                        self.settings.memory)
 
     def observe(self, sample: Sample) -> None:
-        if sample.metric == "latency_ms" and sample.version is not None:
-            key: Key = ("burn", sample.model, sample.version)
+        if sample.metric == "rss_bytes" and sample.source == "promql":
+            key: Key = ("memory", sample.target, None)  # remote memory from Prometheus
             if key not in self.detectors:
-                self.detectors[key] = BurnRate(sample.model, sample.version,
-                                               self.availability.get(sample.model, 0.999))
+                self.detectors[key] = MemoryLeak(sample.target, self.settings.memory)
+        if sample.metric == "latency_ms" and sample.version is not None:
+            self._burn(sample.model, sample.version)
+        elif sample.metric in ("serving_requests", "serving_errors"):
+            # Serving's own request counter: model-wide (no version label), all clients
+            burn = self._burn(sample.model, None)
+            burn.add(sample.t, sample.value if sample.metric == "serving_requests" else 0.0,
+                     sample.value if sample.metric == "serving_errors" else 0.0)
+            return
         for detector in self.detectors.values():
             detector.observe(sample)
+
+    def _burn(self, model: str, version: int | None) -> BurnRate:
+        key: Key = ("burn", model, version)
+        if key not in self.detectors:
+            self.detectors[key] = BurnRate(model, version, self.availability.get(model, 0.999))
+        detector: BurnRate = self.detectors[key]
+        return detector
 
     def update_roles(self, model: str, versions: list[dict[str, Any]],
                      labels: dict[str, int] | None) -> None:

@@ -25,6 +25,8 @@ from daemon.recorder import Recorder
 from probes.golden import DEFAULT_GOLDEN, GoldenRequest, load_golden
 from probes.memory import CgroupMemoryProbe, ProcessMemoryProbe
 from probes.predict import RestPredictProbe, open_loop
+from probes.promql import PromQLProbe
+from probes.serving_metrics import ServingMetricsProbe
 from probes.status import StatusProbe
 
 log = logging.getLogger("tfwarden.probes")
@@ -72,6 +74,22 @@ class ProbeSupervisor:
                 self._status_probes.append(probe)
                 self._add_job(probe.name, lambda p=probe: self._run_status(p),
                               endpoint.status_interval_seconds)
+        for name, endpoint in self.config.serving.items():
+            if endpoint.metrics_url is not None:
+                scraper = ServingMetricsProbe(name, str(endpoint.metrics_url), self._client,
+                                              timeout_seconds=endpoint.timeout_seconds,
+                                              clock=self.clock)
+                self._add_job(scraper.name, lambda p=scraper: self._run_generic(p),
+                              endpoint.metrics_interval_seconds)
+        promql = self.config.promql
+        for query in promql.queries if promql is not None else []:
+            assert promql is not None
+            promql_probe = PromQLProbe(query.name, str(promql.url), query.query, query.metric,
+                                       self._client, target_label=query.target_label,
+                                       model=query.model, timeout_seconds=promql.timeout_seconds,
+                                       clock=self.clock)
+            self._add_job(promql_probe.name, lambda p=promql_probe: self._run_generic(p),
+                          query.interval_seconds)
         for target in self.config.memory:
             memory_probe: Any
             if target.cgroup is not None:
@@ -122,7 +140,9 @@ class ProbeSupervisor:
         result = await probe.run()
         self._record(result)
         for sample in result.samples:
-            self.recorder.memory(sample.target, sample.metric.removesuffix("_bytes"), sample.value)
+            if sample.source == "memory":
+                self.recorder.memory(sample.target, sample.metric.removesuffix("_bytes"),
+                                     sample.value)
 
     def _record(self, result: ProbeResult) -> None:
         self.recorder.probe_ran(result.probe, result.ok)

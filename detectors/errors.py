@@ -143,8 +143,9 @@ class BurnRate:
         self.horizon = max(long for _, _, long, _ in BURN_RULES)
 
     def observe(self, sample: Sample) -> None:
-        if sample.metric != "latency_ms" or sample.model != self.model or (
-                self.version is not None and sample.version != self.version):
+        """Probe outcomes of this version (``version`` None: fed through ``add`` instead)."""
+        if (self.version is None or sample.metric != "latency_ms" or sample.model != self.model
+                or sample.version != self.version):
             return
         failed = _failed(sample)
         if failed is None:
@@ -178,7 +179,8 @@ class BurnRate:
         return (None if requests == 0 else errors / requests), requests
 
     def evaluate(self, now: float) -> Finding:
-        base: dict[str, Any] = {"model": self.model, "version": self.version, "target": "slo"}
+        base: dict[str, Any] = {"model": self.model, "version": self.version,
+                                "target": "slo" if self.version is not None else "slo:serving"}
         short_ratio, short_requests = self._ratio(now, 300)
         if short_ratio is None or short_requests < self.min_requests:
             return Finding(self.name, INCONCLUSIVE, now, **base,
