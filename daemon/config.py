@@ -147,7 +147,7 @@ class SLOConfig(_Strict):
 class ProbeConfig(_Strict):
     """Predict probe of one model: golden requests sent open-loop to each target."""
 
-    protocol: Literal["rest"] = "rest"
+    protocol: Literal["rest", "grpc"] = "rest"
     address: Literal["versions", "labels", "latest"] = Field(
         "versions", description="Probe every AVAILABLE version, the listed labels, or the "
         "unlabeled (latest) endpoint.")
@@ -335,9 +335,14 @@ def _cross_check(config: Config) -> list[ConfigProblem]:
             ))
     for i, model in enumerate(config.models):
         probed = config.serving.get(model.serving)
-        if model.probe is not None and probed is not None and probed.rest_url is None:
+        if (model.probe is not None and probed is not None and model.probe.protocol == "rest"
+                and probed.rest_url is None):
             problems.append(ConfigProblem(
                 f"models[{i}].probe", f"needs serving.{model.serving}.rest_url (protocol rest)"))
+        if (model.probe is not None and probed is not None and model.probe.protocol == "grpc"
+                and probed.grpc_address is None):
+            problems.append(ConfigProblem(
+                f"models[{i}].probe", f"needs serving.{model.serving}.grpc_address (protocol grpc)"))
         if (model.probe is not None and model.probe.address == "versions" and probed is not None
                 and probed.grpc_address is None):
             problems.append(ConfigProblem(

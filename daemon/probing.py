@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import httpx
 
 from core.clock import Clock
@@ -23,6 +24,7 @@ from daemon.config import Config, ModelConfig, TFServingEndpoint
 from daemon.jobs import JobRunner
 from daemon.recorder import Recorder
 from probes.golden import DEFAULT_GOLDEN, GoldenRequest, load_golden
+from probes.grpc_predict import GrpcPredictProbe
 from probes.memory import CgroupMemoryProbe, ProcessMemoryProbe
 from probes.predict import RestPredictProbe, open_loop
 from probes.promql import PromQLProbe
@@ -49,7 +51,8 @@ class ProbeSupervisor:
         self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=200))
         self._status_probes: list[StatusProbe] = []
         self._loops: dict[TargetKey, asyncio.Task[None]] = {}
-        self._probes: dict[TargetKey, RestPredictProbe] = {}
+        self._probes: dict[TargetKey, RestPredictProbe | GrpcPredictProbe] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
         self._golden: dict[str, tuple[GoldenRequest, ...]] = {}
         self._recent: dict[str, deque[dict[str, Any]]] = {}
         self._failures: dict[str, deque[dict[str, Any]]] = {}
@@ -120,6 +123,8 @@ class ProbeSupervisor:
         self._loops.clear()
         for probe in self._status_probes:
             await probe.close()
+        for channel in self._channels.values():
+            await channel.close()
         await self._client.aclose()
 
     # -- status and memory -----------------------------------------------------------------
@@ -171,10 +176,21 @@ class ProbeSupervisor:
     def _start_loop(self, model: ModelConfig, version: int | None, label: str | None) -> None:
         assert model.probe is not None
         endpoint: TFServingEndpoint = self.config.serving[model.serving]
-        assert endpoint.rest_url is not None
-        probe = RestPredictProbe(self._client, str(endpoint.rest_url), model.name, version=version,
-                                 label=label, golden=self._golden[model.name],
-                                 timeout_seconds=model.probe.timeout_seconds, clock=self.clock)
+        probe: RestPredictProbe | GrpcPredictProbe
+        if model.probe.protocol == "grpc":
+            assert endpoint.grpc_address is not None
+            channel = self._channels.get(endpoint.grpc_address)
+            if channel is None:
+                channel = self._channels[endpoint.grpc_address] = grpc.aio.insecure_channel(
+                    endpoint.grpc_address)
+            probe = GrpcPredictProbe(channel, model.name, version=version, label=label,
+                                     golden=self._golden[model.name],
+                                     timeout_seconds=model.probe.timeout_seconds, clock=self.clock)
+        else:
+            assert endpoint.rest_url is not None
+            probe = RestPredictProbe(self._client, str(endpoint.rest_url), model.name,
+                                     version=version, label=label, golden=self._golden[model.name],
+                                     timeout_seconds=model.probe.timeout_seconds, clock=self.clock)
         key: TargetKey = (model.name, version, label or "")
         version_label = "" if version is None else str(version)
 

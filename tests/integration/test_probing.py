@@ -116,6 +116,36 @@ def test_slow_canary_is_a_latency_regression_finding(setup: dict[str, Any]) -> N
     assert errors["verdict"] in ("ok", "inconclusive")
 
 
+def test_grpc_predict_probe_against_the_devserver(setup: dict[str, Any]) -> None:
+    import asyncio
+
+    import grpc
+
+    from probes.golden import GoldenRequest
+    from probes.grpc_predict import GrpcPredictProbe
+
+    golden = (GoldenRequest(request={"instances": [2.0]}, expected={"predictions": [3.0]}),)
+    wrong = (GoldenRequest(request={"inputs": [2.0]}, expected={"outputs": [9.0]}),)
+
+    async def scenario():  # type: ignore[no-untyped-def]
+        async with grpc.aio.insecure_channel(setup["dev"].grpc_address) as channel:
+            v1 = await GrpcPredictProbe(channel, "m", version=1, golden=golden).send()
+            v2 = await GrpcPredictProbe(channel, "m", version=2, golden=golden).send()
+            missing = await GrpcPredictProbe(channel, "m", version=9, golden=golden).send()
+            incorrect = await GrpcPredictProbe(channel, "m", version=1, golden=wrong).send()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as nowhere:
+            unreachable = await GrpcPredictProbe(nowhere, "m", golden=golden,
+                                                 timeout_seconds=1).send()
+        return v1, v2, missing, incorrect, unreachable
+
+    v1, v2, missing, incorrect, unreachable = asyncio.run(scenario())
+    assert v1.ok and v1.labels["served_version"] == "1"
+    assert v2.ok and v2.value >= 30  # version 2's latency fault
+    assert missing.labels["outcome"] == "error" and missing.labels["status"] == "NOT_FOUND"
+    assert incorrect.labels["outcome"] == "incorrect"
+    assert unreachable.labels["outcome"] in ("unreachable", "timeout")
+
+
 def test_status_and_memory_are_exported(setup: dict[str, Any]) -> None:
     daemon = setup["daemon"]
     wait_for(lambda: "memory:devserver" in daemon.client.get("/debug/probes").json()["recent"])
