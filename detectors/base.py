@@ -70,35 +70,6 @@ class MixtureECusum:
         return self.log_e >= self.log_threshold
 
 
-class BernoulliECusum:
-    """e-CUSUM for a rate rising above ``p0``: mixture over alternatives ``p1 > p0``."""
-
-    def __init__(self, p0: float, threshold: float,
-                 alternatives: Sequence[float] = (2.0, 3.0, 5.0, 10.0)) -> None:
-        self.p0 = p0
-        self.log_threshold = math.log(threshold)
-        self.p1 = tuple(min(0.99, p0 * k) for k in alternatives)
-        self.log_m = [0.0] * len(self.p1)
-        self.n = 0
-        self.events = 0
-
-    def update(self, event: bool) -> None:
-        self.n += 1
-        self.events += event
-        for i, p1 in enumerate(self.p1):
-            ratio = p1 / self.p0 if event else (1 - p1) / (1 - self.p0)
-            self.log_m[i] = max(self.log_m[i], 0.0) + math.log(ratio)
-
-    @property
-    def log_e(self) -> float:
-        top = max(self.log_m)
-        return top + math.log(sum(math.exp(v - top) for v in self.log_m) / len(self.log_m))
-
-    @property
-    def alarmed(self) -> bool:
-        return self.log_e >= self.log_threshold
-
-
 def quantile(ordered: Sequence[float], q: float) -> float:
     """Linear-interpolated quantile of already sorted values."""
     if not ordered:

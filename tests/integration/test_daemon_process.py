@@ -81,34 +81,30 @@ def test_sigterm_during_an_idle_run_is_fast(daemon_factory: Factory) -> None:
     assert code == 0 and seconds < 3
 
 
-def test_port_in_use_is_a_one_line_startup_error(tmp_path: Path) -> None:
-    port = free_port()
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", port))
-    holder.listen()
-    try:
-        config = tmp_path / "c.yaml"
-        config.write_text(f"server: {{listen: '127.0.0.1:{port}'}}\nstate_dir: {tmp_path}/s\n")
-        daemon = DaemonProcess(config, port)
-        code = daemon.proc.wait(timeout=30)
-        daemon.close()
-        lines = daemon.stderr().strip().splitlines()
-        assert code == 1
-        assert len(lines) == 1 and "Address already in use" in lines[0], lines
-    finally:
-        holder.close()
-
-
-def test_corrupt_state_is_a_one_line_startup_error(tmp_path: Path) -> None:
-    port = free_port()
-    (tmp_path / "s").mkdir()
-    (tmp_path / "s" / "state.db").write_bytes(b"garbage" * 1000)
+def startup_failure(tmp_path: Path, port: int) -> tuple[int, list[str]]:
+    """Run `tfwarden run` expecting it to fail at start-up; return (exit status, stderr lines)."""
     config = tmp_path / "c.yaml"
     config.write_text(f"server: {{listen: '127.0.0.1:{port}'}}\nstate_dir: {tmp_path}/s\n")
     daemon = DaemonProcess(config, port)
     code = daemon.proc.wait(timeout=30)
     daemon.close()
-    lines = daemon.stderr().strip().splitlines()
+    return code, daemon.stderr().strip().splitlines()
+
+
+def test_port_in_use_is_a_one_line_startup_error(tmp_path: Path) -> None:
+    port = free_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        code, lines = startup_failure(tmp_path, port)
+    assert code == 1
+    assert len(lines) == 1 and "Address already in use" in lines[0], lines
+
+
+def test_corrupt_state_is_a_one_line_startup_error(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "state.db").write_bytes(b"garbage" * 1000)
+    code, lines = startup_failure(tmp_path, free_port())
     assert code == 1
     assert len(lines) == 1 and "corrupt or not a tfwarden state database" in lines[0], lines
 

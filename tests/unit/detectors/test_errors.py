@@ -1,23 +1,13 @@
 from __future__ import annotations
 
-from bench.tracegen import CanaryScenario, latency_trace
+from bench.tracegen import CanaryScenario
 from core.types import INCONCLUSIVE, OK, REGRESSION, Sample
 from detectors.errors import BurnRate, CanaryErrors
+from tests.unit.detectors.conftest import feed_latency_trace
 
 
 def run(scenario: CanaryScenario):  # type: ignore[no-untyped-def]
-    detector = CanaryErrors("m", 1, 2)
-    finding = None
-    for event in latency_trace(scenario):
-        if event["type"] != "latency":
-            continue
-        detector.observe(Sample(t=event["t"], source="t", metric="latency_ms", value=event["ms"],
-                                model="m", version=event["version"], ok=event["ok"],
-                                labels={"outcome": "ok" if event["ok"] else "error"}))
-        finding = detector.evaluate(event["t"])
-        if finding.verdict == REGRESSION:
-            return event["t"] - scenario.t0, finding
-    return None, finding
+    return feed_latency_trace(CanaryErrors("m", 1, 2), scenario)
 
 
 def test_five_percent_canary_errors_against_a_tenth_percent_found_within_a_minute() -> None:

@@ -3,24 +3,14 @@ from __future__ import annotations
 import math
 import random
 
-from bench.tracegen import CanaryScenario, latency_trace
+from bench.tracegen import CanaryScenario
 from core.types import INCONCLUSIVE, OK, REGRESSION, Sample
 from detectors.latency import BaselineLatency, CanaryLatency, LatencySettings
+from tests.unit.detectors.conftest import feed_latency_trace
 
 
-def first_regression(scenario: CanaryScenario, detector: CanaryLatency | None = None):  # type: ignore[no-untyped-def]
-    detector = detector or CanaryLatency("m", 1, 2)
-    finding = None
-    for event in latency_trace(scenario):
-        if event["type"] != "latency":
-            continue
-        detector.observe(Sample(t=event["t"], source="t", metric="latency_ms", value=event["ms"],
-                                model="m", version=event["version"], ok=event["ok"],
-                                labels={"outcome": "ok" if event["ok"] else "error"}))
-        finding = detector.evaluate(event["t"])
-        if finding.verdict == REGRESSION:
-            return event["t"] - scenario.t0, finding
-    return None, finding
+def first_regression(scenario: CanaryScenario):  # type: ignore[no-untyped-def]
+    return feed_latency_trace(CanaryLatency("m", 1, 2), scenario)
 
 
 def test_doubling_is_found_within_seconds() -> None:
