@@ -252,6 +252,12 @@ class PoliciesConfig(_Strict):
                 f"expected a shipped rule set ({', '.join(SHIPPED_RULESETS)}) "
                 f"or an existing rule file, got {value!r}"
             )
+        from policies.rules import load_ruleset
+
+        try:
+            load_ruleset(str(path))
+        except ConfigError as exc:
+            raise ValueError(f"invalid rule file: {exc}") from None
         return str(path)
 
 

@@ -44,6 +44,7 @@ class Backtest:
         self.models: dict[str, _Model] = {}
         self.detectors: dict[tuple[str, str, Any], Any] = {}
         self.last_verdict: dict[tuple[str, str, Any], str] = {}
+        self.current: dict[tuple[str, str, Any], Finding] = {}
         self.counts: Counter[str] = Counter()
         self.events = 0
 
@@ -77,6 +78,7 @@ class Backtest:
             detector = self.detectors[key]
             detector.observe(sample)
             finding = detector.evaluate(event.t)
+            self.current[key] = finding
             if self.last_verdict.get(key) != finding.verdict:
                 self.last_verdict[key] = finding.verdict
                 self.counts[finding.verdict] += 1
@@ -115,3 +117,8 @@ class Backtest:
     def _drop(self, key: tuple[str, str, Any]) -> None:
         self.detectors.pop(key, None)
         self.last_verdict.pop(key, None)
+        self.current.pop(key, None)
+
+    def roles(self) -> dict[str, tuple[int | None, int | None]]:
+        """(stable, canary) version of every model, as the trace's deploys left them."""
+        return {name: (m.stable, m.canary) for name, m in self.models.items()}

@@ -1,0 +1,1 @@
+"""Acting on decisions: per-model state machine, controllers, routers, notifiers."""

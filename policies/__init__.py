@@ -1,0 +1,1 @@
+"""Declarative rules turning findings into decisions; pure functions, no I/O."""

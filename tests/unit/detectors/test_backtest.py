@@ -21,7 +21,9 @@ def backtest(*args: str) -> subprocess.CompletedProcess[str]:
 def test_committed_trace_gives_the_known_verdicts() -> None:
     result = backtest(str(TRACE))
     assert result.returncode == 0, result.stderr
-    findings = [json.loads(line) for line in result.stdout.splitlines()]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    findings = [f for f in lines if "detector" in f]
+    decisions = [d for d in lines if d.get("type") == "decision"]
     latency = [f for f in findings if f["detector"] == "latency"]
     assert [f["verdict"] for f in latency] == ["inconclusive", "ok", "regression"]
     regression = latency[-1]
@@ -33,6 +35,10 @@ def test_committed_trace_gives_the_known_verdicts() -> None:
     errors = [f["verdict"] for f in findings if f["detector"] == "errors"]
     assert "regression" not in errors
     assert "backtest: 2414 events" in result.stderr
+    # the default policies replayed: a first traffic step while healthy, then the rollback
+    assert [(d["action"], d["rule"]) for d in decisions] == [
+        ("set_weight", "step-canary-weight"), ("rollback", "rollback-canary-on-regression")]
+    assert decisions[-1]["dry_run"] and 0 <= decisions[-1]["t"] - regression["t"] <= 1.0
 
 
 def test_bad_lines_give_line_numbered_errors(tmp_path: Path) -> None:

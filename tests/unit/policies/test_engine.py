@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.errors import ConfigError
+from core.types import Finding
+from lifecycle.phases import ModelStatus, Phase
+from policies.engine import PolicyMemory, evaluate, remember
+from policies.rules import RuleSet, load_ruleset
+
+DEFAULT = load_ruleset("default")
+CANARY = ModelStatus("m", Phase.CANARY_LIVE, stable_version=1, canary_version=2, since=0.0)
+
+
+def finding(detector: str, verdict: str, version: int | None = 2, pairs: int = 1000,
+            severity: str = "", **effect: float) -> Finding:
+    return Finding(detector, verdict, 0.0, model="m", version=version, target="v1",
+                   effect=effect, evidence={"pairs": pairs}, severity=severity)
+
+
+def run(findings: list[Finding], status: ModelStatus, times: list[float],
+        ruleset: RuleSet = DEFAULT, memory: PolicyMemory | None = None):  # type: ignore[no-untyped-def]
+    memory = memory or PolicyMemory()
+    decisions = []
+    for now in times:
+        remember(memory, findings, now)
+        decisions += evaluate(ruleset, findings, {"m": status}, now, memory)
+    return decisions
+
+
+def test_regressing_canary_is_rolled_back_with_its_evidence() -> None:
+    (decision,) = run([finding("latency", "regression", median_ratio=2.0),
+                       finding("errors", "ok")], CANARY, [100.0])
+    assert decision.action == "rollback" and decision.rule == "rollback-canary-on-regression"
+    assert decision.params == {"to_version": 1, "from_version": 2}
+    assert decision.alert == "page" and "latency regression" in decision.reason
+    assert decision.findings[0]["effect"]["median_ratio"] == 2.0
+
+
+def test_inconclusive_holds_and_never_rolls_back() -> None:
+    decisions = run([finding("latency", "inconclusive"), finding("errors", "ok")], CANARY,
+                    [float(t) for t in range(0, 120, 5)])
+    assert [d.action for d in decisions] == ["hold"]  # once, then the cooldown
+    assert decisions[0].t == 30.0  # after 30 s inconclusive
+    assert decisions[0].alert == "ticket"
+
+
+def test_healthy_canary_steps_through_weights_with_cooldown() -> None:
+    memory = PolicyMemory()
+    findings = [finding("latency", "ok"), finding("errors", "ok")]
+    status = CANARY
+    weights = []
+    actions = []
+    for now in range(0, 400, 5):
+        remember(memory, findings, float(now))
+        for decision in evaluate(DEFAULT, findings, {"m": status}, float(now), memory):
+            actions.append(decision.action)
+            if decision.action == "set_weight":
+                weights.append((now, decision.params["weight"]))
+                status = ModelStatus("m", Phase.CANARY_LIVE, 1, 2, weight=decision.params["weight"])
+    assert [w for _, w in weights] == [10, 25, 50, 100]
+    assert actions[:5] == ["set_weight"] * 4 + ["promote"]  # (status stays unpromoted here)
+    assert weights[0][0] == 20  # ok for 20 s first
+    assert all(b[0] - a[0] >= 60 for a, b in zip(weights, weights[1:], strict=False))
+
+
+def test_too_few_samples_does_not_step() -> None:
+    decisions = run([finding("latency", "ok", pairs=50), finding("errors", "ok", pairs=50)],
+                    CANARY, [0.0, 30.0, 60.0])
+    assert decisions == []
+
+
+def test_last_step_then_promotion() -> None:
+    at_100 = ModelStatus("m", Phase.CANARY_LIVE, 1, 2, weight=100, since=0.0)
+    decisions = run([finding("latency", "ok"), finding("errors", "ok")], at_100,
+                    [0.0, 30.0, 61.0])
+    assert [(d.action, d.params) for d in decisions] == [("promote", {"version": 2})]
+
+
+def test_promoted_version_is_rolled_back_on_an_slo_page_within_the_hour() -> None:
+    promoted = ModelStatus("m", Phase.STABLE, stable_version=2, previous_good=1, since=0.0,
+                           promoted_at=0.0)
+    page = finding("burn", "regression", version=None, severity="page")
+    (decision,) = run([page], promoted, [600.0])
+    assert decision.action == "rollback" and decision.params == {"to_version": 1, "from_version": 2}
+    assert run([page], promoted, [4000.0]) == []  # promoted too long ago
+    assert run([finding("burn", "regression", version=None, severity="ticket")], promoted,
+               [600.0]) == []
+
+
+def test_rule_guards_dry_run_approval_and_rate_limit(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("""rules:
+  - name: flappy
+    when:
+      status: {phase: [canary_live]}
+      any: [{detector: latency, verdict: regression}]
+    action: rollback
+    guards: {dry_run: true, require_approval: true, max_actions_per_hour: 2}
+""")
+    rules = load_ruleset(str(path))
+    decisions = run([finding("latency", "regression")], CANARY, [0.0, 10.0, 20.0, 30.0], rules)
+    assert len(decisions) == 2  # max 2 lifecycle actions per hour per model
+    assert all(d.dry_run and d.needs_approval for d in decisions)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("rules: [{name: a, when: {any: []}, action: rollback}]", "needs at least one"),
+    ("rules: [{name: a, when: {status: {phase: [live]}}, action: rollback}]", "phase"),
+    ("rules: [{name: a, when: {status: {phase: [stable]}}, action: explode}]", "action"),
+    ("rules: [{name: a, when: {status: {phase: [stable]}}, action: set_weight}]", "params.steps"),
+    ("rules: [{name: a, when: {status: {phase: [stable]}}, action: hold, colour: red}]", "colour"),
+])
+def test_invalid_rule_files_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_ruleset(str(path))
