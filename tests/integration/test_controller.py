@@ -1,0 +1,126 @@
+"""The TF Serving controller against the devserver: two-step label moves, promotion that keeps
+the previous version loaded, rollback, both config delivery modes, and a watcher asserting that
+requests to the `stable` label succeed throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from core.errors import ServingError
+from serving.tfserving.controller import (
+    ModelPlan,
+    TFServingController,
+    current_plan,
+    read_config,
+    with_plan,
+)
+from tests.helpers import TESTDATA, DevServer
+
+pytestmark = pytest.mark.integration
+TFS = TESTDATA / "tfserving"
+
+
+class StableWatcher(threading.Thread):
+    """Predicts through the `stable` label in a loop; records every failure."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(daemon=True)
+        self.address, self.stop, self.failures, self.served = address, threading.Event(), [], set()
+        self.calls = 0
+
+    def run(self) -> None:
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        with grpc.insecure_channel(self.address) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "m"
+            request.model_spec.version_label = "stable"
+            request.inputs["x"].dtype = 1
+            request.inputs["x"].tensor_shape.dim.add().size = 1
+            request.inputs["x"].float_val.append(2.0)
+            while not self.stop.is_set():
+                try:
+                    response = stub.Predict(request, timeout=5)
+                    self.served.add(response.model_spec.version.value)
+                except grpc.RpcError as exc:
+                    self.failures.append(f"{exc.code().name}: {exc.details()}")
+                self.calls += 1
+
+
+@pytest.fixture(params=["grpc", "file"])
+def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[TFServingController, DevServer]]:
+    base = tmp_path / "models" / "m"
+    shutil.copytree(TFS / "saved_model_half_plus_two_cpu" / "00000123", base / "1")
+    shutil.copytree(TFS / "saved_model_half_plus_three" / "00000123", base / "2")
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "m" base_path: "{base}" '
+                      'model_platform: "tensorflow" model_version_policy { specific { versions: 1 } } '
+                      '} }')
+    server = DevServer(f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
+                       workdir=tmp_path, rest=False)
+    server.wait_ready()
+    controller = TFServingController(server.grpc_address, config, delivery=request.param,
+                                     available_timeout_seconds=30)
+
+    async def label_stable() -> None:  # a gRPC channel belongs to one event loop: close it
+        await controller.set_labels("m", {"stable": 1}, keep=(1,))
+        await controller.close()
+
+    asyncio.run(label_stable())
+    yield controller, server
+    server.stop()
+
+
+def test_canary_promote_rollback_without_a_failed_stable_request(served) -> None:  # type: ignore[no-untyped-def]
+    controller, server = served
+    watcher = StableWatcher(server.grpc_address)
+    watcher.start()
+
+    async def scenario() -> dict[str, object]:
+        seen: dict[str, object] = {}
+        try:
+            plan = await controller.stage_canary("m", 2)
+            seen["staged"] = plan
+            seen["canary_serves"] = await controller.label_target("m", "canary")
+            seen["stable_serves"] = await controller.label_target("m", "stable")
+            plan = await controller.promote("m", 2)
+            seen["promoted"] = plan
+            seen["states_after_promote"] = await controller.states("m")
+            plan = await controller.rollback("m", 1)
+            seen["rolled_back"] = plan
+            seen["stable_after_rollback"] = await controller.label_target("m", "stable")
+        finally:
+            await controller.close()
+        return seen
+
+    seen = asyncio.run(scenario())
+    watcher.stop.set()
+    watcher.join(timeout=10)
+    assert seen["staged"] == ModelPlan((1, 2), {"stable": 1, "canary": 2})
+    assert (seen["canary_serves"], seen["stable_serves"]) == (2, 1)
+    assert seen["promoted"] == ModelPlan((1, 2), {"stable": 2, "canary": 2})
+    states = seen["states_after_promote"]
+    assert states[1][0] == 30 and states[2][0] == 30  # the previous good version stays loaded
+    assert seen["rolled_back"] == ModelPlan((1,), {"stable": 1})
+    assert seen["stable_after_rollback"] == 1
+    assert watcher.calls > 20
+    assert watcher.failures == []  # no label ever pointed at an unloaded version
+    assert watcher.served == {1, 2}
+
+
+def test_plans_refuse_labels_on_versions_they_do_not_load(served) -> None:  # type: ignore[no-untyped-def]
+    controller, _ = served
+    config = read_config(controller.config_file)
+    assert current_plan(config, "m") == ModelPlan((1,), {"stable": 1})
+    with pytest.raises(ServingError, match="point at versions not in"):
+        with_plan(config, "m", ModelPlan((1,), {"stable": 2}))
+    with pytest.raises(ServingError, match="not in the model config file"):
+        current_plan(config, "other")
