@@ -20,20 +20,26 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 from core.clock import Clock, SystemClock
 from core.errors import ConfigError, StartupError
 from core.series import SeriesWindows
+from core.types import Finding
 from daemon.config import Config, load_config, read_bearer_token
 from daemon.detection import EVALUATE_SECONDS, DetectionSupervisor
 from daemon.http import create_app
 from daemon.jobs import JobRunner
+from daemon.lifecycle_runner import POLICY_SECONDS, LifecycleRunner
 from daemon.logs import set_level
+from daemon.notify import notifiers_from
 from daemon.probing import ProbeSupervisor
 from daemon.recorder import Recorder
 from daemon.sdnotify import SystemdNotifier, watchdog_loop
 from daemon.state import SQLiteStateStore, StateStore
+from lifecycle.notifiers.dispatch import Dispatcher
+from policies.rules import RuleSet, load_ruleset
 from serving.tfserving import protos
 
 log = logging.getLogger("tfwarden.daemon")
@@ -85,6 +91,9 @@ class Daemon:
         self.windows = SeriesWindows()
         self.probes: ProbeSupervisor | None = None
         self.detection: DetectionSupervisor | None = None
+        self.lifecycle: LifecycleRunner | None = None
+        self.dispatcher: Dispatcher | None = None
+        self._http = httpx.AsyncClient()
         self._token: str | None = None
         self._ready = False
         self._stopping = False
@@ -111,6 +120,51 @@ class Daemon:
 
     def findings(self) -> list[dict[str, Any]]:
         return self.detection.current() if self.detection is not None else []
+
+    def models(self) -> list[dict[str, Any]]:
+        runner = self.lifecycle
+        return [s.to_json() for _, s in sorted(runner.statuses.items())] if runner else []
+
+    def model(self, name: str) -> dict[str, Any] | None:
+        runner = self.lifecycle
+        if runner is None or name not in runner.statuses:
+            return None
+        findings = [f for f in self.findings() if f["model"] == name]
+        return {**runner.model_json(name), "findings": findings}
+
+    def journal(self, after_id: int, limit: int, kind: str | None,
+                model: str | None) -> list[dict[str, Any]]:
+        if self.store is None:
+            return []
+        return [{"id": e.id, "t": e.t, "kind": e.kind, "model": e.model, "payload": e.payload}
+                for e in self.store.entries(after_id, limit, kind, model)]
+
+    async def manual_action(self, model: str, action: str) -> dict[str, Any]:
+        assert self.lifecycle is not None
+        return await self.lifecycle.manual(model, action)
+
+    def receive_alerts(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Alertmanager webhook: configured alerts become findings for the policies."""
+        assert self.config is not None and self.detection is not None
+        rules = {r.alertname: r for r in self.config.alerting.receive}
+        accepted = ignored = 0
+        now = self.clock.now()
+        for alert in payload["alerts"]:
+            labels = alert.get("labels", {}) if isinstance(alert, dict) else {}
+            rule = rules.get(labels.get("alertname", ""))
+            if rule is None:
+                ignored += 1
+                continue
+            firing = alert.get("status") == "firing"
+            finding = Finding(rule.detector, "regression" if firing else "ok", now,
+                              model=labels.get(rule.model_label, ""), version=None,
+                              target=f"alertmanager:{rule.alertname}",
+                              severity=labels.get("severity", "") if firing else "",
+                              reason=str(alert.get("annotations", {}).get("summary", ""))[:300],
+                              evidence={"alertname": rule.alertname, "labels": labels})
+            self.detection.add_external(finding, now + rule.expire_seconds)
+            accepted += 1
+        return {"accepted": accepted, "ignored": ignored}
 
     def probes_debug(self) -> dict[str, Any]:
         return self.probes.debug() if self.probes is not None else {}
@@ -174,9 +228,38 @@ class Daemon:
         supervisor.load_golden()
         if self.probes is not None:
             await self.probes.stop()
+        ruleset = load_ruleset(config.policies.ruleset)
         self.probes, self.detection = supervisor, detection
         self.jobs.add("detect", detection.evaluate, EVALUATE_SECONDS)
         supervisor.start()
+        await self._restart_lifecycle(config, ruleset, detection)
+
+    async def _restart_lifecycle(self, config: Config, ruleset: RuleSet,
+                                 detection: DetectionSupervisor) -> None:
+        if self.lifecycle is not None:
+            await self.lifecycle.stop()
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
+        assert self.store is not None
+        self.dispatcher = Dispatcher(notifiers_from(config, self._http),
+                                     on_result=self.recorder.notified)
+        self.dispatcher.start()
+        runner = LifecycleRunner(config, ruleset, self.store, self.recorder, self.clock,
+                                 self.dispatcher, self._journal_model, detection.all_findings)
+        self.lifecycle = runner
+        if not runner.models:
+            return
+        self._spawn(lambda: self._start_lifecycle(runner))
+
+    async def _start_lifecycle(self, runner: LifecycleRunner) -> None:
+        """Resume (and finish interrupted actions) before the policy loop may act."""
+        await runner.start()
+        if runner is not self.lifecycle:
+            return  # replaced by a reload meanwhile
+        interval = min(m.lifecycle.version_poll_seconds for m in runner.models.values())
+        self.jobs.add("policy", runner.tick, POLICY_SECONDS)
+        self.jobs.add("new-versions", runner.watch_versions, interval)
+        self.jobs.add("unload-previous", runner.unload_previous, 30.0)
 
     def _reload_failed(self, trigger: str, exc: ConfigError) -> dict[str, Any]:
         now = self.clock.now()
@@ -262,6 +345,11 @@ class Daemon:
         if self.probes is not None:
             await self.probes.stop()
         cancelled = await self.jobs.drain(self.config.server.shutdown_grace_seconds)
+        if self.lifecycle is not None:
+            await self.lifecycle.stop()
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
+        await self._http.aclose()
         server.should_exit = True
         try:
             await asyncio.wait_for(serve_task, HTTP_STOP_SECONDS + 1)
@@ -313,10 +401,12 @@ class Daemon:
     def _journal(self, kind: str, payload: dict[str, Any]) -> None:
         self._journal_model(kind, payload, None)
 
-    def _journal_model(self, kind: str, payload: dict[str, Any], model: str | None) -> None:
-        if self.store is not None:
-            self.store.append(self.clock.now(), kind, payload, model=model)
-            self.recorder.journaled(kind)
+    def _journal_model(self, kind: str, payload: dict[str, Any], model: str | None) -> int:
+        if self.store is None:
+            return 0
+        entry_id = self.store.append(self.clock.now(), kind, payload, model=model)
+        self.recorder.journaled(kind)
+        return entry_id
 
     def _status_line(self) -> str:
         n_models = len(self.config.models) if self.config else 0

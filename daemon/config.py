@@ -121,6 +121,9 @@ class TFServingEndpoint(_Strict):
         5.0, ge=0.5, le=3600, description="How often the status probe calls GetModelStatus.")
     metrics_interval_seconds: float = Field(
         15.0, ge=1, le=3600, description="How often Serving's metrics page is scraped.")
+    config_delivery: Literal["grpc", "file"] = Field(
+        "grpc", description="grpc: HandleReloadConfigRequest; file: the server polls the file "
+        "(--model_config_file_poll_wait_seconds).")
 
     @field_validator("grpc_address")
     @classmethod
@@ -157,6 +160,16 @@ class ProbeConfig(_Strict):
     timeout_seconds: float = Field(2.0, gt=0, le=60)
 
 
+class LifecycleConfig(_Strict):
+    """Automatic canary management of one model (needs the endpoint's model_config_file)."""
+
+    enabled: bool = True
+    auto_canary: bool = Field(True, description="A new version directory starts a canary.")
+    version_poll_seconds: float = Field(5.0, ge=1, le=3600)
+    keep_previous_seconds: float = Field(
+        3600.0, ge=0, description="Keep the previous version loaded this long after a promotion.")
+
+
 class ModelConfig(_Strict):
     """A model tfwarden watches on one serving endpoint."""
 
@@ -167,6 +180,7 @@ class ModelConfig(_Strict):
     )
     slo: SLOConfig = SLOConfig()
     probe: ProbeConfig | None = Field(None, description="Predict probe; none when omitted.")
+    lifecycle: LifecycleConfig = LifecycleConfig()
 
     @field_validator("golden_requests")
     @classmethod
@@ -221,9 +235,20 @@ class WebhookConfig(_Strict):
     timeout_seconds: float = Field(5.0, gt=0, le=60)
 
 
+class ReceiveRule(_Strict):
+    """Turns an alert received from Alertmanager's webhook into a finding."""
+
+    alertname: str
+    detector: Literal["latency", "errors", "burn", "memory", "drift"] = "burn"
+    model_label: str = Field("model_name", description="Alert label naming the model.")
+    expire_seconds: float = Field(900.0, gt=0, description="Forget a firing alert not re-sent.")
+
+
 class AlertingConfig(_Strict):
     alertmanager: AlertmanagerConfig | None = None
     webhooks: list[WebhookConfig] = []
+    receive: list[ReceiveRule] = Field(
+        [], description="Alerts accepted at POST /api/v1/alertmanager, as findings.")
     labels: dict[str, str] = Field({}, description="Extra labels added to every alert.")
 
     @field_validator("labels")

@@ -33,13 +33,14 @@ class DetectionSupervisor:
     """Owns the detectors of one configuration generation."""
 
     def __init__(self, config: Config, recorder: Recorder, clock: Clock, windows: SeriesWindows,
-                 journal: Callable[[str, dict[str, Any], str | None], None]) -> None:
+                 journal: Callable[[str, dict[str, Any], str | None], object]) -> None:
         self.settings, self.availability = detection_settings(config)
         self.config, self.recorder, self.clock, self.windows = config, recorder, clock, windows
         self.journal = journal
         self.detectors: dict[Key, Any] = {}
         self.findings: dict[Key, Finding] = {}
         self.roles: dict[str, tuple[int | None, int | None]] = {}  # model -> (stable, canary)
+        self.external: dict[Key, tuple[Finding, float]] = {}  # from Alertmanager, with expiry
         for target in config.memory:
             self.detectors[("memory", target.name, None)] = MemoryLeak(target.name,
                                                                        self.settings.memory)
@@ -116,5 +117,22 @@ class DetectionSupervisor:
                         "" if finding.version is None else f"v{finding.version}", finding.verdict,
                         finding.reason)
 
+    def add_external(self, finding: Finding, expires_at: float) -> None:
+        """A finding received from outside (an Alertmanager alert), valid until expiry."""
+        key: Key = (finding.detector, finding.model, finding.target)
+        previous = self.external.get(key)
+        self.external[key] = (finding, expires_at)
+        if previous is None or previous[0].verdict != finding.verdict:
+            self.journal("finding", finding.to_json(), finding.model or None)
+        self.recorder.finding(finding)
+
+    def all_findings(self) -> list[Finding]:
+        now = self.clock.now()
+        for key in [k for k, (_, expires) in self.external.items() if expires < now]:
+            del self.external[key]
+        return [*self.findings.values(), *(f for f, _ in self.external.values())]
+
     def current(self) -> list[dict[str, Any]]:
-        return [f.to_json() for _, f in sorted(self.findings.items(), key=lambda kv: str(kv[0]))]
+        return [f.to_json() for f in sorted(self.all_findings(),
+                                            key=lambda f: (f.detector, f.model, str(f.version),
+                                                           f.target))]

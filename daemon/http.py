@@ -37,6 +37,17 @@ class DaemonControl(Protocol):
 
     def findings(self) -> list[dict[str, Any]]: ...
 
+    def models(self) -> list[dict[str, Any]]: ...
+
+    def model(self, name: str) -> dict[str, Any] | None: ...
+
+    def journal(self, after_id: int, limit: int, kind: str | None,
+                model: str | None) -> list[dict[str, Any]]: ...
+
+    async def manual_action(self, model: str, action: str) -> dict[str, Any]: ...
+
+    def receive_alerts(self, payload: dict[str, Any]) -> dict[str, Any]: ...
+
     async def reload(self, trigger: str) -> dict[str, Any]: ...
 
 
@@ -114,6 +125,49 @@ def create_app(daemon: DaemonControl) -> FastAPI:
     @app.get("/api/v1/findings")
     async def findings() -> dict[str, Any]:
         return {"findings": daemon.findings()}
+
+    @app.get("/api/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"models": daemon.models()}
+
+    @app.get("/api/v1/models/{name}")
+    async def model(name: str) -> dict[str, Any]:
+        found = daemon.model(name)
+        if found is None:
+            raise ApiError(404, f"model {name!r} is not managed by tfwarden")
+        return found
+
+    @app.post("/api/v1/models/{name}/{action}")
+    async def model_action(name: str, action: str, request: Request) -> dict[str, Any]:
+        _require_token(daemon, request)
+        if action not in ("rollback", "promote", "pause", "resume", "approve"):
+            raise ApiError(404, f"unknown action {action!r} (expected rollback, promote, pause, "
+                                "resume or approve)")
+        if daemon.model(name) is None:
+            raise ApiError(404, f"model {name!r} is not managed by tfwarden")
+        try:
+            return await daemon.manual_action(name, action)
+        except ValueError as exc:
+            raise ApiError(409, str(exc)) from None
+
+    @app.get("/api/v1/journal")
+    async def journal(after: int = 0, limit: int = 100, kind: str | None = None,
+                      model: str | None = None) -> dict[str, Any]:
+        if not 1 <= limit <= 1000:
+            raise ApiError(400, "limit must be between 1 and 1000")
+        return {"entries": daemon.journal(after, limit, kind, model)}
+
+    @app.post("/api/v1/alertmanager")
+    async def alertmanager(request: Request) -> dict[str, Any]:
+        _require_token(daemon, request)
+        try:
+            payload = await request.json()
+        except ValueError:
+            raise ApiError(400, "body is not JSON (expected Alertmanager's webhook payload)") \
+                from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
+            raise ApiError(400, "expected Alertmanager's webhook payload with an 'alerts' list")
+        return daemon.receive_alerts(payload)
 
     @app.get("/api/v1/status")
     async def status() -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 import statistics
 from collections import deque
 from collections.abc import Callable
@@ -196,6 +197,8 @@ class ProbeSupervisor:
 
         async def send() -> None:
             sample = await probe.send()
+            if sample.version is None and label:
+                sample = replace(sample, version=self._label_version(model.name, label, sample))
             self.windows.add(sample)
             self._on_sample(sample)
             self.recorder.probe_request(model.name, version_label, label or "",
@@ -209,6 +212,16 @@ class ProbeSupervisor:
             open_loop(model.probe.rate_per_second, model.probe.max_in_flight, send, skipped),
             name=f"predict:{probe.target}")
         log.info("predict probe started for %s at %.1f/s", probe.target, model.probe.rate_per_second)
+
+    def _label_version(self, model: str, label: str, sample: Sample) -> int | None:
+        """The version a label-addressed sample measured: the one the server reported serving
+        (gRPC), else the label's target in the last status (REST)."""
+        served = sample.labels.get("served_version")
+        if served:
+            return int(served)
+        labels = self.versions.get(model, {}).get("labels") or {}
+        version = labels.get(label)
+        return int(version) if version is not None else None
 
     # -- reporting -------------------------------------------------------------------------
     def debug(self) -> dict[str, Any]:

@@ -116,6 +116,21 @@ class Recorder:
             "Projected time until a leaking target reaches its memory limit.", ["target"],
             registry=r)
 
+        self._decisions = Counter(
+            "tfwarden_decisions_total", "Policy decisions by model, action and dry run.",
+            ["model", "action", "dry_run"], registry=r)
+        self._actions = Counter(
+            "tfwarden_actions_total", "Lifecycle actions carried out, by outcome.",
+            ["model", "action", "outcome"], registry=r)
+        self._phase = Gauge(
+            "tfwarden_model_phase", "1 for each model's current lifecycle phase, 0 for the others.",
+            ["model", "phase"], registry=r)
+        self._weight = Gauge(
+            "tfwarden_canary_weight_percent", "Traffic share of the canary.", ["model"], registry=r)
+        self._notifications = Counter(
+            "tfwarden_notifications_total", "Alert deliveries by notifier and outcome.",
+            ["notifier", "outcome"], registry=r)
+
     def started(self, t: float) -> None:
         self._start_time.set(t)
 
@@ -181,6 +196,21 @@ class Recorder:
             ttl = finding.effect.get("time_to_limit_seconds")
             if ttl is not None:
                 self._time_to_limit.labels(finding.target).set(ttl)
+
+    def decision(self, model: str, action: str, dry_run: bool) -> None:
+        self._decisions.labels(model, action, str(dry_run).lower()).inc()
+
+    def action(self, model: str, action: str, outcome: str) -> None:
+        self._actions.labels(model, action, outcome).inc()
+
+    def model_phase(self, model: str, phase: str, weight: int) -> None:
+        for name in ("stable", "canary_shadow", "canary_live", "promoting", "rolling_back",
+                     "rolled_back", "paused"):
+            self._phase.labels(model, name).set(1 if name == phase else 0)
+        self._weight.labels(model).set(weight)
+
+    def notified(self, notifier: str, ok: bool) -> None:
+        self._notifications.labels(notifier, "success" if ok else "failure").inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

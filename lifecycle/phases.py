@@ -56,6 +56,7 @@ class ModelStatus:
     promoted_at: float | None = None
     paused_from: Phase | None = None
     last_error: str = ""
+    rejected: tuple[int, ...] = ()  # versions rolled back: never staged again automatically
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "phase": self.phase.value,
@@ -63,7 +64,7 @@ class ModelStatus:
                 "previous_good": self.previous_good, "weight": self.weight, "since": self.since,
                 "promoted_at": self.promoted_at,
                 "paused_from": self.paused_from.value if self.paused_from else None,
-                "last_error": self.last_error}
+                "last_error": self.last_error, "rejected": list(self.rejected)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelStatus:
@@ -73,7 +74,8 @@ class ModelStatus:
                    previous_good=data.get("previous_good"), weight=int(data.get("weight", 0)),
                    since=float(data.get("since", 0.0)), promoted_at=data.get("promoted_at"),
                    paused_from=Phase(data["paused_from"]) if data.get("paused_from") else None,
-                   last_error=data.get("last_error", ""))
+                   last_error=data.get("last_error", ""),
+                   rejected=tuple(data.get("rejected", ())))
 
 
 def transition(status: ModelStatus, to: Phase, now: float, **changes: Any) -> ModelStatus:

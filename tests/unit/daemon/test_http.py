@@ -33,6 +33,24 @@ class FakeDaemon:
     def findings(self) -> list[dict[str, Any]]:
         return []
 
+    def models(self) -> list[dict[str, Any]]:
+        return []
+
+    def model(self, name: str) -> dict[str, Any] | None:
+        return {"model": name} if name == "m" else None
+
+    def journal(self, after_id: int, limit: int, kind: str | None,
+                model: str | None) -> list[dict[str, Any]]:
+        return [{"id": after_id + 1, "kind": kind}]
+
+    async def manual_action(self, model: str, action: str) -> dict[str, Any]:
+        if action == "resume":
+            raise ValueError("model 'm' is not paused")
+        return {"model": model, "action": action}
+
+    def receive_alerts(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"accepted": len(payload["alerts"]), "ignored": 0}
+
     async def reload(self, trigger: str) -> dict[str, Any]:
         self.reloads.append(trigger)
         if self.reload_ok:
@@ -107,3 +125,30 @@ def test_reload_is_refused_while_stopping() -> None:
     daemon.stopping = True
     response = call(daemon, "POST", "/-/reload")
     assert response.status_code == 503 and daemon.reloads == []
+
+
+def test_model_actions_need_the_token_and_answer_in_json() -> None:
+    daemon = FakeDaemon(token="t")
+    auth = {"Authorization": "Bearer t"}
+    assert call(daemon, "POST", "/api/v1/models/m/rollback").status_code == 401
+    assert call(daemon, "POST", "/api/v1/models/m/rollback", headers=auth).json() == {
+        "model": "m", "action": "rollback"}
+    response = call(daemon, "POST", "/api/v1/models/m/explode", headers=auth)
+    assert response.status_code == 404 and "unknown action" in response.json()["error"]
+    assert call(daemon, "POST", "/api/v1/models/x/rollback", headers=auth).status_code == 404
+    conflict = call(daemon, "POST", "/api/v1/models/m/resume", headers=auth)
+    assert conflict.status_code == 409 and conflict.json() == {"error": "model 'm' is not paused"}
+    assert call(daemon, "GET", "/api/v1/models/nope").status_code == 404
+
+
+def test_alertmanager_webhook_validates_its_payload() -> None:
+    daemon = FakeDaemon()
+    good = call(daemon, "POST", "/api/v1/alertmanager", json={"alerts": [{"status": "firing"}]})
+    assert good.json() == {"accepted": 1, "ignored": 0}
+    bad = call(daemon, "POST", "/api/v1/alertmanager", content=b"not json")
+    assert bad.status_code == 400 and "not JSON" in bad.json()["error"]
+    shape = call(daemon, "POST", "/api/v1/alertmanager", json={"foo": 1})
+    assert shape.status_code == 400
+    assert call(daemon, "GET", "/api/v1/journal?limit=5000").status_code == 400
+    assert call(daemon, "GET", "/api/v1/journal?after=7&kind=decision").json() == {
+        "entries": [{"id": 8, "kind": "decision"}]}

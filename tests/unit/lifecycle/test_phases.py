@@ -25,5 +25,5 @@ def test_forbidden_transition_names_the_phases() -> None:
 
 
 def test_status_round_trips_through_json() -> None:
-    status = ModelStatus("m", Phase.PAUSED, 1, 2, 0, 25, 5.0, 3.0, Phase.CANARY_LIVE, "x")
+    status = ModelStatus("m", Phase.PAUSED, 1, 2, 0, 25, 5.0, 3.0, Phase.CANARY_LIVE, "x", (3,))
     assert ModelStatus.from_json(status.to_json()) == status

@@ -1,0 +1,1 @@
+"""Where alerts go: Alertmanager API v2, a generic JSON webhook, or nowhere (nop)."""

@@ -1,0 +1,53 @@
+"""Alertmanager API v2 (``POST /api/v2/alerts``) and a generic JSON webhook."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import httpx
+
+from lifecycle.notifiers.base import Alert
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+
+
+def alertmanager_body(alerts: list[Alert]) -> list[dict[str, object]]:
+    body = []
+    for alert in alerts:
+        item: dict[str, object] = {"labels": dict(alert.labels),
+                                   "annotations": dict(alert.annotations),
+                                   "startsAt": _iso(alert.starts_at)}
+        if alert.ends_at is not None:
+            item["endsAt"] = _iso(alert.ends_at)
+        body.append(item)
+    return body
+
+
+class AlertmanagerNotifier:
+    name = "alertmanager"
+
+    def __init__(self, url: str, client: httpx.AsyncClient, timeout_seconds: float = 5.0) -> None:
+        self.url = url.rstrip("/") + "/api/v2/alerts"
+        self._client, self._timeout = client, timeout_seconds
+
+    async def send(self, alerts: list[Alert]) -> None:
+        response = await self._client.post(self.url, json=alertmanager_body(alerts),
+                                           timeout=self._timeout)
+        response.raise_for_status()
+
+
+class WebhookNotifier:
+    """POSTs ``{"alerts": [...]}`` in Alertmanager's alert shape to any URL."""
+
+    name = "webhook"
+
+    def __init__(self, url: str, client: httpx.AsyncClient, timeout_seconds: float = 5.0) -> None:
+        self.url = url
+        self._client, self._timeout = client, timeout_seconds
+
+    async def send(self, alerts: list[Alert]) -> None:
+        response = await self._client.post(self.url, json={"alerts": alertmanager_body(alerts)},
+                                           timeout=self._timeout)
+        response.raise_for_status()
