@@ -162,7 +162,8 @@ class Daemon:
                               severity=labels.get("severity", "") if firing else "",
                               reason=str(alert.get("annotations", {}).get("summary", ""))[:300],
                               evidence={"alertname": rule.alertname, "labels": labels})
-            self.detection.add_external(finding, now + rule.expire_seconds)
+            identity = ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != "severity")
+            self.detection.add_external(finding, now + rule.expire_seconds, identity)
             accepted += 1
         return {"accepted": accepted, "ignored": ignored}
 

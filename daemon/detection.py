@@ -117,9 +117,10 @@ class DetectionSupervisor:
                         "" if finding.version is None else f"v{finding.version}", finding.verdict,
                         finding.reason)
 
-    def add_external(self, finding: Finding, expires_at: float) -> None:
-        """A finding received from outside (an Alertmanager alert), valid until expiry."""
-        key: Key = (finding.detector, finding.model, finding.target)
+    def add_external(self, finding: Finding, expires_at: float, identity: str = "") -> None:
+        """A finding received from outside (an Alertmanager alert, ``identity`` its label set),
+        valid until expiry."""
+        key: Key = (finding.detector, finding.model, f"{finding.target}|{identity}")
         previous = self.external.get(key)
         self.external[key] = (finding, expires_at)
         if previous is None or previous[0].verdict != finding.verdict:
