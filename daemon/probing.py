@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 import statistics
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import grpc
