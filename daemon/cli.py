@@ -60,9 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--config", metavar="FILE", help="detector settings and SLOs")
 
     demo = sub.add_parser("demo", help="start tfwarden on an embedded default and show it work")
-    demo.add_argument("--duration", type=float, default=20.0, metavar="SECONDS",
-                      help="how long to run before stopping (default 20)")
-    demo.add_argument("--keep-running", action="store_true", help="run until Ctrl-C")
+    demo.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                      help="stop after this many seconds (default: when the story is told)")
+    demo.add_argument("--keep-running", action="store_true",
+                      help="keep observing after the story, until Ctrl-C or --duration")
     return parser
 
 
@@ -105,9 +106,8 @@ def cmd_config_schema(_: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from daemon.demo import run_demo
 
-    duration = None if args.keep_running else args.duration
     try:
-        return run_demo(duration)
+        return run_demo(args.duration, keep_running=args.keep_running)
     except TfwardenError as exc:
         print(f"tfwarden demo: {exc}", file=sys.stderr)
         return 1

@@ -1,13 +1,14 @@
-"""``tfwarden demo``: tfwarden watching a live (dev)server, with one command.
+"""``tfwarden demo``: the whole story on a live (dev)server, with one command.
 
 Everything runs on 127.0.0.1 with free ports in a temporary directory removed afterwards:
-1. `tfwarden devserver` serves half_plus_two as version 1 and version 2; version 2 carries a
-   latency fault file (lognormal, median +15 ms), so the two versions really differ;
-2. `tfwarden run` watches it: gRPC status probe, open-loop golden-request predict probes to
-   each AVAILABLE version at 10/s, and the devserver's memory;
-3. every few seconds the demo prints what tfwarden observes and concludes, read from its own API
-   (`/debug/probes`, `/api/v1/findings`), until `--duration` or Ctrl-C: version 2 is found to
-   be a latency regression against version 1, with its effect size and evidence.
+1. `tfwarden devserver` serves half_plus_two version 1; tfwarden adopts it as stable and probes
+   the `stable` and `canary` labels at 10 requests/s each;
+2. version 2 appears with a latency fault (+40 ms): tfwarden stages it as a canary, finds the
+   latency regression against stable, rolls it back and raises, then resolves, an alert (to a
+   real Alertmanager when `prometheus-alertmanager` is installed, otherwise to the journal);
+3. a healthy version 3 appears and is promoted through the traffic steps.
+The timeline is read from tfwarden's own API (journal, findings). The demo uses faster rule
+timings than the default rule set so the story takes about a minute.
 """
 
 from __future__ import annotations
@@ -29,9 +30,44 @@ import httpx
 from core.errors import StartupError
 
 MODEL_DATA = Path(__file__).parent / "demo-data" / "half_plus_two" / "00000123"
-FAULT = {"latency": {"lognormal": {"median_ms": 15, "sigma": 0.3}}, "seed": 1}
+LATENCY_FAULT = {"latency": {"fixed_ms": 40}}
 GOLDEN = [{"request": {"instances": [1.0, 2.0, 5.0]}, "expected": {"predictions": [2.5, 3.0, 4.5]}},
           {"request": {"inputs": [0.0]}, "expected": {"outputs": [2.0]}}]
+DEMO_RULES = """rules:
+  - name: rollback-canary-on-regression
+    when:
+      status: {phase: [canary_live]}
+      any:
+        - {detector: latency, verdict: regression, role: canary}
+        - {detector: errors, verdict: regression, role: canary}
+    action: rollback
+    alert: page
+    guards: {cooldown_seconds: 30}
+  - name: hold-canary-while-inconclusive
+    when:
+      status: {phase: [canary_live]}
+      any: [{detector: latency, verdict: inconclusive, role: canary, for_seconds: 10}]
+    action: hold
+    alert: ticket
+    guards: {cooldown_seconds: 60}
+  - name: step-canary-weight
+    when:
+      status: {phase: [canary_live], weight_below: 100}
+      all:
+        - {detector: latency, verdict: ok, role: canary, min_samples: 100, for_seconds: 5}
+        - {detector: errors, verdict: ok, role: canary, min_samples: 100, for_seconds: 5}
+    action: set_weight
+    params: {steps: [25, 50, 100]}
+    guards: {cooldown_seconds: 5}
+  - name: promote-after-last-step
+    when:
+      status: {phase: [canary_live], weight_at_least: 100}
+      all:
+        - {detector: latency, verdict: ok, role: canary, for_seconds: 5}
+        - {detector: errors, verdict: ok, role: canary, for_seconds: 5}
+    action: promote
+    alert: info
+"""
 TFWARDEN_CONFIG = """\
 server:
   listen: 127.0.0.1:{port}
@@ -42,22 +78,22 @@ serving:
     rest_url: http://127.0.0.1:{rest}
     grpc_address: 127.0.0.1:{grpc}
     model_config_file: ./models.config
-    status_interval_seconds: 1
+    status_interval_seconds: 0.5
 models:
   - name: half_plus_two
     serving: dev
     golden_requests: ./golden.jsonl
-    probe:
-      address: versions
-      rate_per_second: 10
+    probe: {{address: labels, labels: [stable, canary], rate_per_second: 10}}
+    lifecycle: {{version_poll_seconds: 1}}
 memory:
-  - name: devserver
-    pid_file: ./devserver.pid
-    interval_seconds: 2
+  - {{name: devserver, pid_file: ./devserver.pid, interval_seconds: 2}}
+policies: {{ruleset: ./rules.yaml}}
+alerting:
+{alerting}
 """
 MODELS_CONFIG = """model_config_list {{ config {{
   name: "half_plus_two" base_path: "{base}" model_platform: "tensorflow"
-  model_version_policy {{ all {{}} }}
+  model_version_policy {{ specific {{ versions: 1 }} }}
 }} }}
 """
 
@@ -78,27 +114,141 @@ def _rss_mb(pid: int) -> float:
 class _Timeline:
     def __init__(self) -> None:
         self.t0 = time.monotonic()
+        self.wall0 = time.time()
 
-    def say(self, message: str) -> None:
-        print(f"[{time.monotonic() - self.t0:6.1f}s] {message}", flush=True)
-
-
-def _prepare(work: Path) -> tuple[int, int, int]:
-    base = work / "models" / "half_plus_two"
-    for version in (1, 2):
-        shutil.copytree(MODEL_DATA, base / str(version))
-    (base / "2" / "devserver-faults.json").write_text(json.dumps(FAULT))
-    (work / "models.config").write_text(MODELS_CONFIG.format(base=base))
-    (work / "golden.jsonl").write_text("".join(json.dumps(g) + "\n" for g in GOLDEN))
-    rest, grpc, port = free_port(), free_port(), free_port()
-    (work / "tfwarden.yaml").write_text(TFWARDEN_CONFIG.format(port=port, rest=rest, grpc=grpc))
-    return rest, grpc, port
+    def say(self, message: str, at: float | None = None) -> None:
+        elapsed = (at - self.wall0) if at is not None else time.monotonic() - self.t0
+        print(f"[{elapsed:6.1f}s] {message}", flush=True)
 
 
-def _spawn(args: list[str], work: Path, log_name: str) -> subprocess.Popen[bytes]:
-    log = open(work / log_name, "wb")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen([sys.executable, "-m", "daemon", *args], cwd=work, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+class _Demo:
+    def __init__(self, work: Path, timeline: _Timeline) -> None:
+        self.work, self.timeline = work, timeline
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.base = work / "models" / "half_plus_two"
+        self.rest, self.grpc, self.port = free_port(), free_port(), free_port()
+        self.alertmanager: str | None = None
+        self.after_id = 0
+        self.client: httpx.Client | None = None
+
+    def spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        log = open(self.work / log_name, "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(args, cwd=self.work, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def prepare(self) -> None:
+        shutil.copytree(MODEL_DATA, self.base / "1")
+        (self.work / "models.config").write_text(MODELS_CONFIG.format(base=self.base))
+        (self.work / "golden.jsonl").write_text("".join(json.dumps(g) + "\n" for g in GOLDEN))
+        (self.work / "rules.yaml").write_text(DEMO_RULES)
+        alerting = "  webhooks: []"
+        binary = shutil.which("prometheus-alertmanager")
+        if binary:
+            port = free_port()
+            (self.work / "alertmanager.yml").write_text(
+                "route: {receiver: log}\nreceivers: [{name: log}]\n")
+            self.spawn([binary, f"--config.file={self.work / 'alertmanager.yml'}",
+                        f"--storage.path={self.work / 'am'}",
+                        f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+                       "alertmanager.log")
+            self.alertmanager = f"http://127.0.0.1:{port}"
+            alerting = f"  alertmanager: {{url: \"{self.alertmanager}\"}}"
+        (self.work / "tfwarden.yaml").write_text(TFWARDEN_CONFIG.format(
+            port=self.port, rest=self.rest, grpc=self.grpc, alerting=alerting))
+
+    def start(self) -> None:
+        say = self.timeline.say
+        dev = self.spawn([sys.executable, "-m", "daemon", "devserver", f"--port={self.grpc}",
+                          f"--rest_api_port={self.rest}",
+                          f"--model_config_file={self.work / 'models.config'}"], "devserver.log")
+        (self.work / "devserver.pid").write_text(str(dev.pid))
+        say("starting tfwarden devserver (TF Serving protocol) with half_plus_two version 1")
+        _wait(lambda: "Exporting HTTP/REST API" in (self.work / "devserver.log").read_text(
+            errors="replace"), dev, "devserver", self.work / "devserver.log")
+        say(f"devserver ready: REST 127.0.0.1:{self.rest}, gRPC 127.0.0.1:{self.grpc}")
+        daemon = self.spawn([sys.executable, "-m", "daemon", "run", "--config",
+                             str(self.work / "tfwarden.yaml")], "tfwarden.log")
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=5.0)
+        _wait(self.ready, daemon, "tfwarden", self.work / "tfwarden.log")
+        where = (f"alerts go to Alertmanager at {self.alertmanager}" if self.alertmanager
+                 else "alerts go to the journal (prometheus-alertmanager is not installed)")
+        say(f"tfwarden ready on http://127.0.0.1:{self.port} (RSS {_rss_mb(daemon.pid):.0f} MB, "
+            f"no TensorFlow in it); {where}")
+        self.wait(lambda: (self.status() or {}).get("stable_version") == 1, 60, "adoption")
+
+    def ready(self) -> bool:
+        try:
+            return self.client is not None and self.client.get("/-/ready").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def status(self) -> dict[str, Any] | None:
+        assert self.client is not None
+        response = self.client.get("/api/v1/models/half_plus_two")
+        return response.json() if response.status_code == 200 else None
+
+    def wait(self, predicate: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            self.narrate()
+            if time.monotonic() > deadline:
+                raise StartupError(f"demo step '{what}' did not happen within {timeout:.0f} s")
+            time.sleep(0.3)
+        self.narrate()
+
+    def new_version(self, version: int, faults: dict[str, Any] | None) -> float:
+        staging = self.base.parent / f".staging-{version}"
+        shutil.copytree(MODEL_DATA, staging)
+        if faults:
+            (staging / "devserver-faults.json").write_text(json.dumps(faults))
+        staging.rename(self.base / str(version))  # never a partial version directory
+        return time.time()
+
+    def narrate(self) -> None:
+        """Print new journal entries as timeline lines."""
+        assert self.client is not None
+        entries = self.client.get("/api/v1/journal", params={"after": self.after_id,
+                                                             "limit": 200}).json()["entries"]
+        for entry in entries:
+            self.after_id = entry["id"]
+            line = _describe(entry)
+            if line:
+                self.timeline.say(line, at=entry["t"])
+
+    def stop(self) -> list[int | None]:
+        if self.client is not None:
+            self.client.close()
+        return [_stop(p) for p in reversed(self.procs)]
+
+
+def _describe(entry: dict[str, Any]) -> str | None:
+    kind, p = entry["kind"], entry["payload"]
+    if kind == "lifecycle_adopted":
+        return f"tfwarden adopted half_plus_two: version {p['stable_version']} labelled stable"
+    if kind == "new_version":
+        return f"new version directory: version {p['version']}"
+    if kind == "finding" and p.get("detector") in ("latency", "errors") and p.get("verdict") == \
+            "regression":
+        effect = p.get("effect", {})
+        ci = effect.get("median_ratio_ci", [None, None])
+        evidence = p.get("evidence", {})
+        return (f"FINDING {p['detector']} regression v{p['version']} vs {p['target']}: "
+                f"median {effect.get('median_ratio', float('nan')):.2f}x (95% CI "
+                f"{ci[0]}-{ci[1]}), e-value e^{evidence.get('log_e_value')} over "
+                f"{evidence.get('pairs')} pairs")
+    if kind == "decision":
+        return (f"decision {p['rule']}: {p['action']} {p['params'] or ''} "
+                f"because {p['reason']}")[:240]
+    if kind == "action_done":
+        return f"done: {p['action']} {p['params'] or ''} in {p['seconds']:.2f} s"
+    if kind == "action_failed":
+        return f"FAILED: {p['action']}: {p['error']}"
+    if kind == "alert":
+        return f"alert {p['state']}: {p.get('alertname')} {p.get('action', '')} " \
+               f"severity={p.get('severity')}"
+    return None
 
 
 def _wait(predicate: Any, proc: subprocess.Popen[bytes], what: str, log: Path,
@@ -114,81 +264,6 @@ def _wait(predicate: Any, proc: subprocess.Popen[bytes], what: str, log: Path,
     raise StartupError(f"{what} was not ready within {timeout:.0f} s")
 
 
-def run_demo(duration: float | None) -> int:
-    """Run the demo for ``duration`` seconds (None: until Ctrl-C); return the exit status."""
-    work = Path(tempfile.mkdtemp(prefix="tfwarden-demo-"))
-    timeline = _Timeline()
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        rest, grpc, port = _prepare(work)
-        timeline.say("starting tfwarden devserver (TF Serving protocol) with half_plus_two "
-                     "versions 1 and 2; version 2 has a latency fault (median +15 ms)")
-        dev = _spawn(["devserver", f"--port={grpc}", f"--rest_api_port={rest}",
-                      f"--model_config_file={work / 'models.config'}"], work, "devserver.log")
-        procs.append(dev)
-        (work / "devserver.pid").write_text(str(dev.pid))
-        _wait(lambda: "Exporting HTTP/REST API" in (work / "devserver.log").read_text(errors="replace"),
-              dev, "devserver", work / "devserver.log")
-        timeline.say(f"devserver ready: REST 127.0.0.1:{rest}, gRPC 127.0.0.1:{grpc}")
-        daemon = _spawn(["run", "--config", str(work / "tfwarden.yaml")], work, "tfwarden.log")
-        procs.append(daemon)
-        base = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=base, timeout=5.0) as client:
-            _wait(lambda: _ready(client), daemon, "tfwarden", work / "tfwarden.log")
-            timeline.say(f"tfwarden ready on {base} (daemon RSS {_rss_mb(daemon.pid):.0f} MB, "
-                         "no TensorFlow in it); probing each version at 10 requests/s")
-            deadline = None if duration is None else time.monotonic() + duration
-            while deadline is None or time.monotonic() < deadline:
-                time.sleep(min(5.0, max(0.5, (deadline or 1e18) - time.monotonic())))
-                _report(client, daemon, timeline)
-    except KeyboardInterrupt:
-        print()
-    finally:
-        codes = [_stop(p) for p in reversed(procs)]
-        timeline.say("stopped tfwarden and the devserver")
-        shutil.rmtree(work, ignore_errors=True)
-    return 0 if all(c == 0 for c in codes) else 1
-
-
-def _ready(client: httpx.Client) -> bool:
-    try:
-        return client.get("/-/ready").status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def _report(client: httpx.Client, daemon: subprocess.Popen[bytes], timeline: _Timeline) -> None:
-    debug = client.get("/debug/probes").json()
-    states = {v["version"]: v["state"] for m in debug.get("status", {}).values()
-              for v in m.get("versions", [])}
-    for target in debug.get("predict", []):
-        outcomes = target["outcomes"]
-        failed = sum(n for k, n in outcomes.items() if k != "ok")
-        p50 = "-" if target["p50_ms"] is None else f"{target['p50_ms']:.1f}"
-        p99 = "-" if target["p99_ms"] is None else f"{target['p99_ms']:.1f}"
-        timeline.say(f"{target['target']:<18} {states.get(target['version'], '?'):<10} "
-                     f"p50 {p50:>6} ms  p99 {p99:>6} ms  last {debug['window_seconds']:.0f}s: "
-                     f"{outcomes.get('ok', 0)} ok, {failed} failed")
-    for finding in client.get("/api/v1/findings").json()["findings"]:
-        if finding["detector"] not in ("latency", "errors"):
-            continue
-        effect = finding["effect"]
-        detail = ""
-        if "median_ratio" in effect and "median_ratio_ci" in effect:
-            low, high = effect["median_ratio_ci"]
-            detail = f" median {effect['median_ratio']:.2f}x (95% CI {low:.2f}-{high:.2f})"
-        evidence = finding["evidence"]
-        timeline.say(f"{'finding ' + finding['detector']:<18} v{finding['version']} vs "
-                     f"{finding['target']}: {finding['verdict'].upper()}{detail}"
-                     f"{' - ' + finding['reason'] if finding['reason'] else ''} "
-                     f"[{evidence.get('pairs', 0)} pairs]")
-    memory = debug.get("recent", {}).get("memory:devserver", [])
-    if memory and memory[-1]["ok"]:
-        rss = memory[-1]["detail"]["rss_bytes"] / 2**20
-        timeline.say(f"{'devserver memory':<18} RSS {rss:.0f} MB; tfwarden daemon RSS "
-                     f"{_rss_mb(daemon.pid):.0f} MB")
-
-
 def _stop(proc: subprocess.Popen[bytes]) -> int | None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -198,3 +273,54 @@ def _stop(proc: subprocess.Popen[bytes]) -> int | None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     return proc.returncode
+
+
+def run_demo(duration: float | None, keep_running: bool = False) -> int:
+    """Run the story (bounded by ``duration`` seconds when given); return the exit status."""
+    work = Path(tempfile.mkdtemp(prefix="tfwarden-demo-"))
+    timeline = _Timeline()
+    demo = _Demo(work, timeline)
+    deadline = None if duration is None else time.monotonic() + duration
+    story_done = False
+    try:
+        demo.prepare()
+        demo.start()
+
+        def budget(default: float) -> float:
+            return default if deadline is None else max(1.0, min(default,
+                                                                 deadline - time.monotonic()))
+
+        fault_at = demo.new_version(2, LATENCY_FAULT)
+        timeline.say("version 2 copied into the model's base path, with a +40 ms latency fault")
+        demo.wait(lambda: (demo.status() or {}).get("phase") == "rolled_back", budget(120),
+                  "rollback of version 2")
+        rollback = next(e for e in reversed(_journal(demo, "action_done"))
+                        if e["payload"]["action"] == "rollback")
+        timeline.say(f"version 2 rolled back {rollback['t'] - fault_at:.1f} s after the fault "
+                     "appeared; stable stays on version 1")
+        demo.new_version(3, None)
+        timeline.say("version 3 (healthy) copied into the model's base path")
+        demo.wait(lambda: (demo.status() or {}).get("stable_version") == 3, budget(180),
+                  "promotion of version 3")
+        timeline.say("version 3 promoted through the traffic steps; version 1 kept loaded for an "
+                     "instant rollback")
+        story_done = True
+        while keep_running and (deadline is None or time.monotonic() < deadline):
+            demo.narrate()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print()
+    except StartupError as exc:
+        timeline.say(f"demo stopped: {exc}")
+    finally:
+        codes = demo.stop()
+        timeline.say("stopped tfwarden and the devserver")
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if story_done and all(c == 0 for c in codes[:2] if c is not None) else 1
+
+
+def _journal(demo: _Demo, kind: str) -> list[dict[str, Any]]:
+    assert demo.client is not None
+    entries: list[dict[str, Any]] = demo.client.get("/api/v1/journal",
+                                                    params={"kind": kind, "limit": 1000}).json()["entries"]
+    return entries
