@@ -298,7 +298,8 @@ class LifecycleRunner:
         status = self.statuses.get(decision.model)
         version = decision.params.get("from_version", decision.params.get("version",
                                       status.canary_version if status else None))
-        alert = Alert(labels={"alertname": "TfwardenDecision", "rule": decision.rule,
+        alert = Alert(labels={**self.config.alerting.labels,
+                              "alertname": "TfwardenDecision", "rule": decision.rule,
                               "model": decision.model, "version": str(version or ""),
                               "severity": decision.alert or "info", "action": decision.action},
                       annotations={"summary": f"{decision.action} {decision.model}: "
@@ -313,7 +314,8 @@ class LifecycleRunner:
         self.dispatcher.submit([alert])
 
     def _alert_failure(self, model: str, action: str, error: str) -> None:
-        alert = Alert(labels={"alertname": "TfwardenActionFailed", "model": model,
+        alert = Alert(labels={**self.config.alerting.labels,
+                              "alertname": "TfwardenActionFailed", "model": model,
                               "action": action, "severity": "page"},
                       annotations={"summary": f"{action} of {model} failed: {error}"[:500]},
                       starts_at=self.clock.now())
