@@ -54,7 +54,8 @@ class _Held:
 @dataclass
 class PolicyMemory:
     held: dict[FindingKey, _Held] = field(default_factory=dict)
-    last_fired: dict[tuple[str, str], float] = field(default_factory=dict)
+    # (rule, model, version the decision is about) -> time: a new canary is a new situation
+    last_fired: dict[tuple[str, str, int | None], float] = field(default_factory=dict)
     actions: dict[str, deque[float]] = field(default_factory=dict)
 
 
@@ -166,7 +167,9 @@ def evaluate(ruleset: RuleSet, findings: Sequence[Finding], statuses: Mapping[st
                 continue
             if is_lifecycle:
                 lifecycle_decided = True  # a matching rule blocks lower ones, even in cooldown
-            last = memory.last_fired.get((rule.name, model))
+            subject = status.canary_version if status.canary_version is not None \
+                else status.stable_version
+            last = memory.last_fired.get((rule.name, model, subject))
             if last is not None and now - last < rule.guards.cooldown_seconds:
                 continue
             if is_lifecycle and len(recent) >= rule.guards.max_actions_per_hour:
@@ -174,7 +177,7 @@ def evaluate(ruleset: RuleSet, findings: Sequence[Finding], statuses: Mapping[st
             params = _params(rule, status)
             if params is None:
                 continue
-            memory.last_fired[(rule.name, model)] = now
+            memory.last_fired[(rule.name, model, subject)] = now
             if is_lifecycle:
                 recent.append(now)
             reason = "; ".join(f"{f.detector} {f.verdict}"

@@ -118,3 +118,18 @@ def test_invalid_rule_files_name_the_problem(tmp_path: Path, text: str, message:
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_ruleset(str(path))
+
+
+def test_cooldown_is_per_version_so_a_new_canary_is_judged_afresh() -> None:
+    memory = PolicyMemory()
+    regression = [finding("latency", "regression", version=2)]
+    remember(memory, regression, 0.0)
+    first = evaluate(DEFAULT, regression, {"m": CANARY}, 0.0, memory)
+    assert [d.action for d in first] == ["rollback"]
+    again = evaluate(DEFAULT, regression, {"m": CANARY}, 10.0, memory)
+    assert again == []  # same canary: in cooldown
+    next_canary = ModelStatus("m", Phase.CANARY_LIVE, stable_version=1, canary_version=3)
+    regression_3 = [finding("latency", "regression", version=3)]
+    remember(memory, regression_3, 20.0)
+    assert [d.action for d in evaluate(DEFAULT, regression_3, {"m": next_canary}, 20.0,
+                                       memory)] == ["rollback"]
