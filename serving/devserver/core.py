@@ -14,11 +14,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from serving.devserver.servables import Servable, is_loadable, load_servable
 from serving.devserver.status import ServingStatus, not_found_latest, not_found_specific
 
 log = logging.getLogger("tfwarden.devserver")
+UNLOAD_WAIT_SECONDS = 30.0
 
 
 class State(enum.IntEnum):
@@ -56,6 +58,7 @@ class Version:
     faults: FaultInjector | None = None
     attempts: int = 0
     next_attempt: float = 0.0
+    in_flight: int = 0  # requests holding this version; it is unloaded only at zero
 
 
 @dataclass
@@ -275,6 +278,12 @@ class ServerCore:
             self._changed.notify_all()
 
     def _unload(self, model: Model, version: Version) -> None:
+        """UNLOADING already refuses new requests; wait for those in flight (TF Serving's
+        servable handles), then close the session."""
+        deadline = time.monotonic() + UNLOAD_WAIT_SECONDS
+        with self._changed:
+            while version.in_flight and time.monotonic() < deadline:
+                self._changed.wait(timeout=0.1)
         servable = version.servable
         if servable is not None:
             servable.close()
@@ -284,6 +293,20 @@ class ServerCore:
         log.info("model %s version %d unloaded (END)", model.name, version.number)
 
     # -- lookups ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def acquire(self, name: str, version: int | None = None,
+                label: str | None = None) -> Iterator[tuple[Version, Servable]]:
+        """Hold a version for the length of a request (it cannot be unloaded meanwhile)."""
+        with self._lock:
+            entry, servable = self.resolve(name, version, label)
+            entry.in_flight += 1
+        try:
+            yield entry, servable
+        finally:
+            with self._changed:
+                entry.in_flight -= 1
+                self._changed.notify_all()
+
     def resolve(self, name: str, version: int | None = None,
                 label: str | None = None) -> tuple[Version, Servable]:
         """The servable a request addresses, with TF Serving's error for each miss."""

@@ -45,21 +45,26 @@ class Inference:
         self.core = core
 
     def signatures(self, target: Target) -> tuple[Version, dict[str, Any]]:
-        version, servable = self.core.resolve(target.name, target.version, target.label)
-        return version, servable.signatures
+        with self.core.acquire(target.name, target.version, target.label) as (version, servable):
+            return version, servable.signatures
 
     def predict(self, target: Target, inputs: dict[str, np.ndarray],
                 output_filter: list[str] | None = None,
                 rest: bool = False) -> tuple[Served, dict[str, np.ndarray]]:
-        version, servable = self.core.resolve(target.name, target.version, target.label)
-        signature = target.signature or "serving_default"
-        signature_def(servable.signatures, signature, rest=rest)
-        outputs = self._run(version, target.name, "Predict", signature, inputs, output_filter)
+        with self.core.acquire(target.name, target.version, target.label) as (version, servable):
+            signature = target.signature or "serving_default"
+            signature_def(servable.signatures, signature, rest=rest)
+            outputs = self._run(version, servable, target.name, "Predict", signature, inputs,
+                                output_filter)
         return Served(version.number, signature), outputs
 
     def classify(self, target: Target, examples: list[Any],
                  context: Any = None) -> tuple[Served, list[list[tuple[str, float]]]]:
-        version, servable = self.core.resolve(target.name, target.version, target.label)
+        with self.core.acquire(target.name, target.version, target.label) as (version, servable):
+            return self._classify(target, version, servable, examples, context)
+
+    def _classify(self, target: Target, version: Version, servable: Any, examples: list[Any],
+                  context: Any) -> tuple[Served, list[list[tuple[str, float]]]]:
         signature = target.signature or "serving_default"
         sig = signature_def(servable.signatures, signature)
         alias = self._example_input(sig, "classification")
@@ -68,7 +73,7 @@ class Inference:
                                 "Expected classification signature outputs to contain at least "
                                 "one of: classes, scores")
         batch = self._serialize(examples, context)
-        outputs = self._run(version, target.name, "Classify", signature, {alias: batch},
+        outputs = self._run(version, servable, target.name, "Classify", signature, {alias: batch},
                             [o for o in ("classes", "scores") if o in sig.outputs])
         scores = outputs.get("scores")
         classes = outputs.get("classes")
@@ -89,7 +94,11 @@ class Inference:
 
     def regress(self, target: Target, examples: list[Any],
                 context: Any = None) -> tuple[Served, list[float]]:
-        version, servable = self.core.resolve(target.name, target.version, target.label)
+        with self.core.acquire(target.name, target.version, target.label) as (version, servable):
+            return self._regress(target, version, servable, examples, context)
+
+    def _regress(self, target: Target, version: Version, servable: Any, examples: list[Any],
+                 context: Any) -> tuple[Served, list[float]]:
         signature = target.signature or "serving_default"
         sig = signature_def(servable.signatures, signature)
         alias = self._example_input(sig, "regression")
@@ -97,7 +106,8 @@ class Inference:
             raise ServingStatus("INVALID_ARGUMENT",
                                 "No output tensor found in regression signature")
         batch = self._serialize(examples, context)
-        outputs = self._run(version, target.name, "Regress", signature, {alias: batch}, ["outputs"])
+        outputs = self._run(version, servable, target.name, "Regress", signature, {alias: batch},
+                            ["outputs"])
         values = np.reshape(outputs["outputs"], (len(examples), -1))
         if values.shape[1] != 1:
             raise ServingStatus("INVALID_ARGUMENT",
@@ -106,12 +116,8 @@ class Inference:
         self.core.metrics.examples(target.name, len(examples))
         return Served(version.number, signature), [float(v) for v in values[:, 0]]
 
-    def _run(self, version: Version, model: str, api: str, signature: str,
+    def _run(self, version: Version, servable: Any, model: str, api: str, signature: str,
              inputs: dict[str, np.ndarray], output_filter: list[str] | None) -> dict[str, np.ndarray]:
-        servable = version.servable
-        if servable is None:
-            raise ServingStatus("NOT_FOUND",
-                                f"Servable not found for request: Specific({model}, {version.number})")
         if version.faults is not None:
             version.faults.before_inference()
         started = time.monotonic()

@@ -195,3 +195,29 @@ def test_allow_labels_for_unavailable_models_flag(tmp_path: Path, base: Path) ->
     finally:
         client.close()
         server.stop()
+
+
+def test_unload_waits_for_requests_in_flight(served: Client, base: Path) -> None:
+    import json
+    import threading
+
+    shutil.copytree(THREE, base / "124")
+    served.reload(config_text(base, [123, 124]))
+    served.wait_state(124, "AVAILABLE")
+    (base / "123" / "devserver-faults.json").write_text(json.dumps({"latency": {"fixed_ms": 1500}}))
+    time.sleep(0.7)  # the fault file is re-read at most every 0.5 s
+    result: dict[str, object] = {}
+
+    def slow_request() -> None:
+        try:
+            result["value"] = served.predict(version=123)
+        except grpc.RpcError as exc:
+            result["error"] = f"{exc.code().name}: {exc.details()}"
+
+    thread = threading.Thread(target=slow_request)
+    thread.start()
+    time.sleep(0.4)  # the request now holds version 123
+    served.reload(config_text(base, [124]))  # drops 123 while the request runs
+    thread.join(timeout=10)
+    assert result == {"value": (3.0, 123)}  # TF Serving unloads only when handles are released
+    served.wait_state(123, "END")
