@@ -168,6 +168,8 @@ class LifecycleConfig(_Strict):
     version_poll_seconds: float = Field(5.0, ge=1, le=3600)
     keep_previous_seconds: float = Field(
         3600.0, ge=0, description="Keep the previous version loaded this long after a promotion.")
+    router: Literal["labels", "nginx"] = Field(
+        "labels", description="labels: clients pick stable/canary; nginx: weighted split.")
 
 
 class ModelConfig(_Strict):
@@ -207,6 +209,23 @@ class MemoryTarget(_Strict):
     @classmethod
     def _resolve(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return None if value is None else _resolve_path(value, info)
+
+
+class NginxConfig(_Strict):
+    """The nginx that fronts TF Serving (lifecycle.router: nginx; example in deploy/nginx)."""
+
+    conf: Path = Field(description="nginx's main configuration file (-c).")
+    prefix: Path = Field(Path("/etc/nginx"), description="nginx's prefix (-p).")
+    include_dir: Path = Field(description="Directory tfwarden writes its include files to.")
+    binary: str = "nginx"
+    mirror_url: AnyHttpUrl | None = Field(
+        None, description="Where sampled predict bodies are mirrored (tfwarden's capture API).")
+    mirror_percent: int = Field(10, ge=1, le=100)
+
+    @field_validator("conf", "prefix", "include_dir")
+    @classmethod
+    def _resolve(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve_path(value, info)
 
 
 class PromQLQuery(_Strict):
@@ -332,6 +351,7 @@ class Config(_Strict):
     models: list[ModelConfig] = []
     memory: list[MemoryTarget] = []
     promql: PromQLConfig | None = None
+    nginx: NginxConfig | None = None
     detection: DetectionConfig = DetectionConfig()
     alerting: AlertingConfig = AlertingConfig()
     policies: PoliciesConfig = PoliciesConfig()
@@ -379,6 +399,12 @@ def _cross_check(config: Config) -> list[ConfigProblem]:
             problems.append(ConfigProblem(
                 f"models[{i}].probe.address",
                 f"'versions' needs serving.{model.serving}.grpc_address to discover versions"))
+        if model.lifecycle.router == "nginx" and config.nginx is None:
+            problems.append(ConfigProblem(f"models[{i}].lifecycle.router",
+                                          "router nginx needs the top-level nginx section"))
+        if model.lifecycle.router == "nginx" and probed is not None and probed.rest_url is None:
+            problems.append(ConfigProblem(f"models[{i}].lifecycle.router",
+                                          f"router nginx needs serving.{model.serving}.rest_url"))
     names: set[str] = set()
     for i, target in enumerate(config.memory):
         given = [k for k in ("pid", "pid_file", "cgroup") if getattr(target, k) is not None]

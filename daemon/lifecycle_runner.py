@@ -30,6 +30,8 @@ from daemon.state import StateStore
 from lifecycle.notifiers.base import Alert
 from lifecycle.notifiers.dispatch import Dispatcher
 from lifecycle.phases import ModelStatus, Phase, transition
+from lifecycle.routers.base import LabelsRouter, Router
+from lifecycle.routers.nginx import NginxRouter, RouterError
 from policies.engine import Decision, PolicyMemory, evaluate, remember
 from policies.rules import RuleSet
 from serving.tfserving.controller import TFServingController, current_plan, read_config
@@ -57,6 +59,7 @@ class LifecycleRunner:
         self.memory = PolicyMemory()
         self.models: dict[str, ModelConfig] = {}
         self.controllers: dict[str, TFServingController] = {}
+        self.routers: dict[str, Router] = {}
         self.statuses: dict[str, ModelStatus] = {}
         self.approvals: dict[str, Decision] = {}
         self.decisions: dict[str, list[dict[str, Any]]] = {}
@@ -72,6 +75,7 @@ class LifecycleRunner:
                     endpoint.grpc_address, endpoint.model_config_file,
                     delivery=endpoint.config_delivery, timeout_seconds=endpoint.timeout_seconds)
                 self._locks[model.name] = asyncio.Lock()
+                self.routers[model.name] = router_for(config, model)
 
     # -- start-up: adopt or resume ---------------------------------------------------------
     async def start(self) -> None:
@@ -223,7 +227,7 @@ class LifecycleRunner:
             started = self.clock.now()
             try:
                 status = await self._execute(model, action, params)
-            except ServingError as exc:
+            except (ServingError, RouterError) as exc:
                 failed = replace(self.statuses[model], last_error=str(exc))
                 self._save(failed)
                 self._journal("action_failed", {"intent_id": intent_id, "model": model,
@@ -245,22 +249,27 @@ class LifecycleRunner:
 
     async def _execute(self, model: str, action: str, params: dict[str, Any]) -> ModelStatus:
         controller, status, now = self.controllers[model], self.statuses[model], self.clock.now()
+        router = self.routers[model]
         if action == "stage_canary":
             version = int(params["version"])
+            await router.apply(model, 0)
             await controller.stage_canary(model, version)
             return transition(status, Phase.CANARY_LIVE, now, canary_version=version, weight=0,
                               last_error="")
-        if action == "set_weight":  # labels router: clients pick labels; weight is recorded
+        if action == "set_weight":  # labels router: clients pick labels; weight is informative
+            await router.apply(model, int(params["weight"]))
             return transition(status, Phase.CANARY_LIVE, now, weight=int(params["weight"]))
         if action == "promote":
             version = int(params["version"])
             await controller.promote(model, version)
+            await router.apply(model, 0)  # stable and canary are the same version now
             promoting = transition(status, Phase.PROMOTING, now)
             return transition(promoting, Phase.STABLE, now, stable_version=version,
                               previous_good=status.stable_version, canary_version=None, weight=0,
                               promoted_at=now, last_error="")
         if action == "rollback":
             rolling = transition(status, Phase.ROLLING_BACK, now)
+            await router.apply(model, 0)  # traffic off the canary first
             if status.canary_version is not None and status.phase != Phase.STABLE:
                 target = status.stable_version
                 assert target is not None
@@ -346,3 +355,15 @@ class LifecycleRunner:
         return {**status.to_json(), "awaiting_approval": (self.approvals[model].to_json()
                                                           if model in self.approvals else None),
                 "decisions": self.decisions.get(model, [])}
+
+
+def router_for(config: Config, model: ModelConfig) -> Router:
+    """The configured traffic router of one model."""
+    if model.lifecycle.router == "nginx":
+        nginx, endpoint = config.nginx, config.serving[model.serving]
+        assert nginx is not None and endpoint.rest_url is not None
+        return NginxRouter(include_dir=nginx.include_dir, conf=nginx.conf, prefix=nginx.prefix,
+                           upstream=str(endpoint.rest_url), binary=nginx.binary,
+                           mirror_url=str(nginx.mirror_url) if nginx.mirror_url else None,
+                           mirror_percent=nginx.mirror_percent)
+    return LabelsRouter()

@@ -1,0 +1,1 @@
+"""How live traffic is split between a model's stable and canary versions."""

@@ -1,0 +1,129 @@
+"""The nginx router with a real nginx (Debian's) in front of the devserver."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import text_format
+
+from lifecycle.routers.nginx import NginxRouter, RouterError
+from tests.helpers import TESTDATA, DevServer, free_port
+
+pytestmark = pytest.mark.integration
+TFS = TESTDATA / "tfserving"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
+                                       else None)
+    if binary is None:
+        pytest.fail("nginx is not installed (apt-get install nginx); scripts/test installs it")
+    work = tmp_path_factory.mktemp("nginx")
+    base = work / "models" / "m"
+    shutil.copytree(TFS / "saved_model_half_plus_two_cpu" / "00000123", base / "1")
+    shutil.copytree(TFS / "saved_model_half_plus_three" / "00000123", base / "2")
+    config = work / "models.config"
+    entry = (f'name: "m" base_path: "{base}" model_platform: "tensorflow" '
+             'model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}')
+    config.write_text(f"model_config_list {{ config {{ {entry.format()} }} }}")
+    dev = DevServer(f"--model_config_file={config}", workdir=work)
+    dev.wait_ready()
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+
+    request = model_management_pb2.ReloadConfigRequest()
+    text_format.Parse(f'model_config_list {{ config {{ {entry.format()} '
+                      'version_labels { key: "stable" value: 1 } '
+                      'version_labels { key: "canary" value: 2 } } }', request.config)
+    with grpc.insecure_channel(dev.grpc_address) as channel:
+        model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request,
+                                                                                   timeout=30)
+    include = work / "tfwarden"
+    include.mkdir()
+    port = free_port()
+    conf = work / "nginx.conf"
+    conf.write_text(f"""worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    include {include}/*.http.conf;
+    server {{
+        listen 127.0.0.1:{port};
+        include {include}/*.server.conf;
+    }}
+}}
+""")
+    subprocess.run([binary, "-c", str(conf), "-p", str(work)], check=True, timeout=30)
+    router = NginxRouter(include_dir=include, conf=conf, prefix=work, upstream=dev.rest_url,
+                         binary=binary)
+    yield {"router": router, "url": f"http://127.0.0.1:{port}", "binary": binary, "conf": conf,
+           "work": work}
+    subprocess.run([binary, "-c", str(conf), "-p", str(work), "-s", "stop"], timeout=30)
+    dev.stop()
+
+
+def outputs(url: str, n: int, path: str = "/v1/models/m:predict") -> list[float]:
+    values = []
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for _ in range(n):
+            response = client.post(path, json={"instances": [2.0]})
+            assert response.status_code == 200, response.text
+            values.append(response.json()["predictions"][0])
+    return values
+
+
+def apply(stack: dict[str, Any], weight: int) -> None:
+    asyncio.run(stack["router"].apply("m", weight))
+    time.sleep(0.5)  # nginx workers pick the reload up
+
+
+def test_weighted_split_between_stable_and_canary(stack: dict[str, Any]) -> None:
+    apply(stack, 30)
+    values = outputs(stack["url"], 300)
+    canary = values.count(4.0)  # version 2 is half_plus_three
+    assert values.count(3.0) + canary == 300
+    assert abs(canary - 90) <= 4 * (300 * 0.3 * 0.7) ** 0.5, canary
+    apply(stack, 0)
+    assert set(outputs(stack["url"], 100)) == {3.0}
+    apply(stack, 100)
+    assert set(outputs(stack["url"], 50)) == {4.0}
+
+
+def test_unaddressed_non_predict_calls_never_reach_the_canary(stack: dict[str, Any]) -> None:
+    apply(stack, 100)
+    with httpx.Client(base_url=stack["url"], timeout=10) as client:
+        for _ in range(20):
+            result = client.post("/v1/models/m:regress", json={
+                "signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]})
+            assert result.json() == {"results": [3.0]}  # version 1 (version 2 lacks it)
+        explicit = client.post("/v1/models/m/labels/canary:predict", json={"instances": [2.0]})
+        assert explicit.json() == {"predictions": [4.0]}
+        version = client.post("/v1/models/m/versions/1:predict", json={"instances": [2.0]})
+        assert version.json() == {"predictions": [3.0]}
+    apply(stack, 0)
+
+
+def test_a_config_nginx_refuses_is_rolled_back(stack: dict[str, Any]) -> None:
+    apply(stack, 0)
+    broken = NginxRouter(include_dir=stack["router"].include_dir, conf=stack["conf"],
+                         prefix=stack["work"], upstream="http://[not-a-host", binary=stack["binary"])
+    with pytest.raises(RouterError, match="nginx -t refused"):
+        asyncio.run(broken.apply("m", 50))
+    assert "canary weight 0 %" in (stack["router"].include_dir / "m.http.conf").read_text()
+    assert set(outputs(stack["url"], 20)) == {3.0}  # previous routing still in force
