@@ -168,8 +168,9 @@ class LifecycleConfig(_Strict):
     version_poll_seconds: float = Field(5.0, ge=1, le=3600)
     keep_previous_seconds: float = Field(
         3600.0, ge=0, description="Keep the previous version loaded this long after a promotion.")
-    router: Literal["labels", "nginx"] = Field(
-        "labels", description="labels: clients pick stable/canary; nginx: weighted split.")
+    router: Literal["labels", "nginx", "shadow"] = Field(
+        "labels", description="labels: clients pick stable/canary; nginx: weighted split; "
+        "shadow: no live traffic to the canary, judged on replayed golden requests.")
 
 
 class ModelConfig(_Strict):

@@ -30,7 +30,7 @@ from daemon.state import StateStore
 from lifecycle.notifiers.base import Alert
 from lifecycle.notifiers.dispatch import Dispatcher
 from lifecycle.phases import ModelStatus, Phase, transition
-from lifecycle.routers.base import LabelsRouter, Router
+from lifecycle.routers.base import LabelsRouter, Router, ShadowRouter
 from lifecycle.routers.nginx import NginxRouter, RouterError
 from policies.engine import Decision, PolicyMemory, evaluate, remember
 from policies.rules import RuleSet
@@ -254,7 +254,8 @@ class LifecycleRunner:
             version = int(params["version"])
             await router.apply(model, 0)
             await controller.stage_canary(model, version)
-            return transition(status, Phase.CANARY_LIVE, now, canary_version=version, weight=0,
+            phase = Phase.CANARY_SHADOW if router.name == "shadow" else Phase.CANARY_LIVE
+            return transition(status, phase, now, canary_version=version, weight=0,
                               last_error="")
         if action == "set_weight":  # labels router: clients pick labels; weight is informative
             await router.apply(model, int(params["weight"]))
@@ -263,6 +264,8 @@ class LifecycleRunner:
             version = int(params["version"])
             await controller.promote(model, version)
             await router.apply(model, 0)  # stable and canary are the same version now
+            if status.phase == Phase.CANARY_SHADOW:  # the table goes through canary_live
+                status = transition(status, Phase.CANARY_LIVE, now)
             promoting = transition(status, Phase.PROMOTING, now)
             return transition(promoting, Phase.STABLE, now, stable_version=version,
                               previous_good=status.stable_version, canary_version=None, weight=0,
@@ -366,4 +369,6 @@ def router_for(config: Config, model: ModelConfig) -> Router:
                            upstream=str(endpoint.rest_url), binary=nginx.binary,
                            mirror_url=str(nginx.mirror_url) if nginx.mirror_url else None,
                            mirror_percent=nginx.mirror_percent)
+    if model.lifecycle.router == "shadow":
+        return ShadowRouter()
     return LabelsRouter()

@@ -23,3 +23,14 @@ class LabelsRouter:
 
     async def apply(self, model: str, weight: int) -> None:
         return None
+
+
+class ShadowRouter:
+    """No live traffic ever reaches the canary: it is judged on the golden requests tfwarden's
+    probes replay to its label (latency against stable, outputs against the expected ones), and
+    is then promoted or rolled back as a whole."""
+
+    name = "shadow"
+
+    async def apply(self, model: str, weight: int) -> None:
+        return None

@@ -59,7 +59,18 @@ FAST_RULES = """rules:
 """
 
 
-def daemon_config(work: Path, dev: DevServer, port: int, rest_url: str | None = None) -> str:
+SHADOW_RULE = """  - name: promote-shadow-canary
+    when:
+      status: {phase: [canary_shadow]}
+      all:
+        - {detector: latency, verdict: ok, role: canary, min_samples: 60, for_seconds: 3}
+        - {detector: errors, verdict: ok, role: canary, min_samples: 60, for_seconds: 3}
+    action: promote
+"""
+
+
+def daemon_config(work: Path, dev: DevServer, port: int, rest_url: str | None = None,
+                  router: str = "labels") -> str:
     return f"""
 server: {{listen: "127.0.0.1:{port}"}}
 state_dir: ./state
@@ -75,7 +86,7 @@ models:
     serving: dev
     golden_requests: golden.jsonl
     probe: {{address: labels, labels: [stable, canary], rate_per_second: 20, timeout_seconds: 1}}
-    lifecycle: {{version_poll_seconds: 1, keep_previous_seconds: 3600}}
+    lifecycle: {{version_poll_seconds: 1, keep_previous_seconds: 3600, router: {router}}}
 policies: {{ruleset: rules.yaml}}
 """
 
@@ -89,7 +100,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         'model_platform: "tensorflow" model_version_policy { specific { versions: 1 } } } }')
     (tmp_path / "golden.jsonl").write_text(json.dumps(
         {"request": {"instances": [2.0]}, "expected": {"predictions": [3.0]}}) + "\n")
-    (tmp_path / "rules.yaml").write_text(FAST_RULES)
+    (tmp_path / "rules.yaml").write_text(FAST_RULES + SHADOW_RULE)
     dev = DevServer(f"--model_config_file={tmp_path / 'models.config'}", workdir=tmp_path)
     dev.wait_ready()
     port = free_port()
@@ -189,3 +200,16 @@ def test_probe_outage_holds_the_canary_and_analysis_resumes(stack: dict[str, Any
     wait_for(lambda: status(daemon).get("stable_version") == 2, 90, "promotion after outage",
              daemon)
     assert not any(d["payload"]["action"] == "rollback" for d in journal(daemon, "decision"))
+
+
+def test_shadow_canary_judged_on_replayed_requests_then_promoted(stack: dict[str, Any]) -> None:
+    daemon, base, work, dev = stack["daemon"], stack["base"], stack["work"], stack["dev"]
+    wait_for(lambda: status(daemon).get("stable_version") == 1, 30, "adoption", daemon)
+    (work / "tfwarden.yaml").write_text(daemon_config(work, dev, stack["port"], router="shadow"))
+    assert daemon.client.post("/-/reload").json()["ok"]
+    new_version(base, 2)
+    wait_for(lambda: status(daemon).get("phase") == "canary_shadow", 30, "shadow canary", daemon)
+    wait_for(lambda: status(daemon).get("stable_version") == 2, 60, "promotion", daemon)
+    actions = [e["payload"]["action"] for e in journal(daemon, "action_done")]
+    assert "set_weight" not in actions  # no live traffic steps for a shadow canary
+    assert actions[-1] == "promote"

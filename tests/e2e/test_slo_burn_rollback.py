@@ -7,19 +7,18 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_canary_lifecycle import FAST_RULES, journal, new_version, status, wait_for
 from tests.helpers import REPO, TESTDATA, DaemonProcess, DevServer, free_port
+from tests.integration.test_controller import StableWatcher
 
 pytestmark = pytest.mark.integration
 MODEL = TESTDATA / "tfserving" / "saved_model_half_plus_two_cpu" / "00000123"
@@ -39,32 +38,6 @@ def wait_http(url: str, timeout: float = 30) -> None:
             pass
         assert time.monotonic() < deadline, f"{url} not up"
         time.sleep(0.2)
-
-
-class Traffic(threading.Thread):
-    """Clients calling the stable label, so Serving's request counter moves."""
-
-    def __init__(self, address: str) -> None:
-        super().__init__(daemon=True)
-        self.address, self.stop = address, threading.Event()
-
-    def run(self) -> None:
-        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-        with grpc.insecure_channel(self.address) as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = "m"
-            request.model_spec.version_label = "stable"
-            request.inputs["x"].dtype = 1
-            request.inputs["x"].tensor_shape.dim.add().size = 1
-            request.inputs["x"].float_val.append(2.0)
-            while not self.stop.is_set():
-                try:
-                    stub.Predict(request, timeout=5)
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.02)
 
 
 @pytest.fixture
@@ -135,7 +108,7 @@ policies: {{ruleset: rules.yaml}}
 """)
     daemon = DaemonProcess(tmp_path / "tfwarden.yaml", tfw_port)
     daemon.wait_ready()
-    traffic = Traffic(dev.grpc_address)
+    traffic = StableWatcher(dev.grpc_address)  # clients on the stable label: Serving counts them
     traffic.start()
     yield {"daemon": daemon, "base": base, "am": f"http://127.0.0.1:{am_port}", "work": tmp_path}
     traffic.stop.set()

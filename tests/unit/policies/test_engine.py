@@ -133,3 +133,11 @@ def test_cooldown_is_per_version_so_a_new_canary_is_judged_afresh() -> None:
     remember(memory, regression_3, 20.0)
     assert [d.action for d in evaluate(DEFAULT, regression_3, {"m": next_canary}, 20.0,
                                        memory)] == ["rollback"]
+
+
+def test_shadow_canary_is_promoted_after_a_healthy_replay() -> None:
+    shadow = ModelStatus("m", Phase.CANARY_SHADOW, stable_version=1, canary_version=2, since=0.0)
+    healthy = [finding("latency", "ok"), finding("errors", "ok")]
+    decisions = run(healthy, shadow, [0.0, 60.0, 121.0])
+    assert [(d.rule, d.action) for d in decisions] == [("promote-shadow-canary", "promote")]
+    assert run([finding("latency", "regression")], shadow, [0.0])[0].action == "rollback"

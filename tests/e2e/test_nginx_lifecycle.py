@@ -1,0 +1,100 @@
+"""The lifecycle driving a real nginx: canary weights become split_clients weights, unaddressed
+predict traffic through nginx follows them, and after promotion nginx sends it all to the new
+stable version."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.test_canary_lifecycle import FAST_RULES, status, wait_for
+from tests.helpers import TESTDATA, DaemonProcess, DevServer, free_port
+
+pytestmark = pytest.mark.integration
+TFS = TESTDATA / "tfserving"
+
+
+def test_canary_weights_drive_nginx(tmp_path: Path) -> None:
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(binary).exists():
+        pytest.fail("nginx is not installed; scripts/test installs it")
+    base = tmp_path / "models" / "m"
+    shutil.copytree(TFS / "saved_model_half_plus_two_cpu" / "00000123", base / "1")
+    (tmp_path / "models.config").write_text(
+        f'model_config_list {{ config {{ name: "m" base_path: "{base}" '
+        'model_platform: "tensorflow" model_version_policy { specific { versions: 1 } } } }')
+    (tmp_path / "golden.jsonl").write_text(json.dumps({"request": {"instances": [2.0]}}) + "\n")
+    (tmp_path / "rules.yaml").write_text(FAST_RULES)
+    dev = DevServer(f"--model_config_file={tmp_path / 'models.config'}", workdir=tmp_path)
+    dev.wait_ready()
+    include = tmp_path / "tfwarden-nginx"
+    include.mkdir()
+    nginx_port, port = free_port(), free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"""worker_processes 1;
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/nginx-error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp_path}/body;
+    proxy_temp_path {tmp_path}/proxy;
+    fastcgi_temp_path {tmp_path}/fastcgi;
+    uwsgi_temp_path {tmp_path}/uwsgi;
+    scgi_temp_path {tmp_path}/scgi;
+    include {include}/*.http.conf;
+    server {{
+        listen 127.0.0.1:{nginx_port};
+        include {include}/*.server.conf;
+    }}
+}}
+""")
+    subprocess.run([binary, "-c", str(conf), "-p", str(tmp_path)], check=True, timeout=30)
+    (tmp_path / "tfwarden.yaml").write_text(f"""
+server: {{listen: "127.0.0.1:{port}"}}
+state_dir: ./state
+serving:
+  dev: {{kind: tfserving, rest_url: "{dev.rest_url}", grpc_address: "{dev.grpc_address}",
+         model_config_file: ./models.config, status_interval_seconds: 0.5}}
+models:
+  - name: m
+    serving: dev
+    golden_requests: golden.jsonl
+    probe: {{address: labels, labels: [stable, canary], rate_per_second: 20}}
+    lifecycle: {{version_poll_seconds: 1, router: nginx}}
+nginx: {{conf: nginx.conf, prefix: ., include_dir: tfwarden-nginx, binary: "{binary}"}}
+policies: {{ruleset: rules.yaml}}
+""")
+    daemon = DaemonProcess(tmp_path / "tfwarden.yaml", port)
+    weights_seen: set[str] = set()
+    try:
+        daemon.wait_ready()
+        wait_for(lambda: status(daemon).get("stable_version") == 1, 30, "adoption", daemon)
+        staging = tmp_path / "staging"
+        shutil.copytree(TFS / "saved_model_half_plus_three" / "00000123", staging)  # 0.5x + 3
+        staging.rename(base / "2")
+
+        def promoted() -> bool:
+            http_conf = include / "m.http.conf"
+            if http_conf.exists():
+                weights_seen.add(http_conf.read_text().splitlines()[0].split("canary weight ")[1])
+            return status(daemon).get("stable_version") == 2
+
+        wait_for(promoted, 90, "promotion", daemon)
+        time.sleep(0.5)
+        with httpx.Client(base_url=f"http://127.0.0.1:{nginx_port}", timeout=10) as client:
+            values = {client.post("/v1/models/m:predict", json={"instances": [2.0]}).json()[
+                "predictions"][0] for _ in range(30)}
+        assert values == {4.0}  # all unaddressed traffic now reaches version 2
+        assert {"50 %", "100 %", "0 %"} <= weights_seen
+    finally:
+        daemon.terminate()
+        daemon.close()
+        subprocess.run([binary, "-c", str(conf), "-p", str(tmp_path), "-s", "stop"], timeout=30)
+        dev.stop()
