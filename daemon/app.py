@@ -27,6 +27,7 @@ from core.clock import Clock, SystemClock
 from core.errors import ConfigError, StartupError
 from core.series import SeriesWindows
 from core.types import Finding
+from daemon.capture import CaptureService
 from daemon.config import Config, load_config, read_bearer_token
 from daemon.detection import EVALUATE_SECONDS, DetectionSupervisor
 from daemon.http import create_app
@@ -94,6 +95,7 @@ class Daemon:
         self.lifecycle: LifecycleRunner | None = None
         self.dispatcher: Dispatcher | None = None
         self._http = httpx.AsyncClient()
+        self.capture_service: CaptureService | None = None
         self._token: str | None = None
         self._ready = False
         self._stopping = False
@@ -142,6 +144,14 @@ class Daemon:
     async def manual_action(self, model: str, action: str) -> dict[str, Any]:
         assert self.lifecycle is not None
         return await self.lifecycle.manual(model, action)
+
+    async def capture(self, model: str, body: bytes, client: str, kind: str,
+                      version: int | None) -> dict[str, Any]:
+        assert self.capture_service is not None
+        return await self.capture_service.receive(model, body, client, kind, version)
+
+    def capture_stats(self, model: str) -> dict[str, Any]:
+        return self.capture_service.stats(model) if self.capture_service else {}
 
     def receive_alerts(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Alertmanager webhook: configured alerts become findings for the policies."""
@@ -230,6 +240,10 @@ class Daemon:
         if self.probes is not None:
             await self.probes.stop()
         ruleset = load_ruleset(config.policies.ruleset)
+        if self.capture_service is None:
+            self.capture_service = CaptureService(config, self.recorder, self.clock)
+        else:  # reservoirs survive a reload; signatures are read again
+            await self.capture_service.reconfigure(config)
         self.probes, self.detection = supervisor, detection
         self.jobs.add("detect", detection.evaluate, EVALUATE_SECONDS)
         supervisor.start()
@@ -351,6 +365,8 @@ class Daemon:
         if self.dispatcher is not None:
             await self.dispatcher.stop()
         await self._http.aclose()
+        if self.capture_service is not None:
+            await self.capture_service.close()
         server.should_exit = True
         try:
             await asyncio.wait_for(serve_task, HTTP_STOP_SECONDS + 1)

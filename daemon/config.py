@@ -336,6 +336,15 @@ class MemoryDetection(_Strict):
     stale_seconds: float = Field(120.0, gt=0)
 
 
+class CaptureConfig(_Strict):
+    """Input capture (POST /api/v1/capture/{model}, /api/v1/samples/{model})."""
+
+    reservoir_rows: int = Field(5000, ge=10, le=1_000_000, description="Rows kept per version.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
+    client_rows_per_second: int = Field(50_000, ge=1, description="Per client; more gets 429.")
+    signature_ttl_seconds: float = Field(60.0, gt=0)
+
+
 class DetectionConfig(_Strict):
     latency: LatencyDetection = LatencyDetection()
     errors: ErrorDetection = ErrorDetection()
@@ -353,6 +362,7 @@ class Config(_Strict):
     memory: list[MemoryTarget] = []
     promql: PromQLConfig | None = None
     nginx: NginxConfig | None = None
+    capture: CaptureConfig = CaptureConfig()
     detection: DetectionConfig = DetectionConfig()
     alerting: AlertingConfig = AlertingConfig()
     policies: PoliciesConfig = PoliciesConfig()

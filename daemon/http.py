@@ -48,6 +48,11 @@ class DaemonControl(Protocol):
 
     def receive_alerts(self, payload: dict[str, Any]) -> dict[str, Any]: ...
 
+    async def capture(self, model: str, body: bytes, client: str, kind: str,
+                      version: int | None) -> dict[str, Any]: ...
+
+    def capture_stats(self, model: str) -> dict[str, Any]: ...
+
     async def reload(self, trigger: str) -> dict[str, Any]: ...
 
 
@@ -168,6 +173,35 @@ def create_app(daemon: DaemonControl) -> FastAPI:
         if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
             raise ApiError(400, "expected Alertmanager's webhook payload with an 'alerts' list")
         return daemon.receive_alerts(payload)
+
+    async def _capture(kind: str, model: str, request: Request,
+                       version: int | None) -> dict[str, Any]:
+        length = request.headers.get("content-length")
+        limit = getattr(getattr(daemon, "config", None), "capture", None)
+        if limit is not None and length and length.isdigit() and \
+                int(length) > limit.max_body_bytes:
+            raise ApiError(413, f"body of {length} bytes is over {limit.max_body_bytes}")
+        client = request.client.host if request.client else "unknown"
+        body = await request.body()
+        try:
+            return await daemon.capture(model, body, client, kind, version)
+        except Exception as exc:  # CaptureRejected carries the status and message
+            status = getattr(exc, "status", None)
+            if status is None:
+                raise
+            raise ApiError(status, getattr(exc, "message", str(exc))) from None
+
+    @app.post("/api/v1/capture/{model}")
+    async def capture(model: str, request: Request, version: int | None = None) -> dict[str, Any]:
+        return await _capture("capture", model, request, version)
+
+    @app.post("/api/v1/samples/{model}")
+    async def samples(model: str, request: Request) -> dict[str, Any]:
+        return await _capture("samples", model, request, None)
+
+    @app.get("/api/v1/models/{name}/capture")
+    async def capture_stats(name: str) -> dict[str, Any]:
+        return daemon.capture_stats(name)
 
     @app.get("/api/v1/status")
     async def status() -> dict[str, Any]:

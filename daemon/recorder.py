@@ -131,6 +131,11 @@ class Recorder:
             "tfwarden_notifications_total", "Alert deliveries by notifier and outcome.",
             ["notifier", "outcome"], registry=r)
 
+        self._captured = Counter(
+            "tfwarden_capture_rows_total",
+            "Captured input rows accepted, and bodies rejected (by HTTP status).",
+            ["model", "outcome", "status"], registry=r)
+
     def started(self, t: float) -> None:
         self._start_time.set(t)
 
@@ -211,6 +216,9 @@ class Recorder:
 
     def notified(self, notifier: str, ok: bool) -> None:
         self._notifications.labels(notifier, "success" if ok else "failure").inc()
+
+    def captured(self, model: str, outcome: str, status: int, rows: int) -> None:
+        self._captured.labels(model, outcome, str(status)).inc(rows)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -56,6 +56,7 @@ models:
     probe: {{rate_per_second: 20}}
 memory:
   - {{name: devserver, pid_file: dev.pid, interval_seconds: 1}}
+capture: {{client_rows_per_second: 1000, reservoir_rows: 100, max_body_bytes: 100000}}
 """)
     daemon = DaemonProcess(daemon_config, port)
     daemon.wait_ready()
@@ -177,6 +178,38 @@ def test_unloaded_version_stops_being_probed(setup: dict[str, Any]) -> None:
     wait_for(lambda: 2 not in targets(daemon))
     status = daemon.client.get("/debug/probes").json()["status"]["m"]["versions"]
     assert {v["version"]: v["state"] for v in status} == {2: "END", 1: "AVAILABLE"}
+
+
+def test_capture_validates_against_the_live_signature(setup: dict[str, Any]) -> None:
+    client = setup["daemon"].client
+    ok = client.post("/api/v1/capture/m", json={"instances": [[1.0], [2.0]]})
+    assert ok.status_code == 200 and ok.json()["accepted_rows"] == 2
+    columnar = client.post("/api/v1/capture/m?version=2", json={"inputs": [[1.0], [2.0], [3.0]]})
+    assert columnar.json()["accepted_rows"] == 3
+    bad_shape = client.post("/api/v1/capture/m", json={"instances": [[1.0, 2.0]]})
+    assert bad_shape.status_code == 400
+    assert bad_shape.json() == {"error": "instances[0]: shape [2] does not fit the signature's "
+                                         "[-1, 1] for input 'x'"}
+    bad_type = client.post("/api/v1/capture/m", json={"instances": [["a"]]})
+    assert bad_type.status_code == 400 and "expected a number (float)" in bad_type.json()["error"]
+    assert client.post("/api/v1/capture/nope", json={"instances": [[1.0]]}).status_code == 404
+    assert client.post("/api/v1/capture/m", content=b"{nope").status_code == 400
+    too_big = client.post("/api/v1/capture/m", content=b"[" + b"1," * 60000 + b"1]")
+    assert too_big.status_code == 413
+    samples = client.post("/api/v1/samples/m", json={"version": 1, "features": ["x"],
+                                                       "rows": [[0.5]] * 700})
+    assert samples.status_code == 200
+    limited = client.post("/api/v1/samples/m", json={"rows": [[0.5]] * 700})
+    assert limited.status_code == 429 and "rows/s" in limited.json()["error"]
+    stats = client.get("/api/v1/models/m/capture").json()
+    assert stats["features"] == ["x"]
+    kept = {r["version"]: (r["kept_rows"], r["seen_rows"]) for r in stats["reservoirs"]}
+    assert kept[1] == (100, 700)  # bounded by reservoir_rows
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    counts = {(s.labels["outcome"], s.labels["status"]): s.value
+              for s in families["tfwarden_capture_rows"].samples}
+    assert counts[("accepted", "200")] == 705
+    assert counts[("rejected", "400")] >= 3 and counts[("rejected", "429")] == 1
 
 
 def test_demo_command_tells_the_story_and_exits_0() -> None:

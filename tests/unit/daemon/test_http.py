@@ -51,6 +51,13 @@ class FakeDaemon:
     def receive_alerts(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {"accepted": len(payload["alerts"]), "ignored": 0}
 
+    async def capture(self, model: str, body: bytes, client: str, kind: str,
+                      version: int | None) -> dict[str, Any]:
+        return {"accepted_rows": 1}
+
+    def capture_stats(self, model: str) -> dict[str, Any]:
+        return {}
+
     async def reload(self, trigger: str) -> dict[str, Any]:
         self.reloads.append(trigger)
         if self.reload_ok:
