@@ -176,8 +176,16 @@ def test_unloaded_version_stops_being_probed(setup: dict[str, Any]) -> None:
     daemon, config, base = setup["daemon"], setup["config"], setup["base"]
     config.write_text(models_config(base, [1]))
     wait_for(lambda: 2 not in targets(daemon))
-    status = daemon.client.get("/debug/probes").json()["status"]["m"]["versions"]
-    assert {v["version"]: v["state"] for v in status} == {2: "END", 1: "AVAILABLE"}
+
+    def states() -> dict[int, str]:
+        status = daemon.client.get("/debug/probes").json()["status"]["m"]["versions"]
+        return {v["version"]: v["state"] for v in status}
+
+    # Probing stops as soon as version 2 leaves AVAILABLE (UNLOADING); END follows once the
+    # unload finishes and the next status poll sees it.
+    wait_for(lambda: states().get(2) == "END")
+    assert states() == {2: "END", 1: "AVAILABLE"}
+    assert 2 not in targets(daemon)
 
 
 def test_capture_validates_against_the_live_signature(setup: dict[str, Any]) -> None:
