@@ -30,6 +30,7 @@ from core.types import Finding
 from daemon.capture import CaptureService
 from daemon.config import Config, load_config, read_bearer_token
 from daemon.detection import EVALUATE_SECONDS, DetectionSupervisor
+from daemon.drift import DriftSupervisor, DriftWorker
 from daemon.http import create_app
 from daemon.jobs import JobRunner
 from daemon.lifecycle_runner import POLICY_SECONDS, LifecycleRunner
@@ -96,6 +97,8 @@ class Daemon:
         self.dispatcher: Dispatcher | None = None
         self._http = httpx.AsyncClient()
         self.capture_service: CaptureService | None = None
+        self.drift_worker: DriftWorker | None = None
+        self.drift: DriftSupervisor | None = None
         self._token: str | None = None
         self._ready = False
         self._stopping = False
@@ -149,6 +152,9 @@ class Daemon:
                       version: int | None) -> dict[str, Any]:
         assert self.capture_service is not None
         return await self.capture_service.receive(model, body, client, kind, version)
+
+    def drift_report(self, name: str) -> dict[str, Any] | None:
+        return self.drift.report(name) if self.drift is not None else None
 
     def capture_stats(self, model: str) -> dict[str, Any]:
         return self.capture_service.stats(model) if self.capture_service else {}
@@ -246,8 +252,24 @@ class Daemon:
             await self.capture_service.reconfigure(config)
         self.probes, self.detection = supervisor, detection
         self.jobs.add("detect", detection.evaluate, EVALUATE_SECONDS)
+        await self._restart_drift(config, detection)
         supervisor.start()
         await self._restart_lifecycle(config, ruleset, detection)
+
+    async def _restart_drift(self, config: Config, detection: DetectionSupervisor) -> None:
+        assert self.capture_service is not None
+        if self.drift_worker is None:
+            self.drift_worker = DriftWorker(config.state_dir, config.detection.drift_worker,
+                                            self.recorder)
+        self.drift_worker.settings = config.detection.drift_worker
+        self.drift = DriftSupervisor(config, self.drift_worker, self.capture_service,
+                                     self.recorder, self.clock, self._http,
+                                     detection.role_versions, detection.publish)
+        if self.drift.states:
+            self.jobs.add("drift", self.drift.tick, min(5.0, self.drift.interval))
+        else:
+            self.jobs.remove("drift")
+            await self.drift_worker.stop()
 
     async def _restart_lifecycle(self, config: Config, ruleset: RuleSet,
                                  detection: DetectionSupervisor) -> None:
@@ -364,6 +386,8 @@ class Daemon:
             await self.lifecycle.stop()
         if self.dispatcher is not None:
             await self.dispatcher.stop()
+        if self.drift_worker is not None:
+            await self.drift_worker.stop()
         await self._http.aclose()
         if self.capture_service is not None:
             await self.capture_service.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,9 +49,12 @@ class CaptureService:
         self.config, self.recorder, self.clock = config, recorder, clock
         self.settings = config.capture
         self.reservoirs: dict[tuple[str, int | None], Reservoir] = {}
+        # newest rows per model, in arrival order, for the drift checks (bounded)
+        self.recent: dict[str, deque[tuple[int | None, list[float | str]]]] = {}
         self._signatures: dict[str, tuple[float, list[InputSpec]]] = {}
         self._buckets: dict[str, _Bucket] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._drift_models = {m.name for m in config.models if m.drift is not None}
 
     async def specs(self, model: str) -> list[InputSpec]:
         cached = self._signatures.get(model)
@@ -120,9 +124,24 @@ class CaptureService:
         reservoir = self.reservoirs.setdefault(
             (model, version), Reservoir(self.settings.reservoir_rows, seed=len(self.reservoirs)))
         reservoir.add(rows)
+        if model in self._drift_models:
+            recent = self.recent.setdefault(model, deque(maxlen=self.settings.recent_rows))
+            if len(rows) + len(recent) > self.settings.recent_rows:  # the drift checks lag
+                self.recorder.captured(model, "dropped", 200,
+                                       len(rows) + len(recent) - self.settings.recent_rows)
+            recent.extend((version, row) for row in rows)
         self.recorder.captured(model, "accepted", 200, len(rows))
         return {"accepted_rows": len(rows), "kept_rows": len(reservoir.rows),
                 "seen_rows": reservoir.seen}
+
+    def take_new(self, model: str) -> list[tuple[int | None, list[float | str]]]:
+        """Rows captured for ``model`` since the last call (oldest first), with their version."""
+        recent = self.recent.get(model)
+        if not recent:
+            return []
+        rows = list(recent)
+        recent.clear()
+        return rows
 
     def stats(self, model: str) -> dict[str, Any]:
         specs = self._signatures.get(model, (0.0, []))[1]
@@ -135,11 +154,14 @@ class CaptureService:
     async def reconfigure(self, config: Config) -> None:
         await self.close()
         self.config, self.settings = config, config.capture
+        self._drift_models = {m.name for m in config.models if m.drift is not None}
         self._signatures.clear()
         for reservoir in self.reservoirs.values():
             if len(reservoir.rows) > self.settings.reservoir_rows:
                 del reservoir.rows[self.settings.reservoir_rows:]
             reservoir.capacity = self.settings.reservoir_rows
+        for model, recent in list(self.recent.items()):
+            self.recent[model] = deque(recent, maxlen=self.settings.recent_rows)
 
     async def close(self) -> None:
         for channel in self._channels.values():

@@ -173,6 +173,70 @@ class LifecycleConfig(_Strict):
         "shadow: no live traffic to the canary, judged on replayed golden requests.")
 
 
+class FeatureKind(_Strict):
+    name: str
+    kind: Literal["numeric", "categorical"]
+
+
+class OnlineDriftConfig(_Strict):
+    """Online (per-row) drift detection: alibi-detect CVMDriftOnline / FETDriftOnline."""
+
+    ert: int = Field(5000, ge=100, le=1_000_000,
+                     description="Expected run time in rows between false detections.")
+    window_sizes: list[Annotated[int, Field(ge=5, le=2000)]] = Field([50], min_length=1)
+    n_bootstraps: int = Field(50_000, ge=1000, le=2_000_000,
+                              description="Bootstrap streams for the (slow, cached) calibration.")
+    hold_rows: int = Field(1000, ge=1, description="A detection keeps the finding for this many rows.")
+
+
+class OutputDriftConfig(_Strict):
+    """Output drift and canary-vs-stable disagreement on captured inputs (REST predict)."""
+
+    enabled: bool = True
+    rows_per_check: int = Field(100, ge=1, le=5000,
+                                description="Captured rows sent to each version per check.")
+    reference_rows: int = Field(500, ge=50, le=20_000,
+                                description="Reference inputs predicted by stable for the "
+                                            "output reference.")
+    disagreement_threshold: float = Field(0.05, gt=0, lt=1)
+    min_rows: int = Field(200, ge=10)
+    atol: float = Field(1e-3, ge=0)
+    rtol: float = Field(1e-2, ge=0)
+
+
+class DriftConfig(_Strict):
+    """Data drift of one model's inputs and outputs (docs/drift.md)."""
+
+    engine: Literal["alibi", "scipy"] = Field(
+        "alibi", description="alibi: alibi-detect (Business Source License); scipy: BSD.")
+    reference: Path | None = Field(
+        None, description=".npz/.npy/.csv file or PredictionLog TFRecord file/directory; "
+                          "default: the first reference_rows rows captured for stable.")
+    reference_rows: int = Field(2000, ge=100, le=100_000)
+    features: list[FeatureKind] | None = Field(
+        None, description="Feature kinds; default numeric, categorical for string inputs.")
+    p_value: float = Field(0.05, gt=0, lt=0.5)
+    correction: Literal["fdr", "bonferroni"] = "fdr"
+    multivariate: Literal["mmd"] | None = Field(
+        None, description="Also MMDDrift (TensorFlow backend) over the numeric features.")
+    window_rows: int = Field(500, ge=20, le=100_000, description="Rows per batch check.")
+    consecutive: int = Field(2, ge=1, le=20,
+                             description="Drifted windows in a row before the finding says so.")
+    interval_seconds: float = Field(10.0, ge=0.5, le=3600)
+    online: OnlineDriftConfig | None = None
+    outputs: OutputDriftConfig = OutputDriftConfig()
+
+    @field_validator("reference")
+    @classmethod
+    def _check_reference(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        value = _resolve_path(value, info)
+        if not value.exists():
+            raise ValueError(f"reference {str(value)!r} does not exist")
+        return value
+
+
 class ModelConfig(_Strict):
     """A model tfwarden watches on one serving endpoint."""
 
@@ -184,6 +248,7 @@ class ModelConfig(_Strict):
     slo: SLOConfig = SLOConfig()
     probe: ProbeConfig | None = Field(None, description="Predict probe; none when omitted.")
     lifecycle: LifecycleConfig = LifecycleConfig()
+    drift: DriftConfig | None = Field(None, description="Data drift checks; none when omitted.")
 
     @field_validator("golden_requests")
     @classmethod
@@ -340,15 +405,25 @@ class CaptureConfig(_Strict):
     """Input capture (POST /api/v1/capture/{model}, /api/v1/samples/{model})."""
 
     reservoir_rows: int = Field(5000, ge=10, le=1_000_000, description="Rows kept per version.")
+    recent_rows: int = Field(20_000, ge=100, le=1_000_000,
+                             description="Newest rows per model kept for drift checks.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
     client_rows_per_second: int = Field(50_000, ge=1, description="Per client; more gets 429.")
     signature_ttl_seconds: float = Field(60.0, gt=0)
+
+
+class DriftWorkerConfig(_Strict):
+    """The drift worker subprocess (alibi-detect or scipy)."""
+
+    request_timeout_seconds: float = Field(30.0, gt=0, le=600)
+    restart_backoff_max_seconds: float = Field(60.0, ge=1, le=3600)
 
 
 class DetectionConfig(_Strict):
     latency: LatencyDetection = LatencyDetection()
     errors: ErrorDetection = ErrorDetection()
     memory: MemoryDetection = MemoryDetection()
+    drift_worker: DriftWorkerConfig = DriftWorkerConfig()
 
 
 class Config(_Strict):
@@ -410,6 +485,15 @@ def _cross_check(config: Config) -> list[ConfigProblem]:
             problems.append(ConfigProblem(
                 f"models[{i}].probe.address",
                 f"'versions' needs serving.{model.serving}.grpc_address to discover versions"))
+        if model.drift is not None and probed is not None and probed.grpc_address is None:
+            problems.append(ConfigProblem(
+                f"models[{i}].drift", f"needs serving.{model.serving}.grpc_address (the capture "
+                                      f"signature comes from GetModelMetadata)"))
+        if (model.drift is not None and model.drift.outputs.enabled and probed is not None
+                and probed.rest_url is None):
+            problems.append(ConfigProblem(
+                f"models[{i}].drift.outputs", f"needs serving.{model.serving}.rest_url, or "
+                                              f"enabled: false"))
         if model.lifecycle.router == "nginx" and config.nginx is None:
             problems.append(ConfigProblem(f"models[{i}].lifecycle.router",
                                           "router nginx needs the top-level nginx section"))

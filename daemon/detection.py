@@ -117,6 +117,21 @@ class DetectionSupervisor:
                         "" if finding.version is None else f"v{finding.version}", finding.verdict,
                         finding.reason)
 
+    def publish(self, key: Key, finding: Finding) -> None:
+        """A finding computed elsewhere (the drift checks): kept, exported, journaled on change."""
+        previous = self.findings.get(key)
+        self.findings[key] = finding
+        self.recorder.finding(finding)
+        if previous is None or previous.verdict != finding.verdict:
+            self.journal("finding", finding.to_json(), finding.model or None)
+            level = logging.WARNING if finding.verdict == "regression" else logging.INFO
+            log.log(level, "drift %s %s%s: %s %s", finding.model, finding.target,
+                    "" if finding.version is None else f" v{finding.version}", finding.verdict,
+                    finding.reason)
+
+    def role_versions(self, model: str) -> tuple[int | None, int | None]:
+        return self.roles.get(model, (None, None))
+
     def add_external(self, finding: Finding, expires_at: float, identity: str = "") -> None:
         """A finding received from outside (an Alertmanager alert, ``identity`` its label set),
         valid until expiry."""

@@ -53,6 +53,8 @@ class DaemonControl(Protocol):
 
     def capture_stats(self, model: str) -> dict[str, Any]: ...
 
+    def drift_report(self, name: str) -> dict[str, Any] | None: ...
+
     async def reload(self, trigger: str) -> dict[str, Any]: ...
 
 
@@ -202,6 +204,13 @@ def create_app(daemon: DaemonControl) -> FastAPI:
     @app.get("/api/v1/models/{name}/capture")
     async def capture_stats(name: str) -> dict[str, Any]:
         return daemon.capture_stats(name)
+
+    @app.get("/api/v1/models/{name}/drift")
+    async def drift(name: str) -> dict[str, Any]:
+        report = daemon.drift_report(name)
+        if report is None:
+            raise ApiError(404, f"model {name!r} has no drift configuration")
+        return report
 
     @app.get("/api/v1/status")
     async def status() -> dict[str, Any]:

@@ -50,6 +50,10 @@ def configure_logging(level: str = "info") -> None:
     set_level(level)
     for noisy in ("uvicorn", "uvicorn.error", "apscheduler", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # A run skipped because the previous one is still going is the intended max_instances=1
+    # behaviour (slow drift checks, probes past their interval), not something to warn about.
+    logging.getLogger("apscheduler.scheduler").addFilter(
+        lambda record: "maximum number of running instances" not in record.getMessage())
 
 
 def set_level(level: str) -> None:

@@ -131,6 +131,29 @@ class Recorder:
             "tfwarden_notifications_total", "Alert deliveries by notifier and outcome.",
             ["notifier", "outcome"], registry=r)
 
+        self._drift_p = Gauge(
+            "tfwarden_drift_p_value",
+            "Adjusted p-value (FDR or Bonferroni) of each input feature in the latest drift check.",
+            ["model", "feature"], registry=r)
+        self._drift_detected = Gauge(
+            "tfwarden_drift_detected",
+            "1 while the model's input drift finding says regression (confirmed drift).",
+            ["model"], registry=r)
+        self._drift_checks = Counter(
+            "tfwarden_drift_checks_total", "Input drift checks by result.",
+            ["model", "result"], registry=r)
+        self._disagreement = Gauge(
+            "tfwarden_drift_disagreement_ratio",
+            "Share of captured rows on which the canary's prediction differs from stable's.",
+            ["model", "version"], registry=r)
+        self._worker_up = Gauge(
+            "tfwarden_drift_worker_up", "1 while the drift worker process runs.", registry=r)
+        self._worker_restarts = Counter(
+            "tfwarden_drift_worker_restarts_total", "Drift worker failures (crash, hang).",
+            registry=r)
+        self._worker_rss = Gauge(
+            "tfwarden_drift_worker_resident_memory_bytes", "RSS of the drift worker process.",
+            registry=r)
         self._captured = Counter(
             "tfwarden_capture_rows_total",
             "Captured input rows accepted, and bodies rejected (by HTTP status).",
@@ -219,6 +242,23 @@ class Recorder:
 
     def captured(self, model: str, outcome: str, status: int, rows: int) -> None:
         self._captured.labels(model, outcome, str(status)).inc(rows)
+
+    def drift_report(self, model: str, report: dict[str, Any], drifted: bool) -> None:
+        for feature in report["features"]:
+            p = feature["p_adjusted"]
+            self._drift_p.labels(model, feature["name"]).set(float("nan") if p is None else p)
+        self._drift_detected.labels(model).set(1 if drifted else 0)
+        self._drift_checks.labels(model, "drift" if report["drift"] else "no_drift").inc()
+
+    def drift_disagreement(self, model: str, version: int, ratio: float) -> None:
+        self._disagreement.labels(model, str(version)).set(ratio)
+
+    def drift_worker(self, up: bool, restarted: bool = False, rss_bytes: int | None = None) -> None:
+        self._worker_up.set(1 if up else 0)
+        if restarted:
+            self._worker_restarts.inc()
+        if rss_bytes is not None:
+            self._worker_rss.set(rss_bytes)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -88,6 +88,8 @@ def _matches(condition: FindingCondition, finding: Finding, status: ModelStatus,
         return False
     if condition.severity is not None and finding.severity not in condition.severity:
         return False
+    if condition.target is not None and finding.target not in condition.target:
+        return False
     for name, minimum in condition.min_effect.items():
         value = finding.effect.get(name)
         if not isinstance(value, int | float) or value < minimum:

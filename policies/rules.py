@@ -30,6 +30,8 @@ class FindingCondition(_Strict):
     detector: Literal["latency", "errors", "burn", "memory", "drift"]
     verdict: Literal["ok", "regression", "inconclusive"]
     role: Literal["canary", "stable", "any"] = "canary"
+    target: list[str] | None = Field(
+        None, description="finding targets to match, e.g. drift's inputs/outputs/disagreement")
     severity: list[Literal["page", "ticket", "info", ""]] | None = None
     min_effect: dict[str, float] = Field({}, description="effect key -> minimum value")
     min_samples: int = Field(0, ge=0, description="evidence pairs/samples at least")

@@ -180,3 +180,53 @@ class Reservoir:
                 slot = self._rng.randrange(self.seen)
                 if slot < self.capacity:
                     self.rows[slot] = row
+
+
+def _width(spec: InputSpec) -> int:
+    width = 1
+    for size in spec.per_row:
+        width *= size if size > 0 else 1
+    return width
+
+
+def _nest(values: list[Any], shape: Sequence[int]) -> Any:
+    if not shape:
+        return values[0]
+    step = len(values) // max(1, shape[0])
+    return [_nest(values[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+def rows_to_instances(rows: Sequence[Sequence[float | str]],
+                      specs: Sequence[InputSpec]) -> list[Any]:
+    """The inverse of ``rows_from_predict_body``: REST ``instances`` for feature rows (unknown
+    inner sizes are taken as 1, as ``InputSpec.feature_names`` does)."""
+    instances: list[Any] = []
+    for row in rows:
+        parts: dict[str, Any] = {}
+        offset = 0
+        for spec in specs:
+            width = _width(spec)
+            values = [v if spec.dtype != STRING else str(v) for v in row[offset:offset + width]]
+            offset += width
+            shape = [s if s > 0 else 1 for s in spec.per_row]
+            parts[spec.name] = _nest(values, shape)
+        instances.append(parts[specs[0].name] if len(specs) == 1 else parts)
+    return instances
+
+
+def flatten_prediction(prediction: Any) -> tuple[list[str], list[float | str]]:
+    """Output names and flat values of one row of a REST ``predictions`` list."""
+    if isinstance(prediction, dict):
+        names: list[str] = []
+        values: list[float | str] = []
+        for key in sorted(prediction):
+            sub_names, sub_values = flatten_prediction(prediction[key])
+            names += [key if n == "output" else f"{key}{n[len('output'):]}" for n in sub_names]
+            values += sub_values
+        return names, values
+    flat: list[Any] = []
+    _flatten(prediction, flat)
+    values = [v if isinstance(v, str) else float(v) for v in flat]
+    if len(values) == 1:
+        return ["output"], values
+    return [f"output[{i}]" for i in range(len(values))], values

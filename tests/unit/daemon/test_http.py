@@ -55,6 +55,9 @@ class FakeDaemon:
                       version: int | None) -> dict[str, Any]:
         return {"accepted_rows": 1}
 
+    def drift_report(self, name: str) -> dict[str, Any] | None:
+        return None
+
     def capture_stats(self, model: str) -> dict[str, Any]:
         return {}
 

@@ -1,0 +1,279 @@
+"""The drift worker: a long-lived subprocess that owns the drift detectors.
+
+Run as ``python -m daemon.driftworker --state-dir DIR``; never imported by the daemon process.
+It reads framed JSON requests on stdin and answers each with one frame on stdout (``core.framing``);
+file descriptor 1 is pointed at stderr before anything heavy is imported, so library output can
+never corrupt the protocol. Requests (``op``):
+
+- ``configure``: model, engine (alibi|scipy), batch settings, reference (``path`` or ``rows``),
+  features and kinds, optional ``online`` settings and ``outputs`` reference rows. Answers the
+  reference hash. A model whose settings and reference hash did not change keeps its detectors.
+- ``check``: model, ``part`` (inputs|outputs), rows -> the engine's per-feature report.
+- ``observe``: model, rows -> online detections (``calibrating`` until thresholds exist).
+- ``sample``: model, n -> up to n reference rows, decoded (categories as strings).
+- ``stats``: pid, RSS, models, calibrations.
+
+Online thresholds are calibrated in a child process (spawned, one at a time) that writes them to
+``STATE_DIR/drift/calibration``; the worker picks them up on a later request, so it keeps
+answering batch checks while a calibration runs for minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+
+def _protocol_stream() -> Any:
+    """A private copy of stdout for frames; fd 1 then goes to stderr."""
+    fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(fd, "wb", buffering=0)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars
+        return _clean(value.item())
+    return value
+
+
+def _die_with_parent() -> None:
+    """Calibration children get SIGKILL when the worker dies (a killed worker must not leave
+    a minutes-long calibration running)."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the worker died before prctl took effect
+        os._exit(1)
+
+
+def calibrate(data: Any, features: list[str], kinds: list[str], vocab: dict[int, list[str]],
+              settings: dict[str, Any], cache_dir: str) -> float:
+    """Child process: compute (and cache) online thresholds; returns the seconds it took."""
+    from detectors.drift.engines import OnlineDrift, OnlineSettings
+    from detectors.drift.reference import Reference
+
+    started = time.monotonic()
+    reference = Reference(features, kinds, data, vocab)
+    online = OnlineDrift(reference, OnlineSettings(**settings), Path(cache_dir))
+    online.build()
+    return time.monotonic() - started
+
+
+@dataclass
+class ModelDrift:
+    key: tuple[Any, ...]
+    reference: Any
+    engine: Any
+    outputs: Any = None
+    output_engine: Any = None
+    online: Any = None
+    online_settings: dict[str, Any] | None = None
+    calibration: Future[float] | None = None
+    calibration_seconds: float | None = None
+    calibration_error: str | None = None
+
+
+class Worker:
+    def __init__(self, state_dir: Path) -> None:
+        self.cache_dir = state_dir / "drift" / "calibration"
+        self.models: dict[str, ModelDrift] = {}
+        self._pool: ProcessPoolExecutor | None = None
+
+    def pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"),
+                                             initializer=_die_with_parent)
+        return self._pool
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        handler = getattr(self, f"op_{op}", None)
+        if handler is None:
+            return {"error": f"op: unknown operation {op!r}"}
+        try:
+            return dict(_clean(handler(request)))
+        except (ValueError, KeyError, TypeError) as exc:
+            return {"error": f"{op}: {exc}"}
+
+    def op_ping(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid()}
+
+    def op_configure(self, request: dict[str, Any]) -> dict[str, Any]:
+        from detectors.drift.engines import BatchSettings, OnlineDrift, OnlineSettings, make_engine
+        from detectors.drift.reference import Reference, load_reference_file
+        from probes.predictionlog import PredictionLogError, read_rows
+
+        model = request["model"]
+        features, kinds = list(request["features"]), request.get("kinds")
+        source = request["reference"]
+        if "path" in source:
+            def logged(path: Path, limit: int) -> tuple[list[str], list[list[float | str]]]:
+                try:
+                    return read_rows(path, limit)
+                except PredictionLogError as exc:
+                    raise ValueError(str(exc)) from None
+            reference = load_reference_file(Path(source["path"]), features, kinds,
+                                            limit=int(source.get("limit", 100_000)),
+                                            read_logged=logged)
+        else:
+            reference = Reference.from_rows(source["rows"], features, kinds,
+                                            source=source.get("name", "captured"))
+        batch = BatchSettings(**request.get("batch", {}))
+        online = request.get("online")
+        key = (reference.hash, request["engine"], batch, repr(online))
+        current = self.models.get(model)
+        if current is None or current.key != key:
+            current = ModelDrift(key, reference, make_engine(request["engine"], reference, batch),
+                                 online_settings=online)
+            self.models[model] = current
+            if online:
+                current.online = OnlineDrift(reference, OnlineSettings(**{
+                    **online, "window_sizes": tuple(online.get("window_sizes", (50,)))}),
+                    self.cache_dir)
+        outputs = request.get("outputs")
+        if outputs:
+            out_ref = Reference.from_rows(outputs["rows"], outputs["features"],
+                                          source="stable predictions on the reference")
+            if current.outputs is None or current.outputs.hash != out_ref.hash:
+                current.outputs = out_ref
+                current.output_engine = make_engine(request["engine"], out_ref, batch)
+        self._advance_calibration(current)
+        return {"model": model, "reference": {"hash": reference.hash, "rows": reference.rows,
+                                              "features": reference.features,
+                                              "kinds": reference.kinds,
+                                              "source": reference.source},
+                "outputs": None if current.outputs is None else {
+                    "hash": current.outputs.hash, "rows": current.outputs.rows},
+                "online": self._online_state(current)}
+
+    def _advance_calibration(self, state: ModelDrift) -> None:
+        online = state.online
+        if online is None or online.detectors:
+            return
+        if state.calibration is not None:
+            if not state.calibration.done():
+                return
+            try:
+                state.calibration_seconds = state.calibration.result()
+                online.build()  # reads the thresholds the child wrote
+            except Exception as exc:  # the child died or calibration failed
+                state.calibration_error = f"{type(exc).__name__}: {exc}"
+            state.calibration = None
+        elif online.calibrated():
+            online.build()  # thresholds cached by an earlier run: fast
+        elif state.calibration_error is None:
+            ref = online.reference
+            settings = dict(state.online_settings or {})
+            settings["window_sizes"] = tuple(settings.get("window_sizes", (50,)))
+            state.calibration = self.pool().submit(calibrate, ref.data, ref.features, ref.kinds,
+                                                   ref.vocab, settings, str(self.cache_dir))
+
+    def _online_state(self, state: ModelDrift) -> str:
+        if state.online is None:
+            return "off"
+        if state.online.detectors:
+            return "ready"
+        return "failed" if state.calibration_error else "calibrating"
+
+    def _model(self, request: dict[str, Any]) -> ModelDrift:
+        model = request["model"]
+        if model not in self.models:
+            raise ValueError(f"model {model!r} is not configured in the drift worker")
+        return self.models[model]
+
+    def op_check(self, request: dict[str, Any]) -> dict[str, Any]:
+        state = self._model(request)
+        part = request.get("part", "inputs")
+        reference, engine = (state.reference, state.engine) if part == "inputs" else \
+            (state.outputs, state.output_engine)
+        if engine is None:
+            raise ValueError(f"model {request['model']!r} has no {part} reference")
+        started = time.monotonic()
+        report = engine.check(reference.encode(request["rows"]))
+        report["seconds"] = round(time.monotonic() - started, 6)
+        return dict(report)
+
+    def op_observe(self, request: dict[str, Any]) -> dict[str, Any]:
+        state = self._model(request)
+        self._advance_calibration(state)
+        if state.online is None or not state.online.detectors:
+            return {"online": self._online_state(state), "error_detail": state.calibration_error}
+        result = state.online.observe(state.reference.encode(request["rows"]))
+        return {"online": "ready", "calibration_seconds": state.calibration_seconds, **result}
+
+    def op_sample(self, request: dict[str, Any]) -> dict[str, Any]:
+        state = self._model(request)
+        ref = state.reference
+        step = max(1, ref.rows // max(1, int(request.get("n", 500))))
+        rows = []
+        for raw in ref.data[::step][:int(request.get("n", 500))]:
+            rows.append([ref.vocab[j][int(v)] if j in ref.vocab and int(v) < len(ref.vocab[j])
+                         else float(v) for j, v in enumerate(raw)])
+        return {"features": ref.features, "rows": rows}
+
+    def op_stats(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid(), "rss_bytes": _rss_bytes(), "models": {
+            name: {"reference": state.reference.hash, "online": self._online_state(state),
+                   "calibration_seconds": state.calibration_seconds,
+                   "calibration_error": state.calibration_error}
+            for name, state in self.models.items()}}
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core import framing
+
+    parser = argparse.ArgumentParser(prog="tfwarden-drift-worker")
+    parser.add_argument("--state-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    out = _protocol_stream()
+    worker = Worker(args.state_dir)
+    stdin = sys.stdin.buffer
+    try:
+        while True:
+            try:
+                request = framing.read(stdin)
+            except framing.FrameError as exc:
+                print(f"drift worker: {exc}", file=sys.stderr)
+                return 2
+            if request is None:
+                return 0
+            try:
+                response = worker.handle(request)
+            except Exception:  # a bug: say so, keep serving
+                response = {"error": "internal error: " + traceback.format_exc(limit=3)[-800:]}
+            response["id"] = request.get("id")
+            out.write(framing.encode(response))
+    finally:
+        worker.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Drift engines (numpy/scipy/alibi-detect): imported by the drift worker process only."""
