@@ -164,7 +164,12 @@ class AlibiEngine(DriftEngine):
     def _per_feature(self, batch: Array) -> tuple[list[str], Array, Array]:
         result = self.detector.predict(batch, drift_type="batch", return_p_val=True,
                                        return_distance=True)["data"]
-        self._threshold = float(result["threshold"])
+        p_values = np.asarray(result["p_val"], float)
+        threshold = np.asarray(result["threshold"], float)
+        # alibi-detect's fdr() answers the cut-off when something drifted, else the whole
+        # array of candidate cut-offs: only the first case marks features
+        self._drifted = p_values < threshold if result["is_drift"] and threshold.ndim == 0 \
+            else np.zeros(p_values.shape, bool)
         tests = ["chi2" if kind == CATEGORICAL else "ks" for kind in self.reference.kinds]
         return tests, np.asarray(result["distance"], float), np.asarray(result["p_val"], float)
 
@@ -172,7 +177,7 @@ class AlibiEngine(DriftEngine):
         # alibi-detect decides on raw p-values against its corrected threshold; report the
         # adjusted p-values next to it so both engines read alike.
         adjusted = adjust(p_values, self.settings.correction)
-        drift = p_values <= self._threshold if self._threshold > 0 else np.zeros_like(p_values, bool)
+        drift = self._drifted
         return np.where(drift, np.minimum(adjusted, self.settings.p_value), np.maximum(
             adjusted, np.nextafter(self.settings.p_value, 1))), self.settings.p_value
 

@@ -59,3 +59,21 @@ def test_reservoir_is_bounded_and_uniform() -> None:
     assert len(reservoir.rows) == 1000 and reservoir.seen == 100_000
     mean = sum(float(r[0]) for r in reservoir.rows) / 1000
     assert abs(mean - 50_000) < 3 * 28_868 / 1000 ** 0.5  # uniform over everything seen
+
+
+def test_rows_to_instances_inverts_rows_from_predict_body() -> None:
+    from probes.capture import rows_to_instances
+    specs = [InputSpec("a", 1, (-1, 2)), InputSpec("b", 7, (-1,))]
+    body = {"instances": [{"a": [1.0, 2.0], "b": "x"}, {"a": [3.0, 4.0], "b": "y"}]}
+    rows = rows_from_predict_body(body, specs)
+    assert rows_to_instances(rows, specs) == body["instances"]
+    single = [InputSpec("x", 1, (-1, 1))]
+    assert rows_to_instances([[1.5], [2.5]], single) == [[1.5], [2.5]]
+
+
+def test_flatten_prediction() -> None:
+    from probes.capture import flatten_prediction
+    assert flatten_prediction(2.5) == (["output"], [2.5])
+    assert flatten_prediction([0.1, 0.9]) == (["output[0]", "output[1]"], [0.1, 0.9])
+    assert flatten_prediction({"scores": [0.2, 0.8], "label": "cat"}) == (
+        ["label", "scores[0]", "scores[1]"], ["cat", 0.2, 0.8])
