@@ -6,9 +6,10 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from core.errors import ConfigError, ConfigProblem
-from daemon.config import Config, load_config
+from daemon.config import Config, DriftConfig, load_config
 from daemon.policy_replay import PolicyReplay
 from detectors.backtest import Backtest, DetectionSettings
 from detectors.errors import ErrorSettings
@@ -29,6 +30,33 @@ def detection_settings(config: Config | None) -> tuple[DetectionSettings, dict[s
     return settings, {m.name: m.slo.availability for m in config.models}
 
 
+def _drift_replay(config: Config | None) -> Any:
+    """Input drift for ``inputs`` lines (numpy/scipy/alibi-detect: loaded only when needed)."""
+    from detectors.drift.engines import BatchSettings
+    from detectors.drift.reference import ReferenceError
+    from detectors.drift.replay import InputDriftReplay, ReplaySettings
+    from probes.predictionlog import PredictionLogError, read_rows
+
+    drift = {m.name: m.drift for m in config.models if m.drift is not None} if config else {}
+
+    def settings(model: str) -> ReplaySettings:
+        d = drift.get(model) or DriftConfig()
+        return ReplaySettings(
+            engine=d.engine, reference=d.reference, reference_rows=d.reference_rows,
+            kinds={f.name: f.kind for f in d.features} if d.features else None,
+            window_rows=d.window_rows, consecutive=d.consecutive,
+            batch=BatchSettings(p_value=d.p_value, correction=d.correction,
+                                multivariate=d.multivariate))
+
+    def logged(path: Path, limit: int) -> tuple[list[str], list[list[float | str]]]:
+        try:
+            return read_rows(path, limit)
+        except PredictionLogError as exc:
+            raise ReferenceError(str(exc)) from None
+
+    return InputDriftReplay(settings, logged)
+
+
 def run_backtest(trace: Path, config_path: Path | None) -> int:
     started = time.monotonic()
     config = load_config(config_path) if config_path else None
@@ -41,13 +69,23 @@ def run_backtest(trace: Path, config_path: Path | None) -> int:
     except TraceError as exc:
         raise TraceError(f"{trace}: {exc}") from None
     engine = Backtest(settings, availability)
+    drift = _drift_replay(config) if any(e.type == "inputs" for e in events) else None
     replay = PolicyReplay(load_ruleset(config.policies.ruleset if config else "default"))
     out = sys.stdout
+    inputs_only: dict[str, tuple[int | None, int | None]] = {}
     for event in events:
-        for finding in engine.feed(event):
+        findings = drift.feed(event) if drift is not None and event.type == "inputs" else \
+            engine.feed(event)
+        for finding in findings:
             out.write(json.dumps(finding.to_json(), sort_keys=False) + "\n")
-        replay.follow_roles(engine.roles(), event.t)
-        for decision in replay.step(list(engine.current.values()), event.t):
+            if finding.detector == "drift":
+                engine.counts[finding.verdict] += 1
+        roles = engine.roles()
+        if event.type == "inputs" and event.model not in roles:
+            inputs_only[event.model] = (event.version, None)  # a model seen only in inputs
+        replay.follow_roles({**inputs_only, **roles}, event.t)
+        current = [*engine.current.values(), *(drift.current.values() if drift else ())]
+        for decision in replay.step(current, event.t):
             out.write(json.dumps({"type": "decision", **decision.to_json()}) + "\n")
     counts = ", ".join(f"{n} {v}" for v, n in sorted(engine.counts.items())) or "none"
     print(f"backtest: {engine.events} events, verdict changes: {counts}, "

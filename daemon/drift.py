@@ -40,6 +40,7 @@ from daemon.capture import CaptureRejected, CaptureService
 from daemon.config import Config, DriftConfig, DriftWorkerConfig, ModelConfig
 from daemon.recorder import Recorder
 from detectors.disagreement import Disagreement, DisagreementSettings
+from detectors.driftverdict import input_drift_finding
 from probes.capture import flatten_prediction, rows_to_instances
 
 log = logging.getLogger("tfwarden.drift")
@@ -321,27 +322,10 @@ class DriftSupervisor:
         state.consecutive = state.consecutive + 1 if report["drift"] else 0
         report["t"] = now
         state.inputs = report
-        need = state.settings.consecutive
-        verdict = REGRESSION if state.consecutive >= need else OK
-        drifted = report["drifted_features"]
-        if verdict == REGRESSION:
-            reason = f"input drift in {', '.join(drifted) or 'the joint distribution'} " \
-                     f"({state.consecutive} windows of {len(window)} rows in a row)"
-        elif drifted:
-            reason = f"drift in {', '.join(drifted)} in {state.consecutive} of {need} windows " \
-                     f"needed"
-        else:
-            reason = f"no drift in the last {len(window)} rows"
-        features = {f["name"]: {"p_value": f["p_adjusted"], "statistic": f["statistic"],
-                                "psi": f["psi"], "test": f["test"]} for f in report["features"]}
-        self.publish(("drift", name, "inputs"), Finding(
-            "drift", verdict, now, model=name, target="inputs", reason=reason[:300],
-            effect={"drifted_features": drifted,
-                    "max_psi": max((f["psi"] for f in report["features"]), default=0.0)},
-            evidence={"samples": len(window), "windows": state.windows,
-                      "consecutive": state.consecutive, "features": features,
-                      "engine": report["engine"], "reference": report["reference"]["hash"]}))
-        self.recorder.drift_report(name, report, drifted=verdict == REGRESSION)
+        finding = input_drift_finding(name, report, state.consecutive,
+                                      state.settings.consecutive, state.windows, now)
+        self.publish(("drift", name, "inputs"), finding)
+        self.recorder.drift_report(name, report, drifted=finding.verdict == REGRESSION)
 
     async def _observe(self, name: str, state: _ModelState, rows: list[list[float | str]],
                        now: float) -> None:

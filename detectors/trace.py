@@ -4,6 +4,8 @@
     {"t": 1764000000.1, "type": "latency", "model": "m", "version": 1, "ms": 12.5, "ok": true}
     {"t": 1764000010.0, "type": "memory", "target": "serving-0", "rss_bytes": 812000000,
      "limit_bytes": 4000000000}
+    {"t": 1764000020.0, "type": "inputs", "model": "m", "version": 1, "features": ["x", "c"],
+     "rows": [[0.5, "red"], [1.25, "blue"]]}
 
 Errors name the line number and the field.
 """
@@ -18,7 +20,7 @@ from typing import Any
 
 from core.errors import TfwardenError
 
-TYPES = ("deploy", "latency", "memory")
+TYPES = ("deploy", "latency", "memory", "inputs")
 
 
 class TraceError(TfwardenError):
@@ -38,6 +40,8 @@ class TraceEvent:
     target: str = ""
     rss_bytes: float = 0.0
     limit_bytes: float | None = None
+    features: tuple[str, ...] = ()
+    rows: tuple[tuple[float | str, ...], ...] = ()
 
 
 def _number(record: dict[str, Any], key: str, line: int, positive: bool = False) -> float:
@@ -89,11 +93,36 @@ def parse_line(text: str, line: int) -> TraceEvent | None:
             raise TraceError(f"line {line}: 'ok' must be true or false, got {ok!r}")
         return TraceEvent(line, t, kind, _text(record, "model", line), _version(record, line),
                           ms=_number(record, "ms", line, positive=True), ok=ok)
+    if kind == "inputs":
+        return _inputs(record, line, t)
     limit = record.get("limit_bytes")
     return TraceEvent(line, t, kind, target=_text(record, "target", line),
                       rss_bytes=_number(record, "rss_bytes", line, positive=True),
                       limit_bytes=None if limit is None else _number(record, "limit_bytes", line,
                                                                      positive=True))
+
+
+def _inputs(record: dict[str, Any], line: int, t: float) -> TraceEvent:
+    features = record.get("features")
+    if not isinstance(features, list) or not features or not all(
+            isinstance(f, str) and f for f in features) or len(set(features)) != len(features):
+        raise TraceError(f"line {line}: 'features' must be a list of distinct non-empty names")
+    rows = record.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise TraceError(f"line {line}: 'rows' must be a non-empty list of rows")
+    parsed = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != len(features):
+            raise TraceError(f"line {line}: rows[{i}] must be a list of {len(features)} values")
+        for j, value in enumerate(row):
+            if isinstance(value, bool) or not isinstance(value, int | float | str) or (
+                    isinstance(value, float) and not math.isfinite(value)):
+                raise TraceError(f"line {line}: rows[{i}][{j}] must be a finite number or a "
+                                 f"string, got {value!r}")
+        parsed.append(tuple(v if isinstance(v, str) else float(v) for v in row))
+    version = _version(record, line) if "version" in record else None
+    return TraceEvent(line, t, "inputs", _text(record, "model", line), version,
+                      features=tuple(features), rows=tuple(parsed))
 
 
 def read_trace(lines: Iterable[str]) -> Iterator[TraceEvent]:

@@ -49,7 +49,7 @@ def test_bad_lines_give_line_numbered_errors(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"tfwarden backtest: {trace}: line 3: unknown type 'cpu' (expected one of deploy, "
-        "latency, memory)"]
+        "latency, memory, inputs)"]
 
 
 @pytest.mark.parametrize("line,message", [
@@ -59,6 +59,14 @@ def test_bad_lines_give_line_numbered_errors(tmp_path: Path) -> None:
     ('{"t": 1, "type": "latency", "model": "m", "version": 1, "ms": 3, "ok": "yes"}', "'ok' must"),
     ('{"t": 1, "type": "deploy", "model": "m", "version": 1, "role": "shadow"}', "'role' must"),
     ('{"t": 1, "type": "memory", "rss_bytes": 5}', "'target' must"),
+    ('{"t": 1, "type": "inputs", "model": "m", "features": ["x", "x"], "rows": [[1, 2]]}',
+     "'features' must be a list of distinct"),
+    ('{"t": 1, "type": "inputs", "model": "m", "features": ["x"], "rows": [[1, 2]]}',
+     r"rows\[0\] must be a list of 1 values"),
+    ('{"t": 1, "type": "inputs", "model": "m", "features": ["x"], "rows": [[true]]}',
+     r"rows\[0\]\[0\] must be a finite number or a string"),
+    ('{"t": 1, "type": "inputs", "model": "m", "features": ["x"], "rows": []}',
+     "'rows' must be a non-empty list"),
     ("[1, 2]", "expected a JSON object"),
     ("{nope", "invalid JSON"),
 ])
@@ -66,3 +74,32 @@ def test_each_kind_of_bad_line(line: str, message: str) -> None:
     with pytest.raises(TraceError, match=message) as caught:
         parse_line(line, 7)
     assert str(caught.value).startswith("line 7: ")
+
+
+def test_inputs_lines_drift_after_the_reference(tmp_path: Path) -> None:
+    import numpy as np
+    rng = np.random.default_rng(3)
+    lines = []
+    for i in range(60):  # 100 rows a line: 2,000 reference rows, then 4,000 live ones
+        rows = rng.normal(size=(100, 3))
+        if i >= 40:
+            rows[:, 1] += 0.5  # the second feature shifts after 4,000 rows
+        lines.append(json.dumps({"t": 1000.0 + i, "type": "inputs", "model": "m", "version": 1,
+                                 "features": ["a", "b", "c"], "rows": rows.tolist()}))
+    trace = tmp_path / "inputs.jsonl"
+    trace.write_text("\n".join(lines) + "\n")
+    config = tmp_path / "c.yaml"
+    config.write_text("state_dir: s\nserving: {d: {kind: tfserving, rest_url: 'http://x:1', "
+                      "grpc_address: 'x:2'}}\nmodels:\n  - {name: m, serving: d, drift: "
+                      "{engine: scipy, window_rows: 500, consecutive: 2}}\n")
+    result = backtest(str(trace), "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    findings = [json.loads(line) for line in result.stdout.splitlines()]
+    drift = [f for f in findings if f.get("detector") == "drift"]
+    assert [f["verdict"] for f in drift] == ["ok", "regression"]
+    assert drift[0]["t"] == 1024.0  # first window: reference rows 0-1999, window 2000-2499
+    assert drift[1]["effect"]["drifted_features"] == ["b"]
+    assert 1044.0 <= drift[1]["t"] <= 1050.0  # two drifted windows after the shift at 1040
+    assert drift[1]["evidence"]["reference"] and drift[1]["evidence"]["engine"] == "scipy"
+    alert = [d for d in findings if d.get("type") == "decision"]
+    assert [(d["rule"], d["action"]) for d in alert] == [("alert-on-input-drift", "alert")]
