@@ -108,6 +108,13 @@ class LifecycleRunner:
                 status = replace(status, phase=Phase.CANARY_LIVE, canary_version=canary)
             self._save(status)
         pending = self.store.get(_pending_key(name))
+        if pending is None and self.routers[name].name == "nginx":
+            # nginx routes (and mirrors) from the start, not only after the first canary step
+            status = self.statuses[name]
+            try:
+                await self.routers[name].apply(name, status.weight if status.canary_version else 0)
+            except RouterError as exc:
+                log.error("model %s: nginx routing not written at start-up: %s", name, exc)
         if pending is not None:
             log.warning("model %s: completing %s interrupted by a restart", name, pending["action"])
             await self._run(name, pending["action"], pending["params"], pending["origin"],
