@@ -183,7 +183,10 @@ class OnlineDriftConfig(_Strict):
 
     ert: int = Field(5000, ge=100, le=1_000_000,
                      description="Expected run time in rows between false detections.")
-    window_sizes: list[Annotated[int, Field(ge=5, le=2000)]] = Field([50], min_length=1)
+    window_sizes: list[Annotated[int, Field(ge=2, le=2000)]] = Field(
+        [2, 5, 10, 20, 50], min_length=1,
+        description="Test windows in rows; small ones catch large shifts fast, large ones small "
+                    "shifts.")
     n_bootstraps: int = Field(50_000, ge=1000, le=2_000_000,
                               description="Bootstrap streams for the (slow, cached) calibration.")
     hold_rows: int = Field(1000, ge=1, description="A detection keeps the finding for this many rows.")
@@ -215,7 +218,7 @@ class DriftConfig(_Strict):
     reference_rows: int = Field(2000, ge=100, le=100_000)
     features: list[FeatureKind] | None = Field(
         None, description="Feature kinds; default numeric, categorical for string inputs.")
-    p_value: float = Field(0.05, gt=0, lt=0.5)
+    p_value: float = Field(0.01, gt=0, lt=0.5, description="Per window, after correction.")
     correction: Literal["fdr", "bonferroni"] = "fdr"
     multivariate: Literal["mmd"] | None = Field(
         None, description="Also MMDDrift (TensorFlow backend) over the numeric features.")

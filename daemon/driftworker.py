@@ -147,7 +147,7 @@ class Worker:
             self.models[model] = current
             if online:
                 current.online = OnlineDrift(reference, OnlineSettings(**{
-                    **online, "window_sizes": tuple(online.get("window_sizes", (50,)))}),
+                    **online, "window_sizes": tuple(online.get("window_sizes", (2, 5, 10, 20, 50)))}),
                     self.cache_dir)
         outputs = request.get("outputs")
         if outputs:
@@ -183,7 +183,7 @@ class Worker:
         elif state.calibration_error is None:
             ref = online.reference
             settings = dict(state.online_settings or {})
-            settings["window_sizes"] = tuple(settings.get("window_sizes", (50,)))
+            settings["window_sizes"] = tuple(settings.get("window_sizes", (2, 5, 10, 20, 50)))
             state.calibration = self.pool().submit(calibrate, ref.data, ref.features, ref.kinds,
                                                    ref.vocab, settings, str(self.cache_dir))
 

@@ -203,7 +203,7 @@ def make_engine(name: str, reference: Reference, settings: BatchSettings) -> Dri
 @dataclass(frozen=True)
 class OnlineSettings:
     ert: int = 5000
-    window_sizes: tuple[int, ...] = (50,)
+    window_sizes: tuple[int, ...] = (2, 5, 10, 20, 50)
     n_bootstraps: int = 5000
     seed: int = 0
 
