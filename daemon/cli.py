@@ -59,6 +59,24 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("trace", metavar="TRACE.jsonl")
     backtest.add_argument("--config", metavar="FILE", help="detector settings and SLOs")
 
+    optimize = sub.add_parser(
+        "optimize", help="optimize a model version, validate it, publish it as a new version")
+    optimize.add_argument("model_dir", metavar="MODEL_DIR", help="source version directory")
+    optimize.add_argument("--method", required=True, help="dynamic, float16, int8, recalibrate, "
+                          "keras_float16, keras_int8, prune, prune_oneshot, cluster")
+    optimize.add_argument("--golden", required=True, metavar="FILE",
+                          help=".npz (x, optional labels y), .npy, .csv or golden JSONL")
+    optimize.add_argument("--representative", metavar="FILE", help="int8 calibration inputs")
+    optimize.add_argument("--train", metavar="FILE", help=".npz with x and y (prune, cluster)")
+    optimize.add_argument("--out", metavar="BASE_PATH",
+                          help="publish under this base path (default: MODEL_DIR's parent)")
+    optimize.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                          help="method parameter, e.g. sparsity=0.8, clusters=16, io=int8")
+    optimize.add_argument("--min-top1-agreement", type=float, default=0.98)
+    optimize.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS")
+    optimize.add_argument("--max-abs-error", type=float, default=None)
+    optimize.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS")
+
     demo = sub.add_parser("demo", help="start tfwarden on an embedded default and show it work")
     demo.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                       help="stop after this many seconds (default: when the story is told)")
@@ -125,6 +143,53 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         return 1
 
 
+def _param(text: str) -> tuple[str, float | int | str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--param {text!r}: expected KEY=VALUE")
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from optimizers.gate import Tolerances
+    from optimizers.pipeline import OptimizeError, Request, optimize
+
+    try:
+        params = dict(_param(p) for p in args.param)
+    except ValueError as exc:
+        print(f"tfwarden optimize: {exc}", file=sys.stderr)
+        return 2
+    source = Path(args.model_dir).resolve()
+    request = Request(
+        source=source, method=args.method, base=Path(args.out).resolve() if args.out
+        else source.parent, golden=Path(args.golden),
+        representative=Path(args.representative) if args.representative else None,
+        train=Path(args.train) if args.train else None, params=params,
+        tolerances=Tolerances(min_top1_agreement=args.min_top1_agreement,
+                              max_accuracy_drop_points=args.max_accuracy_drop,
+                              max_abs_error=args.max_abs_error),
+        timeout_seconds=args.timeout)
+    try:
+        report = asyncio.run(optimize(request))
+    except OptimizeError as exc:
+        print(f"tfwarden optimize: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report.to_json(), indent=2))
+    if report.accepted:
+        print(f"tfwarden optimize: published version {report.version} under {request.base}",
+              file=sys.stderr)
+        return 0
+    print(f"tfwarden optimize: candidate rejected: {'; '.join(report.reasons)}", file=sys.stderr)
+    return 1
+
+
 def cmd_devserver(args: argparse.Namespace) -> int:
     from serving.devserver.main import main as devserver_main
 
@@ -139,6 +204,7 @@ COMMANDS = {
     "check-config": cmd_check_config,
     "config-schema": cmd_config_schema,
     "demo": cmd_demo,
+    "optimize": cmd_optimize,
 }
 
 
