@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="publish under this base path (default: MODEL_DIR's parent)")
     optimize.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                           help="method parameter, e.g. sparsity=0.8, clusters=16, io=int8")
-    optimize.add_argument("--min-top1-agreement", type=float, default=0.98)
+    optimize.add_argument("--min-top1-agreement", type=float, default=0.97)
     optimize.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS")
     optimize.add_argument("--max-abs-error", type=float, default=None)
     optimize.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS")

@@ -14,7 +14,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Tolerances:
-    min_top1_agreement: float = 0.98
+    min_top1_agreement: float = 0.97
     max_accuracy_drop_points: float = 1.0
     max_abs_error: float | None = None  # default: not checked for classifiers, 0.05 otherwise
     max_mean_abs_error: float | None = None

@@ -148,7 +148,12 @@ def _lean_export(model: Any, path: Path, input_name: str, shape: tuple[Any, ...]
         return {"output_0": tf.cast(model(x, training=False), tf.float32)}
 
     module = tf.Module()
-    module.model = model
+    # Track the backing tf.Variables themselves, not the Keras model: stock TF Serving (and the
+    # devserver) load SavedModels with the TF1 loader, which cannot restore variables reached
+    # only through a Keras 3 model ("Could not find variable"); Keras's own export() tracks
+    # them twice (keras-team/keras#23553).
+    module.weights_list = [v.value if isinstance(getattr(v, "value", None), tf.Variable) else v
+                           for v in model.variables]
     module.serve = serve
     tf.saved_model.save(module, str(path), signatures={SIGNATURE: serve})
 
@@ -217,7 +222,10 @@ def tfmot_job(job: dict[str, Any]) -> dict[str, Any]:
     import tensorflow as tf
     import tensorflow_model_optimization as tfmot
 
+    import tf_keras
+
     method, out, params = job["method"], Path(job["out"]), job.get("params", {})
+    tf_keras.utils.set_random_seed(int(params.get("seed", 0)))  # reproducible fine-tuning
     source = keras.models.load_model(_keras_source(job), compile=False)
     model = _rebuild_in_tf_keras(source)
     report: dict[str, Any] = {"method": method}
@@ -262,7 +270,7 @@ def tfmot_job(job: dict[str, Any]) -> dict[str, Any]:
             report["clusters"] = clusters
         else:
             raise JobError(f"method {method!r} is not a tfmot method")
-        wrapped.compile(tf.keras.optimizers.Adam(float(params.get("learning_rate", 1e-3))), loss)
+        wrapped.compile(tf.keras.optimizers.Adam(float(params.get("learning_rate", 3e-4))), loss)
         wrapped.fit(x, y, epochs=epochs, batch_size=batch, verbose=0, callbacks=callbacks)
         report["fine_tune_epochs"] = epochs
         stripped = tfmot.sparsity.keras.strip_pruning(wrapped) if method == "prune" else \

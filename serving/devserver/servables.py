@@ -143,19 +143,23 @@ class TFLiteServable:
             interp = self._interpreter
             shapes = {d["index"]: tuple(d["shape"]) for d in interp.get_input_details()}
             for alias, value in inputs.items():
-                index = self._index[sig.inputs[alias].name.split(":")[0]]
+                index = self._tensor(sig.inputs[alias].name)
                 if shapes[index] != np.shape(value):
                     interp.resize_tensor_input(index, list(np.shape(value)), strict=False)
             try:
                 interp.allocate_tensors()
                 for alias, value in inputs.items():
-                    index = self._index[sig.inputs[alias].name.split(":")[0]]
+                    index = self._tensor(sig.inputs[alias].name)
                     interp.set_tensor(index, _as_dtype(value, sig.inputs[alias].dtype))
                 interp.invoke()
             except (ValueError, RuntimeError) as exc:
                 raise ServingStatus("INVALID_ARGUMENT", str(exc)) from None
-            return {a: interp.get_tensor(self._index[sig.outputs[a].name.split(":")[0]]).copy()
+            return {a: interp.get_tensor(self._tensor(sig.outputs[a].name)).copy()
                     for a in aliases_out}
+
+    def _tensor(self, name: str) -> int:
+        """Interpreter index of a SignatureDef tensor name ("x:0" for LiteRT's "x")."""
+        return self._index[name] if name in self._index else self._index[name.rsplit(":", 1)[0]]
 
     def close(self) -> None:
         pass
@@ -174,7 +178,8 @@ def _tflite_signatures(path: Path, interpreter: Any) -> dict[str, Any]:
                             (interpreter.get_output_details(), sig.outputs)):
         for d in details:
             info = target[d["name"]]
-            info.name = f"{d['name']}:0"
+            # converted TF2 models name tensors like "serving_default_x:0" already
+            info.name = d["name"] if ":" in d["name"] else f"{d['name']}:0"
             info.dtype = _tf_dtype(d["dtype"])
             for size in d["shape_signature"] if len(d["shape_signature"]) else d["shape"]:
                 info.tensor_shape.dim.add().size = int(size)
