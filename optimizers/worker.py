@@ -221,7 +221,6 @@ def tfmot_job(job: dict[str, Any]) -> dict[str, Any]:
     import keras
     import tensorflow as tf
     import tensorflow_model_optimization as tfmot
-
     import tf_keras
 
     method, out, params = job["method"], Path(job["out"]), job.get("params", {})

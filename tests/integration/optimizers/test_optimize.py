@@ -18,7 +18,6 @@ import httpx
 import numpy as np
 import pytest
 
-from optimizers.gate import Tolerances
 from optimizers.pipeline import OptimizeError, Report, Request, Runner, optimize
 from optimizers.publish import MANIFEST, PROVENANCE, sha256_files, versions
 from tests.helpers import DevServer
