@@ -240,6 +240,32 @@ class DriftConfig(_Strict):
         return value
 
 
+class OptimizeConfig(_Strict):
+    """What the reoptimize action needs (docs/optimizers.md)."""
+
+    method: Literal["float32", "dynamic", "float16", "int8", "recalibrate", "keras_float16",
+                    "keras_int8", "prune", "prune_oneshot", "cluster"] = "int8"
+    golden: Path = Field(description="Golden inputs: .npz with x (and labels y), .npy, .csv or "
+                                     "golden JSONL.")
+    representative: Path | None = Field(None, description="int8 calibration inputs.")
+    train: Path | None = Field(None, description=".npz with x and y for prune and cluster.")
+    params: dict[str, float | int | str] = {}
+    min_top1_agreement: float = Field(0.97, ge=0, le=1)
+    max_accuracy_drop_points: float = Field(1.0, ge=0)
+    max_abs_error: float | None = Field(None, gt=0)
+    timeout_seconds: float = Field(600.0, gt=0, le=7200)
+
+    @field_validator("golden", "representative", "train")
+    @classmethod
+    def _check_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        value = _resolve_path(value, info)
+        if not value.is_file():
+            raise ValueError(f"file {str(value)!r} does not exist")
+        return value
+
+
 class ModelConfig(_Strict):
     """A model tfwarden watches on one serving endpoint."""
 
@@ -252,6 +278,8 @@ class ModelConfig(_Strict):
     probe: ProbeConfig | None = Field(None, description="Predict probe; none when omitted.")
     lifecycle: LifecycleConfig = LifecycleConfig()
     drift: DriftConfig | None = Field(None, description="Data drift checks; none when omitted.")
+    optimize: OptimizeConfig | None = Field(
+        None, description="Inputs of the reoptimize policy action; none: the action is refused.")
 
     @field_validator("golden_requests")
     @classmethod

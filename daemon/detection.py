@@ -21,7 +21,7 @@ from daemon.backtest import detection_settings
 from daemon.config import Config
 from daemon.recorder import Recorder
 from detectors.errors import BurnRate, CanaryErrors
-from detectors.latency import BaselineLatency, CanaryLatency
+from detectors.latency import BaselineLatency, CanaryLatency, LatencySLO
 from detectors.memory import MemoryLeak
 
 log = logging.getLogger("tfwarden.detection")
@@ -87,6 +87,11 @@ class DetectionSupervisor:
         log.info("model %s: stable version %s, canary %s", model, stable, canary)
         self._drop(("latency", model, "canary"))
         self._drop(("errors", model, "canary"))
+        self._drop(("latency", model, "slo"))
+        entry = next((m for m in self.config.models if m.name == model), None)
+        if stable is not None and entry is not None and entry.slo.latency_p99_ms is not None:
+            self.detectors[("latency", model, "slo")] = LatencySLO(model, stable,
+                                                                   entry.slo.latency_p99_ms)
         if stable is not None and canary is not None:
             self.detectors[("latency", model, "canary")] = CanaryLatency(
                 model, stable, canary, self.settings.latency)

@@ -32,6 +32,9 @@ from lifecycle.notifiers.dispatch import Dispatcher
 from lifecycle.phases import ModelStatus, Phase, transition
 from lifecycle.routers.base import LabelsRouter, Router, ShadowRouter
 from lifecycle.routers.nginx import NginxRouter, RouterError
+from optimizers.gate import Tolerances
+from optimizers.pipeline import OptimizeError, Request, Runner, optimize
+from optimizers.publish import optimized_from
 from policies.engine import Decision, PolicyMemory, evaluate, remember
 from policies.rules import RuleSet
 from serving.tfserving.controller import TFServingController, current_plan, read_config
@@ -66,6 +69,8 @@ class LifecycleRunner:
         self._locks: dict[str, asyncio.Lock] = {}
         self._active_alerts: dict[tuple[str, str], Alert] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.optimizer = Runner()  # one optimizer worker at a time, killed on stop
+        self._reoptimizing: dict[str, bool] = {}
         for model in config.models:
             endpoint = config.serving.get(model.serving)
             if (model.lifecycle.enabled and endpoint is not None and endpoint.model_config_file
@@ -139,6 +144,11 @@ class LifecycleRunner:
                 self._alert(decision)
             if decision.action in ("alert", "resolve_alert", "hold"):
                 continue
+            if decision.action == "reoptimize":
+                if not decision.dry_run:
+                    self._spawn(self._reoptimize(decision.model, dict(decision.params),
+                                                 f"rule {decision.rule}"))
+                continue
             if decision.dry_run:
                 continue
             if decision.needs_approval:
@@ -208,7 +218,12 @@ class LifecycleRunner:
             decision = self.approvals.pop(model, None)
             if decision is None:
                 raise ValueError(f"model {model!r} has no decision awaiting approval")
-            await self._run(model, decision.action, dict(decision.params), f"approved {decision.rule}")
+            if decision.action == "reoptimize":
+                self._spawn(self._reoptimize(model, dict(decision.params),
+                                             f"approved {decision.rule}"))
+            else:
+                await self._run(model, decision.action, dict(decision.params),
+                                f"approved {decision.rule}")
         elif action == "promote":
             if status.canary_version is None:
                 raise ValueError(f"model {model!r} has no canary to promote")
@@ -332,10 +347,11 @@ class LifecycleRunner:
                                 "summary": alert.annotations["summary"]}, decision.model)
         self.dispatcher.submit([alert])
 
-    def _alert_failure(self, model: str, action: str, error: str) -> None:
+    def _alert_failure(self, model: str, action: str, error: str,
+                       severity: str = "page") -> None:
         alert = Alert(labels={**self.config.alerting.labels,
                               "alertname": "TfwardenActionFailed", "model": model,
-                              "action": action, "severity": "page"},
+                              "action": action, "severity": severity},
                       annotations={"summary": f"{action} of {model} failed: {error}"[:500]},
                       starts_at=self.clock.now())
         self._journal("alert", {"state": "firing", **dict(alert.labels)}, model)
@@ -353,7 +369,69 @@ class LifecycleRunner:
         self._journal("alert", {"state": "resolved", **dict(alert.labels)}, alert.labels.get("model"))
         self.dispatcher.submit([resolved])
 
+    # -- reoptimize --------------------------------------------------------------------------
+    async def _reoptimize(self, model: str, params: dict[str, Any], origin: str) -> None:
+        """Optimize the stable version in workers; a published variant becomes a canary through
+        the new-version watcher (auto_canary) and the normal rules, never promoted directly."""
+        settings = self.models[model].optimize
+        status = self.statuses[model]
+        method = str(params.get("method") or (settings.method if settings else "int8"))
+        if settings is None:
+            self._journal("reoptimize_refused", {"model": model, "origin": origin, "reason":
+                          "models[].optimize is not configured"}, model)
+            return
+        if self._reoptimizing.get(model):
+            return
+        try:
+            entry = next(c for c in read_config(self.controllers[model].config_file)
+                         .model_config_list.config if c.name == model)
+        except (ServingError, StopIteration) as exc:
+            self._journal("reoptimize_refused", {"model": model, "reason": str(exc)}, model)
+            return
+        base = Path(entry.base_path)
+        stable = status.stable_version
+        existing = optimized_from(base, stable, method) if stable is not None else None
+        if stable is None or existing is not None:
+            self._journal("reoptimize_skipped", {
+                "model": model, "method": method, "stable_version": stable,
+                "reason": f"version {existing} is already {method} of v{stable}" if existing
+                else "no stable version"}, model)
+            return
+        request = Request(
+            source=base / str(stable), method=method, base=base, golden=settings.golden,
+            representative=settings.representative, train=settings.train,
+            params={**settings.params, **{k: v for k, v in params.items() if k != "method"}},
+            tolerances=Tolerances(min_top1_agreement=settings.min_top1_agreement,
+                                  max_accuracy_drop_points=settings.max_accuracy_drop_points,
+                                  max_abs_error=settings.max_abs_error),
+            timeout_seconds=settings.timeout_seconds)
+        self._reoptimizing[model] = True
+        intent = self._journal("reoptimize_started", {"model": model, "method": method,
+                                                      "source_version": stable,
+                                                      "origin": origin}, model)
+        try:
+            report = await optimize(request, self.optimizer, {"origin": origin})
+        except OptimizeError as exc:
+            self._journal("reoptimize_failed", {"intent_id": intent, "model": model,
+                                                "error": str(exc)}, model)
+            self._alert_failure(model, f"reoptimize ({method})", str(exc), "ticket")
+            return
+        finally:
+            self._reoptimizing[model] = False
+        summary = {"intent_id": intent, **report.to_json()}
+        if report.accepted:
+            self._journal("reoptimized", summary, model)
+            log.info("model %s: %s of v%s published as version %s", model, method, stable,
+                     report.version)
+        else:
+            self._journal("reoptimize_rejected", summary, model)
+            log.warning("model %s: %s candidate of v%s rejected: %s", model, method, stable,
+                        "; ".join(report.reasons))
+            self._alert_failure(model, f"reoptimize ({method})",
+                                "candidate rejected: " + "; ".join(report.reasons), "ticket")
+
     async def stop(self) -> None:
+        self.optimizer.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

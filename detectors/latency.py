@@ -329,3 +329,52 @@ def _robust_sigma(values: Sequence[float]) -> float:
     ordered = sorted(values)
     centre = quantile(ordered, 0.5)
     return 1.4826 * quantile(sorted(abs(v - centre) for v in ordered), 0.5)
+
+
+class LatencySLO:
+    """A version's probe latency against its latency objective (``slo.latency_p99_ms``).
+
+    Keeps the last ``window`` successful probe latencies no older than ``max_age_seconds``. The
+    p-quantile's 95 % confidence interval comes from order statistics (the binomial count of
+    samples below the quantile): ``regression`` when even the lower bound is above the
+    objective, ``ok`` when the upper bound is at or below it, ``inconclusive`` in between or with
+    fewer than ``min_samples`` samples.
+    """
+
+    def __init__(self, model: str, version: int, objective_ms: float, q: float = 0.99,
+                 window: int = 1000, min_samples: int = 200,
+                 max_age_seconds: float = 600.0) -> None:
+        self.model, self.version, self.objective_ms, self.q = model, version, objective_ms, q
+        self.min_samples, self.max_age_seconds = min_samples, max_age_seconds
+        self.samples: deque[tuple[float, float]] = deque(maxlen=window)
+
+    def observe(self, sample: Sample) -> None:
+        if sample.metric == "latency_ms" and sample.model == self.model and \
+                sample.version == self.version and sample.ok:
+            self.samples.append((sample.t, sample.value))
+
+    def evaluate(self, now: float) -> Finding:
+        recent = sorted(v for t, v in self.samples if now - t <= self.max_age_seconds)
+        n = len(recent)
+        label = f"p{round(self.q * 100)}"
+        if n < self.min_samples:
+            return Finding("latency", INCONCLUSIVE, now, model=self.model, version=self.version,
+                           target="slo", reason=f"{n} of {self.min_samples} recent samples",
+                           evidence={"samples": n})
+        spread = 1.96 * math.sqrt(n * self.q * (1 - self.q))
+        low = recent[max(0, math.floor(n * self.q - spread) - 1)]
+        high = recent[min(n - 1, math.ceil(n * self.q + spread))]
+        value = quantile(recent, self.q)
+        if low > self.objective_ms:
+            verdict, reason = REGRESSION, (f"{label} {value:.1f} ms (95% CI {low:.1f}-{high:.1f}) "
+                                           f"above the {self.objective_ms:g} ms objective")
+        elif high <= self.objective_ms:
+            verdict, reason = OK, f"{label} {value:.1f} ms within {self.objective_ms:g} ms"
+        else:
+            verdict, reason = INCONCLUSIVE, (f"{label} {value:.1f} ms, CI {low:.1f}-{high:.1f} "
+                                             f"around {self.objective_ms:g} ms")
+        return Finding("latency", verdict, now, model=self.model, version=self.version,
+                       target="slo", reason=reason,
+                       effect={f"{label}_ms": round(value, 3), "objective_ms": self.objective_ms,
+                               "ratio": round(value / self.objective_ms, 3)},
+                       evidence={"samples": n, "ci_ms": [round(low, 3), round(high, 3)]})

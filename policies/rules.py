@@ -11,11 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from core.errors import ConfigError, ConfigProblem
 
 LIFECYCLE_ACTIONS = ("stage_canary", "set_weight", "promote", "rollback", "hold")
-ACTIONS = (*LIFECYCLE_ACTIONS, "alert", "resolve_alert")
+ACTIONS = (*LIFECYCLE_ACTIONS, "alert", "resolve_alert", "reoptimize")
 RULESETS = Path(__file__).parent / "rulesets"
 
 Action = Literal["stage_canary", "set_weight", "promote", "rollback", "hold", "alert",
-                 "resolve_alert"]
+                 "resolve_alert", "reoptimize"]
 PhaseName = Literal["stable", "canary_shadow", "canary_live", "promoting", "rolling_back",
                     "rolled_back", "paused"]
 
@@ -77,6 +77,8 @@ class Rule(_Strict):
 
     @model_validator(mode="after")
     def _params(self) -> Rule:
+        if self.action == "reoptimize" and not isinstance(self.params.get("method", ""), str):
+            raise ValueError("reoptimize takes params.method: an optimization method name")
         if self.action == "set_weight":
             steps = self.params.get("steps")
             if not isinstance(steps, list) or not steps or sorted(steps) != steps or \

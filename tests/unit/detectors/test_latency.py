@@ -94,3 +94,29 @@ def test_baseline_detector_flags_a_slower_new_version_and_not_an_equal_one() -> 
                                     value=20 * factor * math.exp(rng.gauss(0, 0.5)),
                                     model="m", version=3))
         assert detector.evaluate(300.0).verdict == expected
+
+
+def test_latency_slo_follows_the_p99_confidence_interval() -> None:
+    import random
+
+    from core.types import Sample
+    from detectors.latency import LatencySLO
+
+    rng = random.Random(1)
+    slo = LatencySLO("m", 1, objective_ms=20.0)
+    for i in range(100):
+        slo.observe(Sample(float(i), "probe", "latency_ms", 5.0, model="m", version=1))
+    assert slo.evaluate(100.0).verdict == "inconclusive"  # too few samples
+    for i in range(400):
+        slo.observe(Sample(100.0 + i, "probe", "latency_ms", rng.lognormvariate(1.6, 0.2),
+                           model="m", version=1))
+        slo.observe(Sample(100.0 + i, "probe", "latency_ms", 500.0, model="m", version=2))
+    assert slo.evaluate(500.0).verdict == "ok"  # p99 ~8 ms; version 2 is not this version's
+    slow = LatencySLO("m", 1, objective_ms=20.0)
+    for i in range(400):
+        slow.observe(Sample(float(i), "probe", "latency_ms", 30.0 + rng.random(), model="m",
+                            version=1))
+    finding = slow.evaluate(400.0)
+    assert finding.verdict == "regression" and finding.target == "slo"
+    assert finding.effect["ratio"] > 1.5
+    assert slow.evaluate(400.0 + 601).verdict == "inconclusive"  # the samples got old
