@@ -156,6 +156,15 @@ class Daemon:
     def drift_report(self, name: str) -> dict[str, Any] | None:
         return self.drift.report(name) if self.drift is not None else None
 
+    def _captured_rows(self, model: str, version: int) -> tuple[list[str], list[list[Any]]]:
+        """Reservoir rows of ``version`` and of unversioned (mirrored) captures."""
+        service = self.capture_service
+        if service is None:
+            return [], []
+        rows = [row for (m, v), reservoir in service.reservoirs.items()
+                if m == model and v in (None, version) for row in reservoir.rows]
+        return service.stats(model)["features"], rows
+
     def capture_stats(self, model: str) -> dict[str, Any]:
         return self.capture_service.stats(model) if self.capture_service else {}
 
@@ -282,7 +291,8 @@ class Daemon:
                                      on_result=self.recorder.notified)
         self.dispatcher.start()
         runner = LifecycleRunner(config, ruleset, self.store, self.recorder, self.clock,
-                                 self.dispatcher, self._journal_model, detection.all_findings)
+                                 self.dispatcher, self._journal_model, detection.all_findings,
+                                 self._captured_rows)
         self.lifecycle = runner
         if not runner.models:
             return

@@ -187,8 +187,10 @@ class OnlineDriftConfig(_Strict):
         [2, 5, 10, 20, 50], min_length=1,
         description="Test windows in rows; small ones catch large shifts fast, large ones small "
                     "shifts.")
-    n_bootstraps: int = Field(50_000, ge=1000, le=2_000_000,
-                              description="Bootstrap streams for the (slow, cached) calibration.")
+    n_bootstraps: int | None = Field(
+        None, ge=1000, le=5_000_000,
+        description="Bootstrap streams for the (slow, cached) calibration; default 4 x ert x "
+                    "features (alibi-detect cannot estimate the threshold with fewer).")
     hold_rows: int = Field(1000, ge=1, description="A detection keeps the finding for this many rows.")
 
 

@@ -16,6 +16,7 @@ Per model (with a model config file on its endpoint and ``lifecycle.enabled``):
 from __future__ import annotations
 
 import asyncio
+import csv
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -41,6 +42,7 @@ from serving.tfserving.controller import TFServingController, current_plan, read
 
 log = logging.getLogger("tfwarden.lifecycle")
 POLICY_SECONDS = 2.0
+MIN_CAPTURED_ROWS = 100
 MANUAL_ACTIONS = ("rollback", "promote", "pause", "resume", "approve")
 
 
@@ -55,10 +57,12 @@ def _pending_key(model: str) -> str:
 class LifecycleRunner:
     def __init__(self, config: Config, ruleset: RuleSet, store: StateStore, recorder: Recorder,
                  clock: Clock, dispatcher: Dispatcher,
-                 journal: Any, findings: Any) -> None:
+                 journal: Any, findings: Any, captured: Any = None) -> None:
         self.config, self.ruleset, self.store = config, ruleset, store
         self.recorder, self.clock, self.dispatcher = recorder, clock, dispatcher
         self._journal, self._findings = journal, findings
+        # model, version -> (feature names, captured rows): the inputs of `recalibrate`
+        self._captured: Any = captured or (lambda model, version: ([], []))
         self.memory = PolicyMemory()
         self.models: dict[str, ModelConfig] = {}
         self.controllers: dict[str, TFServingController] = {}
@@ -405,6 +409,13 @@ class LifecycleRunner:
                                   max_accuracy_drop_points=settings.max_accuracy_drop_points,
                                   max_abs_error=settings.max_abs_error),
             timeout_seconds=settings.timeout_seconds)
+        if method == "recalibrate":
+            request.representative = self._captured_file(model, stable)
+            if request.representative is None:
+                self._journal("reoptimize_refused", {"model": model, "reason": "recalibrate "
+                              f"needs at least {MIN_CAPTURED_ROWS} captured rows of v{stable}"},
+                              model)
+                return
         self._reoptimizing[model] = True
         intent = self._journal("reoptimize_started", {"model": model, "method": method,
                                                       "source_version": stable,
@@ -429,6 +440,19 @@ class LifecycleRunner:
                         "; ".join(report.reasons))
             self._alert_failure(model, f"reoptimize ({method})",
                                 "candidate rejected: " + "; ".join(report.reasons), "ticket")
+
+    def _captured_file(self, model: str, version: int) -> Path | None:
+        """The captured rows of ``version`` (and unversioned mirrored rows) as a CSV file."""
+        features, rows = self._captured(model, version)
+        if len(rows) < MIN_CAPTURED_ROWS or any(isinstance(v, str) for r in rows for v in r):
+            return None
+        path = self.config.state_dir / "optimize" / f"{model}-v{version}-captured.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(features)
+            writer.writerows(rows)
+        return path
 
     async def stop(self) -> None:
         self.optimizer.cancel()

@@ -204,8 +204,11 @@ def make_engine(name: str, reference: Reference, settings: BatchSettings) -> Dri
 class OnlineSettings:
     ert: int = 5000
     window_sizes: tuple[int, ...] = (2, 5, 10, 20, 50)
-    n_bootstraps: int = 5000
+    n_bootstraps: int | None = None  # None: 4 x ERT x features (the quantile needs >> ERT x d)
     seed: int = 0
+
+    def bootstraps(self, features: int) -> int:
+        return self.n_bootstraps or max(10_000, 4 * self.ert * features)
 
     def key(self, reference_hash: str, detector: str) -> str:
         text = json.dumps([reference_hash, detector, asdict(self)], sort_keys=True)
@@ -276,7 +279,7 @@ class OnlineDrift:
             x_ref = self.reference.data[:, columns]
             cls = _online_class(detector)
             kwargs = {"window_sizes": list(self.settings.window_sizes),
-                      "n_bootstraps": self.settings.n_bootstraps, "verbose": False,
+                      "n_bootstraps": self.settings.bootstraps(len(columns)), "verbose": False,
                       "thresholds_file": self.thresholds_file(detector)}
             if detector == "fet":
                 x_ref = np.clip(x_ref, 0, 1)  # the 'unseen' code counts as the second category

@@ -165,3 +165,15 @@ def test_cli_prints_the_report_and_the_version(models: Path) -> None:
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines() == [
         "tfwarden optimize: method int8 needs representative inputs (--representative FILE)"]
+
+
+def test_recalibrate_uses_captured_rows_as_csv(models: Path, tmp_path: Path) -> None:
+    rows = np.load(models / "representative.npy")[:150]
+    captured = tmp_path / "captured.csv"  # what the daemon writes from the capture reservoir
+    captured.write_text(",".join(f"x[{i}]" for i in range(64)) + "\n" +
+                        "\n".join(",".join(repr(float(v)) for v in row) for row in rows) + "\n")
+    report = asyncio.run(optimize(Request(
+        source=models / "m" / "1", method="recalibrate", base=models / "m",
+        golden=models / "golden.npz", representative=captured, latency_runs=30)))
+    assert report.accepted, report.reasons
+    assert report.steps[0]["representative_samples"] == 150
