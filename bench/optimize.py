@@ -1,4 +1,4 @@
-"""Optimization methods on an MLP and a small CNN trained on scikit-learn's digits.
+"""Optimization methods on an MLP, a small CNN and a wide MLP (2 x 2048) trained on digits.
 
 For each model: the float32 source (SavedModel) and TFLite float32, dynamic-range, float16 and
 int8; Keras weight-only int8 SavedModel; pruning at 50 % and 80 % (fine-tuned) and clustering
@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from optimizers.pipeline import Request, optimize  # noqa: E402
+from optimizers.publish import versions  # noqa: E402
 
 VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("tflite float32", "float32", {}),
@@ -105,7 +106,7 @@ def bench(kind: str, runs: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         subprocess.run([sys.executable, "-m", "optimizers.models", str(work),
-                        *(["--cnn"] if kind == "cnn" else [])], check=True,
+                        *({"cnn": ["--cnn"], "wide": ["--wide"]}.get(kind, []))], check=True,
                        capture_output=True, timeout=600)
         source = work / "m" / "1"
         published: dict[str, int] = {}
@@ -127,8 +128,9 @@ def bench(kind: str, runs: int) -> list[dict[str, Any]]:
                 "convert_seconds": m["convert_seconds"],
                 "convert_peak_rss_mb": round(report.steps[0]["peak_rss_bytes"] / 2**20),
             }
-            if report.accepted and method in ("prune", "cluster", "keras_int8"):
-                # LiteRT latency of the variant: its TFLite float32 conversion
+            if report.accepted and method in ("prune", "cluster"):
+                # LiteRT latency of the variant: its TFLite float32 conversion (Keras int8
+                # SavedModels do not convert: tfl.fully_connected refuses their int8 kernels)
                 tflite = run(work, work / "m" / str(report.version), "float32", {})
                 row["litert_p50_ms"] = tflite.metrics["candidate_latency"]["p50_ms"]
                 row["litert_gzip_kb"] = round(tflite.metrics["candidate_gzip_bytes"] / 1024, 1)
@@ -138,7 +140,8 @@ def bench(kind: str, runs: int) -> list[dict[str, Any]]:
                 published[label] = report.version
             rows.append(row)
         x = np.load(work / "golden.npz")["x"]
-        served = devserver_p50(work, [1, *published.values()], x, runs)
+        served = devserver_p50(work, [v for v in versions(work / "m")
+                                      if v == 1 or v in published.values()], x, runs)
         for row in rows:
             if row["version"] in served:
                 row["devserver_p50_ms"] = served[row["version"]]
@@ -152,7 +155,7 @@ def bench(kind: str, runs: int) -> list[dict[str, Any]]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument("--models", default="mlp,cnn,wide")
     args = parser.parse_args()
     print(json.dumps({"machine": f"{os.cpu_count()} cpus", "date": time.strftime("%Y-%m-%d")}))
     for kind in args.models.split(","):

@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="optimizers.models")
     parser.add_argument("out", type=Path)
     parser.add_argument("--cnn", action="store_true")
+    parser.add_argument("--wide", action="store_true", help="a 2 x 2048 MLP (4.3M weights)")
     parser.add_argument("--epochs", type=int, default=20)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -44,10 +45,11 @@ def main(argv: list[str] | None = None) -> int:
             keras.layers.Dense(64, activation="relu"),
             keras.layers.Dense(10, activation="softmax")])
     else:
+        width = (2048, 2048) if args.wide else (256, 128)
         model = keras.Sequential([
             keras.Input((64,), name="x"),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(width[0], activation="relu"),
+            keras.layers.Dense(width[1], activation="relu"),
             keras.layers.Dense(10, activation="softmax")])
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x[:1400], y[:1400], epochs=args.epochs, batch_size=64, verbose=0)
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     np.savez(args.out / "train.npz", x=x[:1400], y=y[:1400])
     np.save(args.out / "representative.npy", x[:300])
     accuracy = float((model.predict(x[1400:], verbose=0).argmax(1) == y[1400:]).mean())
-    print(f"trained {'cnn' if args.cnn else 'mlp'}: held-out accuracy {accuracy:.3f}")
+    print(f"trained {'cnn' if args.cnn else 'wide mlp' if args.wide else 'mlp'}: held-out accuracy {accuracy:.3f}")
     return 0
 
 
