@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     np.savez(args.out / "train.npz", x=x[:1400], y=y[:1400])
     np.save(args.out / "representative.npy", x[:300])
     accuracy = float((model.predict(x[1400:], verbose=0).argmax(1) == y[1400:]).mean())
-    print(f"trained {'cnn' if args.cnn else 'wide mlp' if args.wide else 'mlp'}: held-out accuracy {accuracy:.3f}")
+    name = "cnn" if args.cnn else "wide mlp" if args.wide else "mlp"
+    print(f"trained {name}: held-out accuracy {accuracy:.3f}")
     return 0
 
 
