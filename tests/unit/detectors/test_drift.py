@@ -100,3 +100,16 @@ def test_wrong_width_npy(tmp_path: Path) -> None:
     np.save(tmp_path / "r.npy", np.zeros((5, 3)))
     with pytest.raises(ReferenceError, match=r"expected shape \(rows, 2\)"):
         load_reference_file(tmp_path / "r.npy", ["a", "b"], None)
+
+
+def test_mmd_finds_a_joint_shift_the_marginals_hide() -> None:
+    rng = np.random.default_rng(8)
+    ref_data = rng.normal(size=(300, 2))
+    ref = Reference.from_rows(ref_data.tolist(), ["a", "b"])
+    engine = make_engine("alibi", ref, BatchSettings(multivariate="mmd", mmd_permutations=100))
+    same = engine.check(rng.normal(size=(200, 2)))
+    assert same["multivariate"]["test"] == "mmd" and not same["multivariate"]["drift"]
+    # the same marginals, but b = -a instead of independent: only a joint test can see it
+    a = rng.normal(size=200)
+    joint = engine.check(np.column_stack([a, -a + 0.05 * rng.normal(size=200)]))
+    assert joint["multivariate"]["drift"] and joint["drift"]
