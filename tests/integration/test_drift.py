@@ -80,9 +80,13 @@ detection: {{drift_worker: {{request_timeout_seconds: 60, restart_backoff_max_se
 """)
     daemon = DaemonProcess(config, port)
     daemon.wait_ready()
-    yield {"dev": dev, "daemon": daemon, "work": work, "config": config, "port": port, "rng": rng}
-    daemon.terminate()
-    daemon.close()
+    state = {"dev": dev, "daemon": daemon, "work": work, "config": config, "port": port,
+             "rng": rng}
+    yield state
+    current = state["daemon"]  # a test may have restarted it
+    if current.proc.poll() is None:
+        current.terminate()
+    current.close()
     dev.stop()
 
 
