@@ -111,26 +111,19 @@ class DetectionSupervisor:
     async def evaluate(self) -> None:
         now = self.clock.now()
         for key, detector in list(self.detectors.items()):
-            finding = detector.evaluate(now)
-            previous = self.findings.get(key)
-            self.findings[key] = finding
-            self.recorder.finding(finding)
-            if previous is None or previous.verdict != finding.verdict:
-                self.journal("finding", finding.to_json(), finding.model or None)
-                level = logging.WARNING if finding.verdict == "regression" else logging.INFO
-                log.log(level, "%s %s %s: %s %s", finding.detector, finding.model or finding.target,
-                        "" if finding.version is None else f"v{finding.version}", finding.verdict,
-                        finding.reason)
+            self.publish(key, detector.evaluate(now))
 
     def publish(self, key: Key, finding: Finding) -> None:
-        """A finding computed elsewhere (the drift checks): kept, exported, journaled on change."""
+        """A detector's latest finding (also from the drift checks): kept, exported, journaled
+        and logged when its verdict changes."""
         previous = self.findings.get(key)
         self.findings[key] = finding
         self.recorder.finding(finding)
         if previous is None or previous.verdict != finding.verdict:
             self.journal("finding", finding.to_json(), finding.model or None)
             level = logging.WARNING if finding.verdict == "regression" else logging.INFO
-            log.log(level, "drift %s %s%s: %s %s", finding.model, finding.target,
+            log.log(level, "%s %s %s%s: %s %s", finding.detector, finding.model or finding.target,
+                    finding.target if finding.model else "",
                     "" if finding.version is None else f" v{finding.version}", finding.verdict,
                     finding.reason)
 

@@ -123,3 +123,45 @@ class DevServer:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+class Nginx:
+    """Debian's nginx on a free loopback port, all its files under ``work``; it includes the
+    files tfwarden's nginx router writes to ``include`` (``*.http.conf``, ``*.server.conf``)."""
+
+    def __init__(self, work: Path, include_name: str = "tfwarden-nginx") -> None:
+        import shutil
+
+        self.binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(self.binary).exists():
+            raise AssertionError("nginx is not installed; scripts/test installs it")
+        self.work = work
+        self.include = work / include_name
+        self.include.mkdir()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.conf = work / "nginx.conf"
+        self.conf.write_text(f"""worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    include {self.include}/*.http.conf;
+    server {{
+        listen 127.0.0.1:{self.port};
+        include {self.include}/*.server.conf;
+    }}
+}}
+""")
+        subprocess.run([self.binary, "-c", str(self.conf), "-p", str(work)], check=True,
+                       timeout=30)
+
+    def stop(self) -> None:
+        subprocess.run([self.binary, "-c", str(self.conf), "-p", str(self.work), "-s", "stop"],
+                       timeout=30)

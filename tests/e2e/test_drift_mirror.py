@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.test_canary_lifecycle import status, wait_for
-from tests.helpers import TESTDATA, DaemonProcess, DevServer, free_port
+from tests.helpers import TESTDATA, DaemonProcess, DevServer, Nginx, free_port
 
 pytestmark = pytest.mark.integration
 TFS = TESTDATA / "tfserving"
@@ -36,9 +35,6 @@ class Receiver(BaseHTTPRequestHandler):
 
 
 def test_mirrored_traffic_drifts_and_alerts(tmp_path: Path) -> None:
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(binary).exists():
-        pytest.fail("nginx is not installed; scripts/test installs it")
     base = tmp_path / "models" / "m"
     shutil.copytree(TFS / "saved_model_half_plus_two_cpu" / "00000123", base / "1")
     (tmp_path / "models.config").write_text(
@@ -49,29 +45,8 @@ def test_mirrored_traffic_drifts_and_alerts(tmp_path: Path) -> None:
     np.save(tmp_path / "reference.npy", np.random.default_rng(0).normal(size=(1000, 1)))
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    include = tmp_path / "tfwarden-nginx"
-    include.mkdir()
-    nginx_port, port = free_port(), free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(f"""worker_processes 1;
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/nginx-error.log;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp_path}/body;
-    proxy_temp_path {tmp_path}/proxy;
-    fastcgi_temp_path {tmp_path}/fastcgi;
-    uwsgi_temp_path {tmp_path}/uwsgi;
-    scgi_temp_path {tmp_path}/scgi;
-    include {include}/*.http.conf;
-    server {{
-        listen 127.0.0.1:{nginx_port};
-        include {include}/*.server.conf;
-    }}
-}}
-""")
-    subprocess.run([binary, "-c", str(conf), "-p", str(tmp_path)], check=True, timeout=30)
+    nginx = Nginx(tmp_path)
+    include, nginx_port, port = nginx.include, nginx.port, free_port()
     (tmp_path / "tfwarden.yaml").write_text(f"""
 server: {{listen: "127.0.0.1:{port}"}}
 state_dir: ./state
@@ -84,7 +59,7 @@ models:
     lifecycle: {{version_poll_seconds: 1, router: nginx}}
     drift: {{engine: scipy, reference: reference.npy, window_rows: 100, consecutive: 2,
              interval_seconds: 0.5, outputs: {{enabled: false}}}}
-nginx: {{conf: nginx.conf, prefix: ., include_dir: tfwarden-nginx, binary: "{binary}",
+nginx: {{conf: nginx.conf, prefix: ., include_dir: tfwarden-nginx, binary: "{nginx.binary}",
          mirror_url: "http://127.0.0.1:{port}/api/v1/capture", mirror_percent: 100}}
 capture: {{client_rows_per_second: 100000}}
 alerting:
@@ -124,7 +99,7 @@ alerting:
     finally:
         daemon.terminate()
         daemon.close()
-        subprocess.run([binary, "-c", str(conf), "-p", str(tmp_path), "-s", "stop"], timeout=30)
+        nginx.stop()
         receiver.shutdown()
         dev.stop()
 

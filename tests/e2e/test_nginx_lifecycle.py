@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,16 +13,13 @@ import httpx
 import pytest
 
 from tests.e2e.test_canary_lifecycle import FAST_RULES, status, wait_for
-from tests.helpers import TESTDATA, DaemonProcess, DevServer, free_port
+from tests.helpers import TESTDATA, DaemonProcess, DevServer, Nginx, free_port
 
 pytestmark = pytest.mark.integration
 TFS = TESTDATA / "tfserving"
 
 
 def test_canary_weights_drive_nginx(tmp_path: Path) -> None:
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(binary).exists():
-        pytest.fail("nginx is not installed; scripts/test installs it")
     base = tmp_path / "models" / "m"
     shutil.copytree(TFS / "saved_model_half_plus_two_cpu" / "00000123", base / "1")
     (tmp_path / "models.config").write_text(
@@ -33,29 +29,8 @@ def test_canary_weights_drive_nginx(tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text(FAST_RULES)
     dev = DevServer(f"--model_config_file={tmp_path / 'models.config'}", workdir=tmp_path)
     dev.wait_ready()
-    include = tmp_path / "tfwarden-nginx"
-    include.mkdir()
-    nginx_port, port = free_port(), free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(f"""worker_processes 1;
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/nginx-error.log;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp_path}/body;
-    proxy_temp_path {tmp_path}/proxy;
-    fastcgi_temp_path {tmp_path}/fastcgi;
-    uwsgi_temp_path {tmp_path}/uwsgi;
-    scgi_temp_path {tmp_path}/scgi;
-    include {include}/*.http.conf;
-    server {{
-        listen 127.0.0.1:{nginx_port};
-        include {include}/*.server.conf;
-    }}
-}}
-""")
-    subprocess.run([binary, "-c", str(conf), "-p", str(tmp_path)], check=True, timeout=30)
+    nginx = Nginx(tmp_path)
+    include, nginx_port, port = nginx.include, nginx.port, free_port()
     (tmp_path / "tfwarden.yaml").write_text(f"""
 server: {{listen: "127.0.0.1:{port}"}}
 state_dir: ./state
@@ -68,7 +43,7 @@ models:
     golden_requests: golden.jsonl
     probe: {{address: labels, labels: [stable, canary], rate_per_second: 20}}
     lifecycle: {{version_poll_seconds: 1, router: nginx}}
-nginx: {{conf: nginx.conf, prefix: ., include_dir: tfwarden-nginx, binary: "{binary}"}}
+nginx: {{conf: nginx.conf, prefix: ., include_dir: tfwarden-nginx, binary: "{nginx.binary}"}}
 policies: {{ruleset: rules.yaml}}
 """)
     daemon = DaemonProcess(tmp_path / "tfwarden.yaml", port)
@@ -96,5 +71,5 @@ policies: {{ruleset: rules.yaml}}
     finally:
         daemon.terminate()
         daemon.close()
-        subprocess.run([binary, "-c", str(conf), "-p", str(tmp_path), "-s", "stop"], timeout=30)
+        nginx.stop()
         dev.stop()

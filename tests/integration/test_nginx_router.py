@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,7 +14,7 @@ import pytest
 from google.protobuf import text_format
 
 from lifecycle.routers.nginx import NginxRouter, RouterError
-from tests.helpers import TESTDATA, DevServer, free_port
+from tests.helpers import TESTDATA, DevServer, Nginx
 
 pytestmark = pytest.mark.integration
 TFS = TESTDATA / "tfserving"
@@ -24,10 +22,6 @@ TFS = TESTDATA / "tfserving"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
-                                       else None)
-    if binary is None:
-        pytest.fail("nginx is not installed (apt-get install nginx); scripts/test installs it")
     work = tmp_path_factory.mktemp("nginx")
     base = work / "models" / "m"
     shutil.copytree(TFS / "saved_model_half_plus_two_cpu" / "00000123", base / "1")
@@ -47,34 +41,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with grpc.insecure_channel(dev.grpc_address) as channel:
         model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request,
                                                                                    timeout=30)
-    include = work / "tfwarden"
-    include.mkdir()
-    port = free_port()
-    conf = work / "nginx.conf"
-    conf.write_text(f"""worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/error.log;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {work}/body;
-    proxy_temp_path {work}/proxy;
-    fastcgi_temp_path {work}/fastcgi;
-    uwsgi_temp_path {work}/uwsgi;
-    scgi_temp_path {work}/scgi;
-    include {include}/*.http.conf;
-    server {{
-        listen 127.0.0.1:{port};
-        include {include}/*.server.conf;
-    }}
-}}
-""")
-    subprocess.run([binary, "-c", str(conf), "-p", str(work)], check=True, timeout=30)
+    nginx = Nginx(work, include_name="tfwarden")
+    include, port, conf, binary = nginx.include, nginx.port, nginx.conf, nginx.binary
     router = NginxRouter(include_dir=include, conf=conf, prefix=work, upstream=dev.rest_url,
                          binary=binary)
     yield {"router": router, "url": f"http://127.0.0.1:{port}", "binary": binary, "conf": conf,
            "work": work}
-    subprocess.run([binary, "-c", str(conf), "-p", str(work), "-s", "stop"], timeout=30)
+    nginx.stop()
     dev.stop()
 
 
