@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +35,7 @@ from lifecycle.phases import ModelStatus, Phase, transition
 from lifecycle.routers.base import LabelsRouter, Router, ShadowRouter
 from lifecycle.routers.nginx import NginxRouter, RouterError
 from optimizers.gate import Tolerances
+from optimizers.methods import METHODS
 from optimizers.pipeline import OptimizeError, Request, Runner, optimize
 from optimizers.publish import optimized_from
 from policies.engine import Decision, PolicyMemory, evaluate, remember
@@ -44,6 +46,31 @@ log = logging.getLogger("tfwarden.lifecycle")
 POLICY_SECONDS = 2.0
 MIN_CAPTURED_ROWS = 100
 MANUAL_ACTIONS = ("rollback", "promote", "pause", "resume", "approve")
+
+
+def representative_fallback(model: ModelConfig, state_dir: Path) -> Path | None:
+    """int8 calibration inputs when ``optimize.representative`` is not set: the model's drift
+    reference file (.npy/.npz/.csv), else the reference captured for drift (saved as JSON in the
+    state directory, written out as CSV)."""
+    drift = model.drift
+    if drift is not None and drift.reference is not None and \
+            drift.reference.suffix in (".npy", ".npz", ".csv"):
+        return drift.reference
+    saved = state_dir / "drift" / f"{model.name}.reference.json"
+    try:
+        captured = json.loads(saved.read_text())
+    except (OSError, ValueError):
+        return None
+    rows = captured.get("rows", [])
+    if len(rows) < MIN_CAPTURED_ROWS or any(isinstance(v, str) for r in rows for v in r):
+        return None
+    path = state_dir / "optimize" / f"{model.name}-drift-reference.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(captured.get("features", []))
+        writer.writerows(rows)
+    return path
 
 
 def _status_key(model: str) -> str:
@@ -415,6 +442,14 @@ class LifecycleRunner:
                 self._journal("reoptimize_refused", {"model": model, "reason": "recalibrate "
                               f"needs at least {MIN_CAPTURED_ROWS} captured rows of v{stable}"},
                               model)
+                return
+        elif request.representative is None and METHODS[method].data == "representative":
+            request.representative = representative_fallback(
+                self.models[model], self.config.state_dir) or self._captured_file(model, stable)
+            if request.representative is None:
+                self._journal("reoptimize_refused", {"model": model, "reason": f"{method} needs "
+                              "representative inputs: optimize.representative, a drift "
+                              "reference, or captured rows"}, model)
                 return
         self._reoptimizing[model] = True
         intent = self._journal("reoptimize_started", {"model": model, "method": method,
