@@ -27,6 +27,7 @@ from core.clock import Clock, SystemClock
 from core.errors import ConfigError, StartupError
 from core.series import SeriesWindows
 from core.types import Finding
+from daemon import tracing
 from daemon.capture import CaptureService
 from daemon.config import Config, load_config, read_bearer_token
 from daemon.detection import EVALUATE_SECONDS, DetectionSupervisor
@@ -51,7 +52,7 @@ HEAVY_MODULES = ("tensorflow.python", "alibi_detect", "tensorflow_model_optimiza
 HEARTBEAT_SECONDS = 1.0
 CHECKPOINT_SECONDS = 300.0
 HTTP_STOP_SECONDS = 1.0
-RESTART_ONLY_FIELDS = (("server", "listen"), ("state_dir",))
+RESTART_ONLY_FIELDS = (("server", "listen"), ("state_dir",), ("tracing",))
 
 
 def heavy_modules_loaded() -> list[str]:
@@ -335,6 +336,7 @@ class Daemon:
         self.recorder.config_loaded(True, self.clock.now(), self.generation)
         self._last_reload = {"ok": True, "t": self.clock.now(), "trigger": "start", "error": None}
         self.store = self._store_factory(self.config.state_dir)
+        tracing.setup(self.config.tracing, self.version)
         self._journal("daemon_starting", {"pid": os.getpid(), "version": self.version})
         self._journal("config_loaded", {"generation": self.generation, "trigger": "start"})
         protos.load()
@@ -410,6 +412,7 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self._journal("daemon_stopped", {"cancelled_jobs": cancelled})
+        tracing.shutdown()
         if self.store is not None:
             self.store.close()
         self.notifier.close()

@@ -459,6 +459,23 @@ class DetectionConfig(_Strict):
     drift_worker: DriftWorkerConfig = DriftWorkerConfig()
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry traces of decisions and actions (docs/operations.md)."""
+
+    exporter: Literal["none", "otlp", "file"] = "none"
+    endpoint: AnyHttpUrl = Field(AnyHttpUrl("http://127.0.0.1:4318/v1/traces"),
+                                 description="OTLP/HTTP traces endpoint (exporter otlp).")
+    file: Path | None = Field(None, description="JSON lines of spans (exporter file).")
+    service_name: str = "tfwarden"
+    sample_ratio: float = Field(1.0, ge=0, le=1)
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+
+    @field_validator("file")
+    @classmethod
+    def _resolve_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve_path(value, info)
+
+
 class Config(_Strict):
     """The whole configuration file."""
 
@@ -474,6 +491,7 @@ class Config(_Strict):
     detection: DetectionConfig = DetectionConfig()
     alerting: AlertingConfig = AlertingConfig()
     policies: PoliciesConfig = PoliciesConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @field_validator("state_dir")
     @classmethod
@@ -533,6 +551,8 @@ def _cross_check(config: Config) -> list[ConfigProblem]:
         if model.lifecycle.router == "nginx" and probed is not None and probed.rest_url is None:
             problems.append(ConfigProblem(f"models[{i}].lifecycle.router",
                                           f"router nginx needs serving.{model.serving}.rest_url"))
+    if config.tracing.exporter == "file" and config.tracing.file is None:
+        problems.append(ConfigProblem("tracing.file", "exporter file needs tracing.file"))
     names: set[str] = set()
     for i, target in enumerate(config.memory):
         given = [k for k in ("pid", "pid_file", "cgroup") if getattr(target, k) is not None]

@@ -36,6 +36,7 @@ import httpx
 from core import framing
 from core.clock import Clock
 from core.types import INCONCLUSIVE, OK, REGRESSION, Finding
+from daemon import tracing
 from daemon.capture import CaptureRejected, CaptureService
 from daemon.config import Config, DriftConfig, DriftWorkerConfig, ModelConfig
 from daemon.recorder import Recorder
@@ -317,7 +318,11 @@ class DriftSupervisor:
 
     async def _check_inputs(self, name: str, state: _ModelState,
                             window: list[list[float | str]], now: float) -> None:
-        report = await self.worker.request("check", model=name, part="inputs", rows=window)
+        with tracing.span("drift.check", model=name, rows=len(window),
+                          engine=state.settings.engine) as current:
+            report = await self.worker.request("check", model=name, part="inputs", rows=window)
+            current.set(drift=report["drift"], drifted_features=report["drifted_features"],
+                        reference=report["reference"]["hash"], seconds=report.get("seconds"))
         state.windows += 1
         state.consecutive = state.consecutive + 1 if report["drift"] else 0
         report["t"] = now

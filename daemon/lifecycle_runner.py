@@ -26,6 +26,7 @@ from typing import Any
 from core.clock import Clock
 from core.errors import ServingError
 from core.types import Finding
+from daemon import tracing
 from daemon.config import Config, ModelConfig
 from daemon.recorder import Recorder
 from daemon.state import StateStore
@@ -191,6 +192,13 @@ class LifecycleRunner:
 
     def _record_decision(self, decision: Decision) -> None:
         entry = decision.to_json()
+        with tracing.span("policy.decision", model=decision.model, rule=decision.rule,
+                          action=decision.action, params=dict(decision.params),
+                          reason=decision.reason, dry_run=decision.dry_run,
+                          needs_approval=decision.needs_approval,
+                          findings=[f"{f['detector']}:{f['target']}:{f['verdict']}"
+                                    for f in decision.findings]):
+            pass
         self._journal("decision", entry, decision.model)
         history = self.decisions.setdefault(decision.model, [])
         history.append(entry)
@@ -278,8 +286,18 @@ class LifecycleRunner:
                 intent_id = self._journal("action_intent", intent, model)
                 self.store.put(_pending_key(model), {**intent, "intent_id": intent_id}, now)
             started = self.clock.now()
+            traced = tracing.span(f"lifecycle.{action}", model=model, origin=origin,
+                                  params=params, intent_id=intent_id)
             try:
-                status = await self._execute(model, action, params)
+                with traced as current:
+                    try:
+                        status = await self._execute(model, action, params)
+                    except (ServingError, RouterError) as exc:
+                        current.fail(str(exc))
+                        raise
+                    current.set(phase=status.phase.value, weight=status.weight,
+                                stable_version=status.stable_version,
+                                canary_version=status.canary_version)
             except (ServingError, RouterError) as exc:
                 failed = replace(self.statuses[model], last_error=str(exc))
                 self._save(failed)
@@ -456,7 +474,16 @@ class LifecycleRunner:
                                                       "source_version": stable,
                                                       "origin": origin}, model)
         try:
-            report = await optimize(request, self.optimizer, {"origin": origin})
+            with tracing.span("optimize", model=model, method=method, source_version=stable,
+                              origin=origin) as current:
+                try:
+                    report = await optimize(request, self.optimizer, {"origin": origin},
+                                            trace_step=tracing.span)
+                except OptimizeError as exc:
+                    current.fail(str(exc))
+                    raise
+                current.set(accepted=report.accepted, version=report.version,
+                            reasons=report.reasons)
         except OptimizeError as exc:
             self._journal("reoptimize_failed", {"intent_id": intent, "model": model,
                                                 "error": str(exc)}, model)

@@ -9,6 +9,7 @@ their own environment only; the TFLite validator runs with ai-edge-litert and no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,11 +141,31 @@ def check(request: Request) -> None:
         raise OptimizeError(f"{request.base}: the model's base path does not exist")
 
 
+def _no_trace(name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
+    return contextlib.nullcontext()
+
+
 async def optimize(request: Request, runner: Runner | None = None,
-                   provenance_extra: dict[str, Any] | None = None) -> Report:
-    """Convert, validate, publish or reject. Raises OptimizeError if a step cannot run."""
+                   provenance_extra: dict[str, Any] | None = None,
+                   trace_step: Callable[..., contextlib.AbstractContextManager[Any]] = _no_trace,
+                   ) -> Report:
+    """Convert, validate, publish or reject. Raises OptimizeError if a step cannot run.
+    ``trace_step(name, **attributes)`` wraps each worker step (the daemon's tracing spans)."""
     check(request)
-    runner = runner or Runner()
+    base_runner = runner or Runner()
+
+    class _Traced:
+        async def run(self, job: dict[str, Any], timeout: float,
+                      legacy_keras: bool = False) -> dict[str, Any]:
+            with trace_step(f"optimize.{job['kind']}", model_dir=job.get("model") or
+                            job.get("source"), method=job.get("method")) as current:
+                result = await base_runner.run(job, timeout, legacy_keras)
+                if current is not None:
+                    current.set(seconds=result["seconds"],
+                                peak_rss_bytes=result.get("peak_rss_bytes"))
+                return result
+
+    traced = _Traced()
     method = METHODS[request.method]
     report = Report(request.method, str(request.source), accepted=False)
     candidate = work_dir(request.base)  # hidden, next to the versions: same filesystem
@@ -155,18 +177,18 @@ async def optimize(request: Request, runner: Runner | None = None,
                        "representative": str(request.representative)
                        if request.representative else None,
                        "train": str(request.train) if request.train else None}
-        made = await runner.run(convert_job, request.timeout_seconds,
+        made = await traced.run(convert_job, request.timeout_seconds,
                                 legacy_keras=method.worker == "tfmot")
         report.steps.append({"step": method.worker, **made})
         labels = str(request.golden) if request.golden.suffix == ".npz" else None
-        source = await runner.run({
+        source = await traced.run({
             "kind": "predict_savedmodel", "model": str(request.source),
             "inputs": str(request.golden), "out": str(work / "source.npy"),
             "latency_runs": request.latency_runs, "size_of": str(request.source)},
             request.timeout_seconds)
         report.steps.append({"step": "validate-source", **source})
         kind = "predict_tflite" if method.output == "tflite" else "predict_savedmodel"
-        validated = await runner.run({
+        validated = await traced.run({
             "kind": kind, "model": str(candidate), "inputs": str(request.golden),
             "out": str(work / "candidate.npy"), "compare_to": str(work / "source.npy"),
             "labels": labels, "latency_runs": request.latency_runs, "size_of": str(candidate)},
