@@ -313,6 +313,7 @@ class DriftSupervisor:
                      answer["reference"]["source"], s.engine)
         state.reference = answer["reference"]
         state.online["state"] = answer["online"]
+        state.online["calibration_seconds"] = answer.get("calibration_seconds")
         state.problem = ""
         state.configured = (self.worker.generation, output_key)
 

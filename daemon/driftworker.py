@@ -163,7 +163,8 @@ class Worker:
                                               "source": reference.source},
                 "outputs": None if current.outputs is None else {
                     "hash": current.outputs.hash, "rows": current.outputs.rows},
-                "online": self._online_state(current)}
+                "online": self._online_state(current),
+                "calibration_seconds": current.calibration_seconds}
 
     def _advance_calibration(self, state: ModelDrift) -> None:
         online = state.online
