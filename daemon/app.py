@@ -160,11 +160,7 @@ class Daemon:
     def _captured_rows(self, model: str, version: int) -> tuple[list[str], list[list[Any]]]:
         """Reservoir rows of ``version`` and of unversioned (mirrored) captures."""
         service = self.capture_service
-        if service is None:
-            return [], []
-        rows = [row for (m, v), reservoir in service.reservoirs.items()
-                if m == model and v in (None, version) for row in reservoir.rows]
-        return service.stats(model)["features"], rows
+        return service.kept_rows(model, version) if service is not None else ([], [])
 
     def capture_stats(self, model: str) -> dict[str, Any]:
         return self.capture_service.stats(model) if self.capture_service else {}

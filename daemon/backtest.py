@@ -33,9 +33,8 @@ def detection_settings(config: Config | None) -> tuple[DetectionSettings, dict[s
 def _drift_replay(config: Config | None) -> Any:
     """Input drift for ``inputs`` lines (numpy/scipy/alibi-detect: loaded only when needed)."""
     from detectors.drift.engines import BatchSettings
-    from detectors.drift.reference import ReferenceError
     from detectors.drift.replay import InputDriftReplay, ReplaySettings
-    from probes.predictionlog import PredictionLogError, read_rows
+    from probes.predictionlog import read_rows
 
     drift = {m.name: m.drift for m in config.models if m.drift is not None} if config else {}
 
@@ -48,13 +47,7 @@ def _drift_replay(config: Config | None) -> Any:
             batch=BatchSettings(p_value=d.p_value, correction=d.correction,
                                 multivariate=d.multivariate))
 
-    def logged(path: Path, limit: int) -> tuple[list[str], list[list[float | str]]]:
-        try:
-            return read_rows(path, limit)
-        except PredictionLogError as exc:
-            raise ReferenceError(str(exc)) from None
-
-    return InputDriftReplay(settings, logged)
+    return InputDriftReplay(settings, read_rows)
 
 
 def run_backtest(trace: Path, config_path: Path | None) -> int:

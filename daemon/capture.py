@@ -143,6 +143,13 @@ class CaptureService:
         recent.clear()
         return rows
 
+    def kept_rows(self, model: str, version: int) -> tuple[list[str], list[list[float | str]]]:
+        """Feature names and the reservoir rows of ``version`` and of unversioned captures."""
+        specs = self._signatures.get(model, (0.0, []))[1]
+        rows = [row for (m, v), reservoir in self.reservoirs.items()
+                if m == model and v in (None, version) for row in reservoir.rows]
+        return [n for s in specs for n in s.feature_names()], rows
+
     def stats(self, model: str) -> dict[str, Any]:
         specs = self._signatures.get(model, (0.0, []))[1]
         return {"features": [n for s in specs for n in s.feature_names()],

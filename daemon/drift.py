@@ -228,8 +228,9 @@ class DriftSupervisor:
     # -- one model ----------------------------------------------------------------------------
     async def _check(self, name: str, state: _ModelState, now: float) -> None:
         stable, canary = self.roles(name)
-        new = self.capture.take_new(name)
+        # the signature first: if it cannot be read, the captured rows stay where they are
         features = [n for s in await self.capture.specs(name) for n in s.feature_names()]
+        new = self.capture.take_new(name)
         if state.settings.reference is None and len(state.captured_reference) < \
                 state.settings.reference_rows:
             rest = []

@@ -120,20 +120,15 @@ class Worker:
     def op_configure(self, request: dict[str, Any]) -> dict[str, Any]:
         from detectors.drift.engines import BatchSettings, OnlineDrift, OnlineSettings, make_engine
         from detectors.drift.reference import Reference, load_reference_file
-        from probes.predictionlog import PredictionLogError, read_rows
+        from probes.predictionlog import read_rows
 
         model = request["model"]
         features, kinds = list(request["features"]), request.get("kinds")
         source = request["reference"]
         if "path" in source:
-            def logged(path: Path, limit: int) -> tuple[list[str], list[list[float | str]]]:
-                try:
-                    return read_rows(path, limit)
-                except PredictionLogError as exc:
-                    raise ValueError(str(exc)) from None
             reference = load_reference_file(Path(source["path"]), features, kinds,
                                             limit=int(source.get("limit", 100_000)),
-                                            read_logged=logged)
+                                            read_logged=read_rows)
         else:
             reference = Reference.from_rows(source["rows"], features, kinds,
                                             source=source.get("name", "captured"))

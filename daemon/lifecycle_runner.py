@@ -62,14 +62,19 @@ def representative_fallback(model: ModelConfig, state_dir: Path) -> Path | None:
         captured = json.loads(saved.read_text())
     except (OSError, ValueError):
         return None
-    rows = captured.get("rows", [])
+    return calibration_csv(state_dir / "optimize" / f"{model.name}-drift-reference.csv",
+                           captured.get("features", []), captured.get("rows", []))
+
+
+def calibration_csv(path: Path, features: list[str], rows: list[list[Any]]) -> Path | None:
+    """Rows as a CSV file the optimizer worker reads as calibration inputs; None when there are
+    too few of them or any is not numeric."""
     if len(rows) < MIN_CAPTURED_ROWS or any(isinstance(v, str) for r in rows for v in r):
         return None
-    path = state_dir / "optimize" / f"{model.name}-drift-reference.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(captured.get("features", []))
+        writer.writerow(features)
         writer.writerows(rows)
     return path
 
@@ -506,15 +511,8 @@ class LifecycleRunner:
     def _captured_file(self, model: str, version: int) -> Path | None:
         """The captured rows of ``version`` (and unversioned mirrored rows) as a CSV file."""
         features, rows = self._captured(model, version)
-        if len(rows) < MIN_CAPTURED_ROWS or any(isinstance(v, str) for r in rows for v in r):
-            return None
-        path = self.config.state_dir / "optimize" / f"{model}-v{version}-captured.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(features)
-            writer.writerows(rows)
-        return path
+        return calibration_csv(self.config.state_dir / "optimize" /
+                               f"{model}-v{version}-captured.csv", features, rows)
 
     async def stop(self) -> None:
         self.optimizer.cancel()

@@ -154,18 +154,15 @@ async def optimize(request: Request, runner: Runner | None = None,
     check(request)
     base_runner = runner or Runner()
 
-    class _Traced:
-        async def run(self, job: dict[str, Any], timeout: float,
-                      legacy_keras: bool = False) -> dict[str, Any]:
-            with trace_step(f"optimize.{job['kind']}", model_dir=job.get("model") or
-                            job.get("source"), method=job.get("method")) as current:
-                result = await base_runner.run(job, timeout, legacy_keras)
-                if current is not None:
-                    current.set(seconds=result["seconds"],
-                                peak_rss_bytes=result.get("peak_rss_bytes"))
-                return result
+    async def step(job: dict[str, Any], timeout: float,
+                   legacy_keras: bool = False) -> dict[str, Any]:
+        with trace_step(f"optimize.{job['kind']}", model_dir=job.get("model") or
+                        job.get("source"), method=job.get("method")) as current:
+            result = await base_runner.run(job, timeout, legacy_keras)
+            if current is not None:
+                current.set(seconds=result["seconds"], peak_rss_bytes=result.get("peak_rss_bytes"))
+            return result
 
-    traced = _Traced()
     method = METHODS[request.method]
     report = Report(request.method, str(request.source), accepted=False)
     candidate = work_dir(request.base)  # hidden, next to the versions: same filesystem
@@ -177,18 +174,18 @@ async def optimize(request: Request, runner: Runner | None = None,
                        "representative": str(request.representative)
                        if request.representative else None,
                        "train": str(request.train) if request.train else None}
-        made = await traced.run(convert_job, request.timeout_seconds,
+        made = await step(convert_job, request.timeout_seconds,
                                 legacy_keras=method.worker == "tfmot")
         report.steps.append({"step": method.worker, **made})
         labels = str(request.golden) if request.golden.suffix == ".npz" else None
-        source = await traced.run({
+        source = await step({
             "kind": "predict_savedmodel", "model": str(request.source),
             "inputs": str(request.golden), "out": str(work / "source.npy"),
             "latency_runs": request.latency_runs, "size_of": str(request.source)},
             request.timeout_seconds)
         report.steps.append({"step": "validate-source", **source})
         kind = "predict_tflite" if method.output == "tflite" else "predict_savedmodel"
-        validated = await traced.run({
+        validated = await step({
             "kind": kind, "model": str(candidate), "inputs": str(request.golden),
             "out": str(work / "candidate.npy"), "compare_to": str(work / "source.npy"),
             "labels": labels, "latency_runs": request.latency_runs, "size_of": str(candidate)},

@@ -39,13 +39,18 @@ class InputSpec:
     def per_row(self) -> tuple[int, ...]:
         return self.shape[1:]
 
-    def feature_names(self) -> list[str]:
+    @property
+    def width(self) -> int:
+        """Scalars per row (unknown inner sizes count as 1)."""
         width = 1
         for size in self.per_row:
             width *= size if size > 0 else 1
-        if not self.per_row or width == 1:
+        return width
+
+    def feature_names(self) -> list[str]:
+        if not self.per_row or self.width == 1:
             return [self.name]
-        return [f"{self.name}[{i}]" for i in range(width)]
+        return [f"{self.name}[{i}]" for i in range(self.width)]
 
 
 def _flatten(value: Any, out: list[Any]) -> list[int]:
@@ -182,13 +187,6 @@ class Reservoir:
                     self.rows[slot] = row
 
 
-def _width(spec: InputSpec) -> int:
-    width = 1
-    for size in spec.per_row:
-        width *= size if size > 0 else 1
-    return width
-
-
 def _nest(values: list[Any], shape: Sequence[int]) -> Any:
     if not shape:
         return values[0]
@@ -205,7 +203,7 @@ def rows_to_instances(rows: Sequence[Sequence[float | str]],
         parts: dict[str, Any] = {}
         offset = 0
         for spec in specs:
-            width = _width(spec)
+            width = spec.width
             values = [v if spec.dtype != STRING else str(v) for v in row[offset:offset + width]]
             offset += width
             shape = [s if s > 0 else 1 for s in spec.per_row]

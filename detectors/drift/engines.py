@@ -84,12 +84,10 @@ class DriftEngine:
     def __init__(self, reference: Reference, settings: BatchSettings) -> None:
         self.reference, self.settings = reference, settings
 
-    def _per_feature(self, batch: Array) -> tuple[list[str], Array, Array]:
+    def _per_feature(self, batch: Array) -> tuple[list[str], Array, Array, Array | None]:
+        """Tests, statistics, raw p-values and, when the engine decides itself, which features
+        drifted (None: adjusted p-value <= ``p_value``)."""
         raise NotImplementedError
-
-    def _decide(self, p_values: Array) -> tuple[Array, float]:
-        adjusted = adjust(p_values, self.settings.correction)
-        return adjusted, self.settings.p_value
 
     def _multivariate(self, batch: Array) -> dict[str, Any] | None:
         return None
@@ -98,8 +96,10 @@ class DriftEngine:
         ref = self.reference
         if batch.ndim != 2 or batch.shape[1] != len(ref.features):
             raise ValueError(f"batch: expected (rows, {len(ref.features)}), got {batch.shape}")
-        tests, statistics, p_values = self._per_feature(batch)
-        adjusted, threshold = self._decide(p_values)
+        tests, statistics, p_values, drifted_mask = self._per_feature(batch)
+        adjusted = adjust(p_values, self.settings.correction)
+        if drifted_mask is None:
+            drifted_mask = adjusted <= self.settings.p_value
         features = []
         for j, name in enumerate(ref.features):
             categories = ref.categories(j) if ref.kinds[j] == CATEGORICAL else None
@@ -108,7 +108,7 @@ class DriftEngine:
                 "statistic": round(float(statistics[j]), 6),
                 "p_value": float(p_values[j]), "p_adjusted": float(adjusted[j]),
                 "psi": round(psi(ref.data[:, j], batch[:, j], categories), 6),
-                "drift": bool(adjusted[j] <= threshold),
+                "drift": bool(drifted_mask[j]),
             })
         multivariate = self._multivariate(batch)
         drifted = [f["name"] for f in features if f["drift"]]
@@ -124,7 +124,7 @@ class DriftEngine:
 class ScipyEngine(DriftEngine):
     name = "scipy"
 
-    def _per_feature(self, batch: Array) -> tuple[list[str], Array, Array]:
+    def _per_feature(self, batch: Array) -> tuple[list[str], Array, Array, Array | None]:
         ref = self.reference
         tests, statistics, p_values = [], [], []
         for j, kind in enumerate(ref.kinds):
@@ -137,7 +137,7 @@ class ScipyEngine(DriftEngine):
                 tests.append("ks")
             statistics.append(statistic)
             p_values.append(p)
-        return tests, np.array(statistics), np.array(p_values)
+        return tests, np.array(statistics), np.array(p_values), None
 
 
 class AlibiEngine(DriftEngine):
@@ -161,25 +161,17 @@ class AlibiEngine(DriftEngine):
             self.mmd = MMDDrift(reference.data[:, numeric].astype(np.float32), backend="tensorflow",
                                 p_val=settings.p_value, n_permutations=settings.mmd_permutations)
 
-    def _per_feature(self, batch: Array) -> tuple[list[str], Array, Array]:
+    def _per_feature(self, batch: Array) -> tuple[list[str], Array, Array, Array | None]:
         result = self.detector.predict(batch, drift_type="batch", return_p_val=True,
                                        return_distance=True)["data"]
         p_values = np.asarray(result["p_val"], float)
         threshold = np.asarray(result["threshold"], float)
-        # alibi-detect's fdr() answers the cut-off when something drifted, else the whole
-        # array of candidate cut-offs: only the first case marks features
-        self._drifted = p_values < threshold if result["is_drift"] and threshold.ndim == 0 \
+        # alibi-detect decides on raw p-values against its corrected cut-off; its fdr() answers
+        # the cut-off when something drifted, else the array of candidate cut-offs
+        drifted = p_values < threshold if result["is_drift"] and threshold.ndim == 0 \
             else np.zeros(p_values.shape, bool)
         tests = ["chi2" if kind == CATEGORICAL else "ks" for kind in self.reference.kinds]
-        return tests, np.asarray(result["distance"], float), np.asarray(result["p_val"], float)
-
-    def _decide(self, p_values: Array) -> tuple[Array, float]:
-        # alibi-detect decides on raw p-values against its corrected threshold; report the
-        # adjusted p-values next to it so both engines read alike.
-        adjusted = adjust(p_values, self.settings.correction)
-        drift = self._drifted
-        return np.where(drift, np.minimum(adjusted, self.settings.p_value), np.maximum(
-            adjusted, np.nextafter(self.settings.p_value, 1))), self.settings.p_value
+        return tests, np.asarray(result["distance"], float), p_values, drifted
 
     def _multivariate(self, batch: Array) -> dict[str, Any] | None:
         if self.mmd is None:

@@ -143,7 +143,10 @@ def load_reference_file(path: Path, features: Sequence[str], kinds: Sequence[str
                     raise ReferenceError(f"{path}:{line}: expected {len(features)} values")
                 rows.append([_csv_value(v) for v in record])
     elif read_logged is not None:
-        got_features, rows = read_logged(path, limit)
+        try:
+            got_features, rows = read_logged(path, limit)
+        except ValueError as exc:  # the reader's own error (bad checksum, unknown entry...)
+            raise ReferenceError(str(exc)) from None
         if got_features != list(features):
             raise ReferenceError(f"{path}: logged inputs {got_features} do not match the "
                                  f"features {list(features)}")
