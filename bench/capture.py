@@ -81,7 +81,7 @@ def main() -> int:
         work = Path(tmp)
         build_model(work / "models" / "m" / "1")
         grpc_port, rest_port, port = free_port(), free_port(), free_port()
-        dev = subprocess.Popen([sys.executable, "-m", "daemon", "devserver", f"--port={grpc_port}",
+        dev = subprocess.Popen([sys.executable, "-m", "tfwarden.daemon", "devserver", f"--port={grpc_port}",
                                 f"--rest_api_port={rest_port}", "--model_name=m",
                                 f"--model_base_path={work / 'models' / 'm'}"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -100,7 +100,7 @@ models:
 capture: {{client_rows_per_second: 1000000, reservoir_rows: 5000, recent_rows: 20000,
            max_body_bytes: 8000000}}
 """)
-        daemon = subprocess.Popen([sys.executable, "-m", "daemon", "run", "--config",
+        daemon = subprocess.Popen([sys.executable, "-m", "tfwarden.daemon", "run", "--config",
                                    str(work / "tfwarden.yaml")], cwd=work,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

@@ -52,7 +52,7 @@ def one_run(idle_seconds: float) -> dict[str, float]:
         config = Path(tmp) / "tfwarden.yaml"
         config.write_text(CONFIG.format(port=port))
         start = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "daemon", "run", "--config", str(config)],
+        proc = subprocess.Popen([sys.executable, "-m", "tfwarden.daemon", "run", "--config", str(config)],
                                 cwd=tmp, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}/-/ready"
         while True:

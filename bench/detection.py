@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tracegen import CanaryScenario, MemoryScenario, latency_trace, memory_trace  # noqa: E402
 
-from detectors.backtest import Backtest  # noqa: E402
-from detectors.trace import TraceEvent  # noqa: E402
+from tfwarden.detectors.backtest import Backtest  # noqa: E402
+from tfwarden.detectors.trace import TraceEvent  # noqa: E402
 
 FAULT_AT = 60.0
 RATE = 10.0

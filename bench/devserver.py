@@ -146,7 +146,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         log = open(Path(work) / "devserver.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "devserver", f"--port={grpc_port}",
+            [sys.executable, "-m", "tfwarden.daemon", "devserver", f"--port={grpc_port}",
              f"--rest_api_port={rest_port}", "--model_name=half_plus_two",
              f"--model_base_path={MODEL}"], stdout=log, stderr=subprocess.STDOUT)
         try:

@@ -30,9 +30,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import framing  # noqa: E402
-from detectors.drift.engines import BatchSettings, OnlineDrift, OnlineSettings, ScipyEngine  # noqa: E402
-from detectors.drift.reference import Reference  # noqa: E402
+from tfwarden.core import framing  # noqa: E402
+from tfwarden.detectors.drift.engines import BatchSettings, OnlineDrift, OnlineSettings, ScipyEngine  # noqa: E402
+from tfwarden.detectors.drift.reference import Reference  # noqa: E402
 
 WEEK_WINDOWS = 12_096
 
@@ -196,7 +196,7 @@ def finding_delay(trials: int, p_value: float, need: int, window: int) -> list[d
 
 
 def worker_rss(engine: str, state: Path) -> dict[str, object]:
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.driftworker", "--state-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "tfwarden.daemon.driftworker", "--state-dir",
                              str(state)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
     assert proc.stdin is not None and proc.stdout is not None

@@ -34,8 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from optimizers.pipeline import Request, optimize  # noqa: E402
-from optimizers.publish import versions  # noqa: E402
+from tfwarden.optimizers.pipeline import Request, optimize  # noqa: E402
+from tfwarden.optimizers.publish import versions  # noqa: E402
 
 VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("tflite float32", "float32", {}),
@@ -68,7 +68,7 @@ def devserver_p50(work: Path, versions: list[int], x: np.ndarray, runs: int) -> 
     config.write_text(f'model_config_list {{ config {{ name: "m" base_path: "{work / "m"}" '
                       'model_platform: "tensorflow" model_version_policy { all {} } } }')
     grpc_port, rest_port = free_port(), free_port()
-    dev = subprocess.Popen([sys.executable, "-m", "daemon", "devserver", f"--port={grpc_port}",
+    dev = subprocess.Popen([sys.executable, "-m", "tfwarden.daemon", "devserver", f"--port={grpc_port}",
                             f"--rest_api_port={rest_port}", f"--model_config_file={config}",
                             "--prefer_tflite_model=true"], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
@@ -105,7 +105,7 @@ def bench(kind: str, runs: int) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        subprocess.run([sys.executable, "-m", "optimizers.models", str(work),
+        subprocess.run([sys.executable, "-m", "tfwarden.optimizers.models", str(work),
                         *({"cnn": ["--cnn"], "wide": ["--wide"]}.get(kind, []))], check=True,
                        capture_output=True, timeout=600)
         source = work / "m" / "1"

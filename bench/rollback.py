@@ -49,7 +49,8 @@ class Stack:
             {"request": {"instances": [2.0]}, "expected": {"predictions": [3.0]}}) + "\n")
         rest, grpc, self.port = free_port(), free_port(), free_port()
         self.dev = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "devserver", f"--port={grpc}", f"--rest_api_port={rest}",
+            [sys.executable, "-m", "tfwarden.daemon", "devserver", f"--port={grpc}",
+             f"--rest_api_port={rest}",
              f"--model_config_file={work / 'models.config'}"], cwd=work,
             stdout=open(work / "dev.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
         deadline = time.monotonic() + 90
@@ -70,7 +71,7 @@ models:
     lifecycle: {{version_poll_seconds: 1}}
 """)
         self.daemon = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "run", "--config", str(work / "tfwarden.yaml")],
+            [sys.executable, "-m", "tfwarden.daemon", "run", "--config", str(work / "tfwarden.yaml")],
             cwd=work, stdout=subprocess.DEVNULL,
             stderr=open(work / "tfwarden.log", "wb"))  # noqa: SIM115
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=5)

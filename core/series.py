@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Iterator
 from threading import Lock
 
-from core.types import Sample
+from tfwarden.core.types import Sample
 
 SeriesKey = tuple[str, int | None, str, str]  # model, version, target, metric
 

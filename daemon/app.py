@@ -23,27 +23,27 @@ from typing import Any
 import httpx
 import uvicorn
 
-from core.clock import Clock, SystemClock
-from core.errors import ConfigError, StartupError
-from core.series import SeriesWindows
-from core.types import Finding
-from daemon import tracing
-from daemon.capture import CaptureService
-from daemon.config import Config, load_config, read_bearer_token
-from daemon.detection import EVALUATE_SECONDS, DetectionSupervisor
-from daemon.drift import DriftSupervisor, DriftWorker
-from daemon.http import create_app
-from daemon.jobs import JobRunner
-from daemon.lifecycle_runner import POLICY_SECONDS, LifecycleRunner
-from daemon.logs import set_level
-from daemon.notify import notifiers_from
-from daemon.probing import ProbeSupervisor
-from daemon.recorder import Recorder
-from daemon.sdnotify import SystemdNotifier, watchdog_loop
-from daemon.state import SQLiteStateStore, StateStore
-from lifecycle.notifiers.dispatch import Dispatcher
-from policies.rules import RuleSet, load_ruleset
-from serving.tfserving import protos
+from tfwarden.core.clock import Clock, SystemClock
+from tfwarden.core.errors import ConfigError, StartupError
+from tfwarden.core.series import SeriesWindows
+from tfwarden.core.types import Finding
+from tfwarden.daemon import tracing
+from tfwarden.daemon.capture import CaptureService
+from tfwarden.daemon.config import Config, load_config, read_bearer_token
+from tfwarden.daemon.detection import EVALUATE_SECONDS, DetectionSupervisor
+from tfwarden.daemon.drift import DriftSupervisor, DriftWorker
+from tfwarden.daemon.http import create_app
+from tfwarden.daemon.jobs import JobRunner
+from tfwarden.daemon.lifecycle_runner import POLICY_SECONDS, LifecycleRunner
+from tfwarden.daemon.logs import set_level
+from tfwarden.daemon.notify import notifiers_from
+from tfwarden.daemon.probing import ProbeSupervisor
+from tfwarden.daemon.recorder import Recorder
+from tfwarden.daemon.sdnotify import SystemdNotifier, watchdog_loop
+from tfwarden.daemon.state import SQLiteStateStore, StateStore
+from tfwarden.lifecycle.notifiers.dispatch import Dispatcher
+from tfwarden.policies.rules import RuleSet, load_ruleset
+from tfwarden.serving.tfserving import protos
 
 log = logging.getLogger("tfwarden.daemon")
 

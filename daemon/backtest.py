@@ -8,15 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.errors import ConfigError, ConfigProblem
-from daemon.config import Config, DriftConfig, load_config
-from daemon.policy_replay import PolicyReplay
-from detectors.backtest import Backtest, DetectionSettings
-from detectors.errors import ErrorSettings
-from detectors.latency import LatencySettings
-from detectors.memory import MemorySettings
-from detectors.trace import TraceError, read_trace
-from policies.rules import load_ruleset
+from tfwarden.core.errors import ConfigError, ConfigProblem
+from tfwarden.daemon.config import Config, DriftConfig, load_config
+from tfwarden.daemon.policy_replay import PolicyReplay
+from tfwarden.detectors.backtest import Backtest, DetectionSettings
+from tfwarden.detectors.errors import ErrorSettings
+from tfwarden.detectors.latency import LatencySettings
+from tfwarden.detectors.memory import MemorySettings
+from tfwarden.detectors.trace import TraceError, read_trace
+from tfwarden.policies.rules import load_ruleset
 
 
 def detection_settings(config: Config | None) -> tuple[DetectionSettings, dict[str, float]]:
@@ -32,9 +32,9 @@ def detection_settings(config: Config | None) -> tuple[DetectionSettings, dict[s
 
 def _drift_replay(config: Config | None) -> Any:
     """Input drift for ``inputs`` lines (numpy/scipy/alibi-detect: loaded only when needed)."""
-    from detectors.drift.engines import BatchSettings
-    from detectors.drift.replay import InputDriftReplay, ReplaySettings
-    from probes.predictionlog import read_rows
+    from tfwarden.detectors.drift.engines import BatchSettings
+    from tfwarden.detectors.drift.replay import InputDriftReplay, ReplaySettings
+    from tfwarden.probes.predictionlog import read_rows
 
     drift = {m.name: m.drift for m in config.models if m.drift is not None} if config else {}
 

@@ -17,17 +17,17 @@ from typing import Any
 
 import grpc
 
-from core.clock import Clock
-from daemon.config import Config
-from daemon.recorder import Recorder
-from probes.capture import (
+from tfwarden.core.clock import Clock
+from tfwarden.daemon.config import Config
+from tfwarden.daemon.recorder import Recorder
+from tfwarden.probes.capture import (
     CaptureError,
     InputSpec,
     Reservoir,
     rows_from_predict_body,
     rows_from_samples,
 )
-from serving.tfserving import protos
+from tfwarden.serving.tfserving import protos
 
 
 class CaptureRejected(Exception):

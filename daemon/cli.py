@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import NoReturn
 
-from core.errors import ConfigError, TfwardenError
+from tfwarden.core.errors import ConfigError, TfwardenError
 
 log = logging.getLogger("tfwarden")
 
@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from daemon.app import Daemon
-    from daemon.logs import configure_logging
+    from tfwarden.daemon.app import Daemon
+    from tfwarden.daemon.logs import configure_logging
 
     configure_logging()
     daemon = Daemon(args.config, version=package_version())
@@ -99,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from daemon.config import load_config
+    from tfwarden.daemon.config import load_config
 
     try:
         config = load_config(args.file)
@@ -115,14 +115,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_config_schema(_: argparse.Namespace) -> int:
-    from daemon.config import config_json_schema
+    from tfwarden.daemon.config import config_json_schema
 
     print(json.dumps(config_json_schema(), indent=2, sort_keys=True))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from daemon.demo import run_demo
+    from tfwarden.daemon.demo import run_demo
 
     try:
         return run_demo(args.duration, keep_running=args.keep_running)
@@ -134,7 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_backtest(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from daemon.backtest import run_backtest
+    from tfwarden.daemon.backtest import run_backtest
 
     try:
         return run_backtest(Path(args.trace), Path(args.config) if args.config else None)
@@ -158,8 +158,8 @@ def _param(text: str) -> tuple[str, float | int | str]:
 def cmd_optimize(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from optimizers.gate import Tolerances
-    from optimizers.pipeline import OptimizeError, Request, optimize
+    from tfwarden.optimizers.gate import Tolerances
+    from tfwarden.optimizers.pipeline import OptimizeError, Request, optimize
 
     try:
         params = dict(_param(p) for p in args.param)
@@ -191,7 +191,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_devserver(args: argparse.Namespace) -> int:
-    from serving.devserver.main import main as devserver_main
+    from tfwarden.serving.devserver.main import main as devserver_main
 
     flags = args.flags[1:] if args.flags[:1] == ["--"] else args.flags
     return devserver_main(flags)

@@ -22,8 +22,8 @@ from pydantic import (
     field_validator,
 )
 
-from core.errors import ConfigError, ConfigProblem
-from daemon.yamlfile import format_path, line_of, read_yaml
+from tfwarden.core.errors import ConfigError, ConfigProblem
+from tfwarden.daemon.yamlfile import format_path, line_of, read_yaml
 
 DEFAULT_LISTEN = "127.0.0.1:9321"
 SHIPPED_RULESETS = ("default",)
@@ -395,7 +395,7 @@ class PoliciesConfig(_Strict):
                 f"expected a shipped rule set ({', '.join(SHIPPED_RULESETS)}) "
                 f"or an existing rule file, got {value!r}"
             )
-        from policies.rules import load_ruleset
+        from tfwarden.policies.rules import load_ruleset
 
         try:
             load_ruleset(str(path))

@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from core.errors import StartupError
+from tfwarden.core.errors import StartupError
 
 MODEL_DATA = Path(__file__).parent / "demo-data" / "half_plus_two" / "00000123"
 LATENCY_FAULT = {"latency": {"fixed_ms": 40}}
@@ -160,7 +160,7 @@ class _Demo:
 
     def start(self) -> None:
         say = self.timeline.say
-        dev = self.spawn([sys.executable, "-m", "daemon", "devserver", f"--port={self.grpc}",
+        dev = self.spawn([sys.executable, "-m", "tfwarden.daemon", "devserver", f"--port={self.grpc}",
                           f"--rest_api_port={self.rest}",
                           f"--model_config_file={self.work / 'models.config'}"], "devserver.log")
         (self.work / "devserver.pid").write_text(str(dev.pid))
@@ -168,7 +168,7 @@ class _Demo:
         _wait(lambda: "Exporting HTTP/REST API" in (self.work / "devserver.log").read_text(
             errors="replace"), dev, "devserver", self.work / "devserver.log")
         say(f"devserver ready: REST 127.0.0.1:{self.rest}, gRPC 127.0.0.1:{self.grpc}")
-        daemon = self.spawn([sys.executable, "-m", "daemon", "run", "--config",
+        daemon = self.spawn([sys.executable, "-m", "tfwarden.daemon", "run", "--config",
                              str(self.work / "tfwarden.yaml")], "tfwarden.log")
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=5.0)
         _wait(self.ready, daemon, "tfwarden", self.work / "tfwarden.log")

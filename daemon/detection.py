@@ -14,15 +14,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from core.clock import Clock
-from core.series import SeriesWindows
-from core.types import Finding, Sample
-from daemon.backtest import detection_settings
-from daemon.config import Config
-from daemon.recorder import Recorder
-from detectors.errors import BurnRate, CanaryErrors
-from detectors.latency import BaselineLatency, CanaryLatency, LatencySLO
-from detectors.memory import MemoryLeak
+from tfwarden.core.clock import Clock
+from tfwarden.core.series import SeriesWindows
+from tfwarden.core.types import Finding, Sample
+from tfwarden.daemon.backtest import detection_settings
+from tfwarden.daemon.config import Config
+from tfwarden.daemon.recorder import Recorder
+from tfwarden.detectors.errors import BurnRate, CanaryErrors
+from tfwarden.detectors.latency import BaselineLatency, CanaryLatency, LatencySLO
+from tfwarden.detectors.memory import MemoryLeak
 
 log = logging.getLogger("tfwarden.detection")
 EVALUATE_SECONDS = 2.0

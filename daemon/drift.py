@@ -33,16 +33,16 @@ from typing import Any
 
 import httpx
 
-from core import framing
-from core.clock import Clock
-from core.types import INCONCLUSIVE, OK, REGRESSION, Finding
-from daemon import tracing
-from daemon.capture import CaptureRejected, CaptureService
-from daemon.config import Config, DriftConfig, DriftWorkerConfig, ModelConfig
-from daemon.recorder import Recorder
-from detectors.disagreement import Disagreement, DisagreementSettings
-from detectors.driftverdict import input_drift_finding
-from probes.capture import flatten_prediction, rows_to_instances
+from tfwarden.core import framing
+from tfwarden.core.clock import Clock
+from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Finding
+from tfwarden.daemon import tracing
+from tfwarden.daemon.capture import CaptureRejected, CaptureService
+from tfwarden.daemon.config import Config, DriftConfig, DriftWorkerConfig, ModelConfig
+from tfwarden.daemon.recorder import Recorder
+from tfwarden.detectors.disagreement import Disagreement, DisagreementSettings
+from tfwarden.detectors.driftverdict import input_drift_finding
+from tfwarden.probes.capture import flatten_prediction, rows_to_instances
 
 log = logging.getLogger("tfwarden.drift")
 MAX_PENDING_WINDOWS = 4
@@ -62,7 +62,7 @@ class DriftWorker:
 
     def __init__(self, state_dir: Path, settings: DriftWorkerConfig, recorder: Recorder,
                  command: list[str] | None = None) -> None:
-        self.command = command or [sys.executable, "-m", "daemon.driftworker",
+        self.command = command or [sys.executable, "-m", "tfwarden.daemon.driftworker",
                                    "--state-dir", str(state_dir)]
         self.settings, self.recorder = settings, recorder
         self.proc: asyncio.subprocess.Process | None = None

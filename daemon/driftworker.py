@@ -68,8 +68,8 @@ def _die_with_parent() -> None:
 def calibrate(data: Any, features: list[str], kinds: list[str], vocab: dict[int, list[str]],
               settings: dict[str, Any], cache_dir: str) -> float:
     """Child process: compute (and cache) online thresholds; returns the seconds it took."""
-    from detectors.drift.engines import OnlineDrift, OnlineSettings
-    from detectors.drift.reference import Reference
+    from tfwarden.detectors.drift.engines import OnlineDrift, OnlineSettings
+    from tfwarden.detectors.drift.reference import Reference
 
     started = time.monotonic()
     reference = Reference(features, kinds, data, vocab)
@@ -118,9 +118,9 @@ class Worker:
         return {"pid": os.getpid()}
 
     def op_configure(self, request: dict[str, Any]) -> dict[str, Any]:
-        from detectors.drift.engines import BatchSettings, OnlineDrift, OnlineSettings, make_engine
-        from detectors.drift.reference import Reference, load_reference_file
-        from probes.predictionlog import read_rows
+        from tfwarden.detectors.drift.engines import BatchSettings, OnlineDrift, OnlineSettings, make_engine
+        from tfwarden.detectors.drift.reference import Reference, load_reference_file
+        from tfwarden.probes.predictionlog import read_rows
 
         model = request["model"]
         features, kinds = list(request["features"]), request.get("kinds")
@@ -244,7 +244,7 @@ def _rss_bytes() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core import framing
+    from tfwarden.core import framing
 
     parser = argparse.ArgumentParser(prog="tfwarden-drift-worker")
     parser.add_argument("--state-dir", type=Path, required=True)

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from daemon.recorder import Recorder
+from tfwarden.daemon.recorder import Recorder
 
 
 class DaemonControl(Protocol):

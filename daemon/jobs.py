@@ -18,8 +18,8 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from core.clock import Clock
-from daemon.recorder import Recorder
+from tfwarden.core.clock import Clock
+from tfwarden.daemon.recorder import Recorder
 
 log = logging.getLogger("tfwarden.jobs")
 

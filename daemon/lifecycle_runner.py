@@ -23,25 +23,25 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from core.clock import Clock
-from core.errors import ServingError
-from core.types import Finding
-from daemon import tracing
-from daemon.config import Config, ModelConfig
-from daemon.recorder import Recorder
-from daemon.state import StateStore
-from lifecycle.notifiers.base import Alert
-from lifecycle.notifiers.dispatch import Dispatcher
-from lifecycle.phases import ModelStatus, Phase, transition
-from lifecycle.routers.base import LabelsRouter, Router, ShadowRouter
-from lifecycle.routers.nginx import NginxRouter, RouterError
-from optimizers.gate import Tolerances
-from optimizers.methods import METHODS
-from optimizers.pipeline import OptimizeError, Request, Runner, optimize
-from optimizers.publish import optimized_from
-from policies.engine import Decision, PolicyMemory, evaluate, remember
-from policies.rules import RuleSet
-from serving.tfserving.controller import TFServingController, current_plan, read_config
+from tfwarden.core.clock import Clock
+from tfwarden.core.errors import ServingError
+from tfwarden.core.types import Finding
+from tfwarden.daemon import tracing
+from tfwarden.daemon.config import Config, ModelConfig
+from tfwarden.daemon.recorder import Recorder
+from tfwarden.daemon.state import StateStore
+from tfwarden.lifecycle.notifiers.base import Alert
+from tfwarden.lifecycle.notifiers.dispatch import Dispatcher
+from tfwarden.lifecycle.phases import ModelStatus, Phase, transition
+from tfwarden.lifecycle.routers.base import LabelsRouter, Router, ShadowRouter
+from tfwarden.lifecycle.routers.nginx import NginxRouter, RouterError
+from tfwarden.optimizers.gate import Tolerances
+from tfwarden.optimizers.methods import METHODS
+from tfwarden.optimizers.pipeline import OptimizeError, Request, Runner, optimize
+from tfwarden.optimizers.publish import optimized_from
+from tfwarden.policies.engine import Decision, PolicyMemory, evaluate, remember
+from tfwarden.policies.rules import RuleSet
+from tfwarden.serving.tfserving.controller import TFServingController, current_plan, read_config
 
 log = logging.getLogger("tfwarden.lifecycle")
 POLICY_SECONDS = 2.0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from daemon.config import Config
-from lifecycle.notifiers.alertmanager import AlertmanagerNotifier, WebhookNotifier
-from lifecycle.notifiers.base import Notifier
+from tfwarden.daemon.config import Config
+from tfwarden.lifecycle.notifiers.alertmanager import AlertmanagerNotifier, WebhookNotifier
+from tfwarden.lifecycle.notifiers.base import Notifier
 
 
 def notifiers_from(config: Config, client: httpx.AsyncClient) -> list[Notifier]:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from core.types import Finding
-from lifecycle.phases import ModelStatus, Phase, transition
-from policies.engine import Decision, PolicyMemory, evaluate, remember
-from policies.rules import RuleSet
+from tfwarden.core.types import Finding
+from tfwarden.lifecycle.phases import ModelStatus, Phase, transition
+from tfwarden.policies.engine import Decision, PolicyMemory, evaluate, remember
+from tfwarden.policies.rules import RuleSet
 
 EVALUATE_EVERY_SECONDS = 1.0
 

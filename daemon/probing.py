@@ -18,19 +18,19 @@ from typing import Any
 import grpc
 import httpx
 
-from core.clock import Clock
-from core.series import SeriesWindows
-from core.types import ProbeResult, Sample
-from daemon.config import Config, ModelConfig, TFServingEndpoint
-from daemon.jobs import JobRunner
-from daemon.recorder import Recorder
-from probes.golden import DEFAULT_GOLDEN, GoldenRequest, load_golden
-from probes.grpc_predict import GrpcPredictProbe
-from probes.memory import CgroupMemoryProbe, ProcessMemoryProbe
-from probes.predict import RestPredictProbe, open_loop
-from probes.promql import PromQLProbe
-from probes.serving_metrics import ServingMetricsProbe
-from probes.status import StatusProbe
+from tfwarden.core.clock import Clock
+from tfwarden.core.series import SeriesWindows
+from tfwarden.core.types import ProbeResult, Sample
+from tfwarden.daemon.config import Config, ModelConfig, TFServingEndpoint
+from tfwarden.daemon.jobs import JobRunner
+from tfwarden.daemon.recorder import Recorder
+from tfwarden.probes.golden import DEFAULT_GOLDEN, GoldenRequest, load_golden
+from tfwarden.probes.grpc_predict import GrpcPredictProbe
+from tfwarden.probes.memory import CgroupMemoryProbe, ProcessMemoryProbe
+from tfwarden.probes.predict import RestPredictProbe, open_loop
+from tfwarden.probes.promql import PromQLProbe
+from tfwarden.probes.serving_metrics import ServingMetricsProbe
+from tfwarden.probes.status import StatusProbe
 
 log = logging.getLogger("tfwarden.probes")
 RECENT_RESULTS = 50

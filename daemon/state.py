@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from core.errors import StateError
+from tfwarden.core.errors import StateError
 
 DB_NAME = "state.db"
 

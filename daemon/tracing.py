@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
-from daemon.config import TracingConfig
+from tfwarden.daemon.config import TracingConfig
 
 _tracer: Any = None
 _provider: Any = None

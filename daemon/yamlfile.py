@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from core.errors import ConfigError, ConfigProblem
+from tfwarden.core.errors import ConfigError, ConfigProblem
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.types import Finding, Sample
-from detectors.errors import BurnRate, CanaryErrors, ErrorSettings
-from detectors.latency import BaselineLatency, CanaryLatency, LatencySettings
-from detectors.memory import MemoryLeak, MemorySettings
-from detectors.trace import TraceEvent
+from tfwarden.core.types import Finding, Sample
+from tfwarden.detectors.errors import BurnRate, CanaryErrors, ErrorSettings
+from tfwarden.detectors.latency import BaselineLatency, CanaryLatency, LatencySettings
+from tfwarden.detectors.memory import MemoryLeak, MemorySettings
+from tfwarden.detectors.trace import TraceEvent
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Protocol
 
-from core.types import Finding, Sample
+from tfwarden.core.types import Finding, Sample
 
 
 class Detector(Protocol):

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.types import INCONCLUSIVE, OK, REGRESSION, Finding
-from detectors.base import wilson
+from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Finding
+from tfwarden.detectors.base import wilson
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.types import OK, REGRESSION, Finding
+from tfwarden.core.types import OK, REGRESSION, Finding
 
 
 def input_drift_finding(model: str, report: dict[str, Any], consecutive: int, need: int,

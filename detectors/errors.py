@@ -19,8 +19,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from core.types import INCONCLUSIVE, OK, REGRESSION, Finding, Sample
-from detectors.base import MixtureECusum, wilson
+from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Finding, Sample
+from tfwarden.detectors.base import MixtureECusum, wilson
 
 # (severity, burn rate, long window s, short window s)
 BURN_RULES = (("page", 14.4, 3600, 300), ("page", 6.0, 6 * 3600, 1800),

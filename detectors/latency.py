@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.types import INCONCLUSIVE, OK, REGRESSION, Finding, Sample
-from detectors.base import MixtureECusum, median_ci, quantile
+from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Finding, Sample
+from tfwarden.detectors.base import MixtureECusum, median_ci, quantile
 
 METRIC = "latency_ms"
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 
-from core.types import INCONCLUSIVE, OK, REGRESSION, Finding, Sample
+from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Finding, Sample
 
 MIB = 1024 * 1024
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import TfwardenError
+from tfwarden.core.errors import TfwardenError
 
 TYPES = ("deploy", "latency", "memory", "inputs")
 

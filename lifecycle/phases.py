@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass, replace
 from typing import Any
 
-from core.errors import TfwardenError
+from tfwarden.core.errors import TfwardenError
 
 
 class Phase(enum.StrEnum):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="optimizers.models")
+    parser = argparse.ArgumentParser(prog="tfwarden.optimizers.models")
     parser.add_argument("out", type=Path)
     parser.add_argument("--cnn", action="store_true")
     parser.add_argument("--wide", action="store_true", help="a 2 x 2048 MLP (4.3M weights)")
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     from sklearn.datasets import load_digits
 
-    from optimizers.worker import KERAS_SOURCE, _lean_export
+    from tfwarden.optimizers.worker import KERAS_SOURCE, _lean_export
 
     keras.utils.set_random_seed(0)
     digits = load_digits()

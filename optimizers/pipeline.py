@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optimizers.gate import Tolerances, judge, latency_reasons
-from optimizers.methods import METHODS
-from optimizers.publish import publish, work_dir
+from tfwarden.optimizers.gate import Tolerances, judge, latency_reasons
+from tfwarden.optimizers.methods import METHODS
+from tfwarden.optimizers.publish import publish, work_dir
 
-WORKER = [sys.executable, "-m", "optimizers.worker"]
+WORKER = [sys.executable, "-m", "tfwarden.optimizers.worker"]
 
 
 class OptimizeError(Exception):

@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.types import Finding
-from lifecycle.phases import ModelStatus
-from policies.rules import LIFECYCLE_ACTIONS, FindingCondition, Rule, RuleSet
+from tfwarden.core.types import Finding
+from tfwarden.lifecycle.phases import ModelStatus
+from tfwarden.policies.rules import LIFECYCLE_ACTIONS, FindingCondition, Rule, RuleSet
 
 FindingKey = tuple[str, str, int | None, str]
 

@@ -8,7 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from core.errors import ConfigError, ConfigProblem
+from tfwarden.core.errors import ConfigError, ConfigProblem
 
 LIFECYCLE_ACTIONS = ("stage_canary", "set_weight", "promote", "rollback", "hold")
 ACTIONS = (*LIFECYCLE_ACTIONS, "alert", "resolve_alert", "reoptimize")

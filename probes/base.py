@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from core.types import ProbeResult
+from tfwarden.core.types import ProbeResult
 
 
 class Probe(Protocol):

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.errors import ConfigError, ConfigProblem
+from tfwarden.core.errors import ConfigError, ConfigProblem
 
 
 class GoldenRequest(BaseModel):

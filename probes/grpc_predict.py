@@ -16,10 +16,10 @@ from typing import Any
 
 import grpc
 
-from core.clock import Clock, SystemClock
-from core.types import Sample
-from probes.golden import DEFAULT_GOLDEN, GoldenRequest, matches
-from serving.tfserving import protos
+from tfwarden.core.clock import Clock, SystemClock
+from tfwarden.core.types import Sample
+from tfwarden.probes.golden import DEFAULT_GOLDEN, GoldenRequest, matches
+from tfwarden.serving.tfserving import protos
 
 SOURCE = "predict"
 # DataType -> TensorProto field

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from core.clock import Clock, SystemClock
-from core.types import ProbeResult, Sample
+from tfwarden.core.clock import Clock, SystemClock
+from tfwarden.core.types import ProbeResult, Sample
 
 SOURCE = "memory"
 

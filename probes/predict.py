@@ -16,9 +16,9 @@ from urllib.parse import quote
 
 import httpx
 
-from core.clock import Clock, SystemClock
-from core.types import Sample
-from probes.golden import DEFAULT_GOLDEN, GoldenRequest, matches
+from tfwarden.core.clock import Clock, SystemClock
+from tfwarden.core.types import Sample
+from tfwarden.probes.golden import DEFAULT_GOLDEN, GoldenRequest, matches
 
 SOURCE = "predict"
 

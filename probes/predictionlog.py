@@ -17,8 +17,8 @@ from typing import Any
 
 import google_crc32c
 
-from probes.capture import InputSpec
-from serving.tfserving import protos
+from tfwarden.probes.capture import InputSpec
+from tfwarden.serving.tfserving import protos
 
 _MASK_DELTA = 0xA282EAD8
 # DataType enum -> (struct code, TensorProto value field)

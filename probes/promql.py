@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from core.clock import Clock, SystemClock
-from core.types import ProbeResult, Sample
+from tfwarden.core.clock import Clock, SystemClock
+from tfwarden.core.types import ProbeResult, Sample
 
 SOURCE = "promql"
 

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.clock import Clock, SystemClock
-from core.types import ProbeResult, Sample
+from tfwarden.core.clock import Clock, SystemClock
+from tfwarden.core.types import ProbeResult, Sample
 
 REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"

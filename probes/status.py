@@ -12,9 +12,9 @@ from typing import Any
 
 import grpc
 
-from core.clock import Clock, SystemClock
-from core.types import ProbeResult, Sample
-from serving.tfserving import protos
+from tfwarden.core.clock import Clock, SystemClock
+from tfwarden.core.types import ProbeResult, Sample
+from tfwarden.serving.tfserving import protos
 
 STATE_NAMES = {0: "UNKNOWN", 10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING",
                50: "END"}

@@ -43,7 +43,7 @@ class DaemonProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         full_env = {**os.environ, **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "run", "--config", str(config)],
+            [sys.executable, "-m", "tfwarden.daemon", "run", "--config", str(config)],
             stdout=subprocess.DEVNULL, stderr=self._log, env=full_env, cwd=config.parent,
         )
         self.client = httpx.Client(base_url=self.base_url, timeout=5.0)
@@ -93,7 +93,7 @@ class DevServer:
         self.log_path = workdir / f"devserver-{self.rest_port or self.grpc_port}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "devserver", f"--port={self.grpc_port}",
+            [sys.executable, "-m", "tfwarden.daemon", "devserver", f"--port={self.grpc_port}",
              f"--rest_api_port={self.rest_port}", *flags],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir)
 

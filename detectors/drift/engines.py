@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from detectors.drift.reference import CATEGORICAL, Array, Reference
+from tfwarden.detectors.drift.reference import CATEGORICAL, Array, Reference
 
 PSI_EPS = 1e-4
 

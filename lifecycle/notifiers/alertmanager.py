@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import httpx
 
-from lifecycle.notifiers.base import Alert
+from tfwarden.lifecycle.notifiers.base import Alert
 
 
 def _iso(t: float) -> str:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
-from lifecycle.notifiers.base import Alert, Notifier
+from tfwarden.lifecycle.notifiers.base import Alert, Notifier
 
 log = logging.getLogger("tfwarden.notify")
 

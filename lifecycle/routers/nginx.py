@@ -20,7 +20,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from core.errors import TfwardenError
+from tfwarden.core.errors import TfwardenError
 
 
 class RouterError(TfwardenError):

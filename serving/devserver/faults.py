@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from serving.devserver.status import HTTP_STATUS, ServingStatus
+from tfwarden.serving.devserver.status import HTTP_STATUS, ServingStatus
 
 FAULT_FILE = "devserver-faults.json"
 RECHECK_SECONDS = 0.5

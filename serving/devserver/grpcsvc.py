@@ -19,10 +19,10 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from serving.devserver.core import ServerCore
-from serving.devserver.inference import Inference, Served, Target
-from serving.devserver.status import CODE_NUMBER, ServingStatus
-from serving.devserver.tensors import from_proto, to_proto
+from tfwarden.serving.devserver.core import ServerCore
+from tfwarden.serving.devserver.inference import Inference, Served, Target
+from tfwarden.serving.devserver.status import CODE_NUMBER, ServingStatus
+from tfwarden.serving.devserver.tensors import from_proto, to_proto
 
 RELOAD_WAIT_SECONDS = 300.0
 

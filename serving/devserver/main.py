@@ -19,14 +19,14 @@ STARTUP_WAIT_SECONDS = 120.0
 
 
 def main(argv: Sequence[str]) -> int:
-    from serving.devserver.flags import parse_flags
+    from tfwarden.serving.devserver.flags import parse_flags
 
     flags = parse_flags(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
                         datefmt="%Y-%m-%dT%H:%M:%S")
-    from serving.devserver.status import ServingStatus
+    from tfwarden.serving.devserver.status import ServingStatus
 
     try:
         return asyncio.run(_serve(flags))
@@ -39,7 +39,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _initial_config(flags: Any) -> Any:
-    from serving.devserver.modelconfig import read_config_file, single_model_config
+    from tfwarden.serving.devserver.modelconfig import read_config_file, single_model_config
 
     if flags.model_config_file:
         return read_config_file(flags.model_config_file)
@@ -51,11 +51,11 @@ async def _serve(flags: Any) -> int:
     import uvicorn
     from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-    from serving.devserver.core import ServerCore
-    from serving.devserver.grpcsvc import ModelService, PredictionService
-    from serving.devserver.inference import Inference
-    from serving.devserver.monitoring import ServingMetrics, read_monitoring_config
-    from serving.devserver.rest import RestApi
+    from tfwarden.serving.devserver.core import ServerCore
+    from tfwarden.serving.devserver.grpcsvc import ModelService, PredictionService
+    from tfwarden.serving.devserver.inference import Inference
+    from tfwarden.serving.devserver.monitoring import ServingMetrics, read_monitoring_config
+    from tfwarden.serving.devserver.rest import RestApi
 
     metrics_path = read_monitoring_config(flags.monitoring_config_file) \
         if flags.monitoring_config_file else None
@@ -161,8 +161,8 @@ class _ConfigPoller:
         self._thread.start()
 
     def _run(self) -> None:
-        from serving.devserver.modelconfig import parse_config_text
-        from serving.devserver.status import ServingStatus
+        from tfwarden.serving.devserver.modelconfig import parse_config_text
+        from tfwarden.serving.devserver.status import ServingStatus
 
         while not self._stop.wait(self.interval):
             try:

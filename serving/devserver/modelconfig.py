@@ -7,7 +7,7 @@ from typing import Any
 
 from google.protobuf import text_format
 
-from serving.devserver.status import ServingStatus
+from tfwarden.serving.devserver.status import ServingStatus
 
 PARSE_ERROR = "Error parsing text-format tensorflow.serving.ModelServerConfig"
 

@@ -17,10 +17,10 @@ from urllib.parse import unquote
 
 from google.protobuf import json_format
 
-from serving.devserver import jsonio
-from serving.devserver.core import ServerCore
-from serving.devserver.inference import Inference, Target
-from serving.devserver.status import ServingStatus
+from tfwarden.serving.devserver import jsonio
+from tfwarden.serving.devserver.core import ServerCore
+from tfwarden.serving.devserver.inference import Inference, Target
+from tfwarden.serving.devserver.status import ServingStatus
 
 POST_PATH = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
@@ -124,7 +124,7 @@ class RestApi:
         if verb == "predict":
             def input_types() -> dict[str, int]:
                 _, signatures = self.inference.signatures(target)
-                from serving.devserver.servables import signature_def
+                from tfwarden.serving.devserver.servables import signature_def
 
                 sig = signature_def(signatures, target.signature, rest=True)
                 return {alias: info.dtype for alias, info in sig.inputs.items()}
@@ -173,6 +173,6 @@ class RestApi:
 
 
 def _code_number(name: str) -> int:
-    from serving.devserver.status import CODE_NUMBER
+    from tfwarden.serving.devserver.status import CODE_NUMBER
 
     return CODE_NUMBER.get(name, 2)

@@ -25,8 +25,8 @@ from typing import Any, Literal
 import grpc
 from google.protobuf import text_format
 
-from core.errors import ServingError
-from serving.tfserving import protos
+from tfwarden.core.errors import ServingError
+from tfwarden.serving.tfserving import protos
 
 AVAILABLE = 30
 

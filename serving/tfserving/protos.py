@@ -20,7 +20,7 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import ProtoLoadError
+from tfwarden.core.errors import ProtoLoadError
 
 STUB_MARKER = "__tfwarden_proto_stub__"
 

@@ -29,7 +29,7 @@ REOPTIMIZE_RULE = """  - name: reoptimize-slow-stable
 
 
 def test_slow_stable_is_reoptimized_canaried_and_promoted(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "optimizers.models", str(tmp_path), "--epochs", "15"],
+    subprocess.run([sys.executable, "-m", "tfwarden.optimizers.models", str(tmp_path), "--epochs", "15"],
                    check=True, timeout=300, capture_output=True)
     base = tmp_path / "m"
     (base / "1" / "devserver-faults.json").write_text(json.dumps({"latency": {"fixed_ms": 25}}))

@@ -13,15 +13,15 @@ from pathlib import Path
 import grpc
 import pytest
 
-from core.errors import ServingError
-from serving.tfserving.controller import (
+from tests.helpers import TESTDATA, DevServer
+from tfwarden.core.errors import ServingError
+from tfwarden.serving.tfserving.controller import (
     ModelPlan,
     TFServingController,
     current_plan,
     read_config,
     with_plan,
 )
-from tests.helpers import TESTDATA, DevServer
 
 pytestmark = pytest.mark.integration
 TFS = TESTDATA / "tfserving"

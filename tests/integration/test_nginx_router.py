@@ -13,8 +13,8 @@ import httpx
 import pytest
 from google.protobuf import text_format
 
-from lifecycle.routers.nginx import NginxRouter, RouterError
 from tests.helpers import TESTDATA, DevServer, Nginx
+from tfwarden.lifecycle.routers.nginx import NginxRouter, RouterError
 
 pytestmark = pytest.mark.integration
 TFS = TESTDATA / "tfserving"

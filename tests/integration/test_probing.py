@@ -122,8 +122,8 @@ def test_grpc_predict_probe_against_the_devserver(setup: dict[str, Any]) -> None
 
     import grpc
 
-    from probes.golden import GoldenRequest
-    from probes.grpc_predict import GrpcPredictProbe
+    from tfwarden.probes.golden import GoldenRequest
+    from tfwarden.probes.grpc_predict import GrpcPredictProbe
 
     golden = (GoldenRequest(request={"instances": [2.0]}, expected={"predictions": [3.0]}),)
     wrong = (GoldenRequest(request={"inputs": [2.0]}, expected={"outputs": [9.0]}),)
@@ -221,7 +221,7 @@ def test_capture_validates_against_the_live_signature(setup: dict[str, Any]) -> 
 
 
 def test_demo_command_tells_the_story_and_exits_0() -> None:
-    result = subprocess.run([sys.executable, "-m", "daemon", "demo"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "tfwarden.daemon", "demo"], capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout

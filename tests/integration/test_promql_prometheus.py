@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from probes.promql import PromQLProbe
 from tests.helpers import free_port
+from tfwarden.probes.promql import PromQLProbe
 
 pytestmark = pytest.mark.integration
 

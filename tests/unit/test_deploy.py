@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import yaml
 
-from daemon.config import load_config
 from tests.helpers import REPO
+from tfwarden.daemon.config import load_config
 
 POD = REPO / "deploy" / "kubernetes" / "tfserving-with-tfwarden.yaml"
 
@@ -41,10 +42,11 @@ def test_both_containers_share_the_model_config_volume() -> None:
     assert containers["tfwarden"]["readinessProbe"]["httpGet"]["path"] == "/-/ready"
 
 
-def test_dockerfile_installs_every_package_of_pyproject() -> None:
+def test_dockerfile_copies_every_stage_folder_and_the_build_files() -> None:
     dockerfile = (REPO / "deploy" / "kubernetes" / "Dockerfile").read_text()
-    pyproject = (REPO / "pyproject.toml").read_text()
-    top_level = {p.split(".")[0] for p in yaml.safe_load(
-        pyproject.split("packages = ")[1].split("]")[0] + "]")}
-    for package in top_level:
-        assert f"COPY {package} {package}" in dockerfile
+    setup = ast.parse((REPO / "setup.py").read_text())
+    stages = next(ast.literal_eval(node.value) for node in setup.body
+                  if isinstance(node, ast.Assign) and node.targets[0].id == "STAGES")
+    assert "COPY pyproject.toml setup.py README.md ./" in dockerfile
+    for stage in stages:
+        assert f"COPY {stage} {stage}" in dockerfile

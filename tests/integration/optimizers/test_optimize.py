@@ -18,9 +18,9 @@ import httpx
 import numpy as np
 import pytest
 
-from optimizers.pipeline import OptimizeError, Report, Request, Runner, optimize
-from optimizers.publish import MANIFEST, PROVENANCE, sha256_files, versions
 from tests.helpers import DevServer
+from tfwarden.optimizers.pipeline import OptimizeError, Report, Request, Runner, optimize
+from tfwarden.optimizers.publish import MANIFEST, PROVENANCE, sha256_files, versions
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     out = tmp_path_factory.mktemp("optimize")
-    subprocess.run([sys.executable, "-m", "optimizers.models", str(out), "--epochs", "15"],
+    subprocess.run([sys.executable, "-m", "tfwarden.optimizers.models", str(out), "--epochs", "15"],
                    check=True, timeout=300, capture_output=True)
     yield out
 
@@ -140,7 +140,7 @@ def test_requests_that_cannot_work_say_why(models: Path, tmp_path: Path) -> None
 
 
 def test_a_crashing_or_hanging_worker_fails_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
-    import optimizers.pipeline as pipeline
+    import tfwarden.optimizers.pipeline as pipeline
 
     runner = Runner()
     monkeypatch.setattr(pipeline, "WORKER", [sys.executable, "-c", "import os; os._exit(3)"])
@@ -152,14 +152,14 @@ def test_a_crashing_or_hanging_worker_fails_cleanly(monkeypatch: pytest.MonkeyPa
 
 
 def test_cli_prints_the_report_and_the_version(models: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "daemon", "optimize", str(models / "m" / "1"),
+    result = subprocess.run([sys.executable, "-m", "tfwarden.daemon", "optimize", str(models / "m" / "1"),
                              "--method", "dynamic", "--golden", str(models / "golden.npz")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["accepted"] and report["metrics"]["top1_agreement"] >= 0.98
     assert f"published version {report['version']} under {models / 'm'}" in result.stderr
-    bad = subprocess.run([sys.executable, "-m", "daemon", "optimize", str(models / "m" / "1"),
+    bad = subprocess.run([sys.executable, "-m", "tfwarden.daemon", "optimize", str(models / "m" / "1"),
                           "--method", "int8", "--golden", str(models / "golden.npz")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1

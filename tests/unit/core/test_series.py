@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from core.series import SeriesWindows
-from core.types import Sample
+from tfwarden.core.series import SeriesWindows
+from tfwarden.core.types import Sample
 
 
 def latency(t: float, value: float, version: int = 1) -> Sample:

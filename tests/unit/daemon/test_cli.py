@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from daemon.cli import main
+from tfwarden.daemon.cli import main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon", *args],
+    return subprocess.run([sys.executable, "-m", "tfwarden.daemon", *args],
                           capture_output=True, text=True, timeout=60)
 
 

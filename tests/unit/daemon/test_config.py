@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import ConfigError
-from daemon.cli import main
-from daemon.config import config_json_schema, load_config
 from tests.helpers import REPO, TESTDATA
+from tfwarden.core.errors import ConfigError
+from tfwarden.daemon.cli import main
+from tfwarden.daemon.config import config_json_schema, load_config
 
 CONFIG_DATA = TESTDATA / "config"
 INVALID = sorted(CONFIG_DATA.glob("invalid-*.yaml"))

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import framing
-from daemon.config import DriftWorkerConfig
-from daemon.drift import DriftWorker, WorkerDown, WorkerError
-from daemon.recorder import Recorder
+from tfwarden.core import framing
+from tfwarden.daemon.config import DriftWorkerConfig
+from tfwarden.daemon.drift import DriftWorker, WorkerDown, WorkerError
+from tfwarden.daemon.recorder import Recorder
 
 
 def configure_payload(rows: list[list[float]]) -> dict[str, object]:
@@ -81,12 +81,12 @@ def test_a_hung_worker_times_out_and_is_replaced(tmp_path: Path) -> None:
 
 
 def test_garbage_on_stdin_ends_the_worker_with_one_line(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "daemon.driftworker", "--state-dir",
+    result = subprocess.run([sys.executable, "-m", "tfwarden.daemon.driftworker", "--state-dir",
                              str(tmp_path)], input=b"\xff\xff\xff\xff", capture_output=True,
                             timeout=30)
     assert result.returncode == 2
     assert "frame of 4294967295 bytes announced" in result.stderr.decode()
-    ok = subprocess.run([sys.executable, "-m", "daemon.driftworker", "--state-dir", str(tmp_path)],
+    ok = subprocess.run([sys.executable, "-m", "tfwarden.daemon.driftworker", "--state-dir", str(tmp_path)],
                         input=framing.encode({"op": "ping", "id": 7}), capture_output=True,
                         timeout=30)
     assert ok.returncode == 0 and framing.decode(ok.stdout[4:])["id"] == 7

@@ -7,8 +7,8 @@ import httpx
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.http import create_app
-from daemon.recorder import Recorder
+from tfwarden.daemon.http import create_app
+from tfwarden.daemon.recorder import Recorder
 
 
 class FakeDaemon:

@@ -4,9 +4,9 @@ import asyncio
 
 from prometheus_client import CollectorRegistry
 
-from core.clock import SystemClock
-from daemon.jobs import JobRunner
-from daemon.recorder import Recorder
+from tfwarden.core.clock import SystemClock
+from tfwarden.daemon.jobs import JobRunner
+from tfwarden.daemon.recorder import Recorder
 
 
 def test_jobs_record_outcomes_and_drain_cancels_stragglers() -> None:

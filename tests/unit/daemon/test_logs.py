@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from daemon.logs import OneLineFormatter, stderr_is_journal
+from tfwarden.daemon.logs import OneLineFormatter, stderr_is_journal
 
 
 def record(message: str, level: int = logging.INFO) -> logging.LogRecord:

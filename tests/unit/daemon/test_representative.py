@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.config import ModelConfig
-from daemon.lifecycle_runner import representative_fallback
+from tfwarden.daemon.config import ModelConfig
+from tfwarden.daemon.lifecycle_runner import representative_fallback
 
 
 def model(tmp_path: Path, drift: dict[str, object] | None) -> ModelConfig:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.sdnotify import SystemdNotifier, watchdog_loop
+from tfwarden.daemon.sdnotify import SystemdNotifier, watchdog_loop
 
 
 @pytest.fixture

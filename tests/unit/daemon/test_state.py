@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import StateError
-from daemon.state import DB_NAME, SCHEMA_VERSION, MemoryStateStore, SQLiteStateStore, StateStore
+from tfwarden.core.errors import StateError
+from tfwarden.daemon.state import DB_NAME, SCHEMA_VERSION, MemoryStateStore, SQLiteStateStore, StateStore
 
 
 @pytest.fixture(params=["sqlite", "memory"])

@@ -10,8 +10,8 @@ from pathlib import Path
 SCRIPT = """
 import sys
 from pathlib import Path
-from daemon import tracing
-from daemon.config import TracingConfig
+from tfwarden.daemon import tracing
+from tfwarden.daemon.config import TracingConfig
 settings = TracingConfig(**({} if sys.argv[1] == "none" else
                             {"exporter": "file", "file": Path(sys.argv[2])}))
 tracing.setup(settings, "9.9")

@@ -11,7 +11,7 @@ def feed_latency_trace(detector, scenario):  # type: ignore[no-untyped-def]
     """Feed a CanaryScenario's latency lines to ``detector``; return (seconds from the trace
     start to the first regression or None, the last finding)."""
     from bench.tracegen import latency_trace
-    from core.types import REGRESSION, Sample
+    from tfwarden.core.types import REGRESSION, Sample
 
     finding = None
     for event in latency_trace(scenario):

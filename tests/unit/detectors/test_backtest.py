@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from detectors.trace import TraceError, parse_line
 from tests.helpers import TESTDATA
+from tfwarden.detectors.trace import TraceError, parse_line
 
 TRACE = TESTDATA / "traces" / "canary-2x-at-60s.jsonl"
 
 
 def backtest(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon", "backtest", *args],
+    return subprocess.run([sys.executable, "-m", "tfwarden.daemon", "backtest", *args],
                           capture_output=True, text=True, timeout=120)
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from detectors.disagreement import Disagreement, DisagreementSettings, disagrees
+from tfwarden.detectors.disagreement import Disagreement, DisagreementSettings, disagrees
 
 SETTINGS = DisagreementSettings(threshold=0.05, min_rows=100)
 

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 from bench.tracegen import CanaryScenario
-from core.types import INCONCLUSIVE, OK, REGRESSION, Sample
-from detectors.errors import BurnRate, CanaryErrors
 from tests.unit.detectors.conftest import feed_latency_trace
+from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Sample
+from tfwarden.detectors.errors import BurnRate, CanaryErrors
 
 
 def run(scenario: CanaryScenario):  # type: ignore[no-untyped-def]

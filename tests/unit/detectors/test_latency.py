@@ -4,9 +4,9 @@ import math
 import random
 
 from bench.tracegen import CanaryScenario
-from core.types import INCONCLUSIVE, OK, REGRESSION, Sample
-from detectors.latency import BaselineLatency, CanaryLatency, LatencySettings
 from tests.unit.detectors.conftest import feed_latency_trace
+from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Sample
+from tfwarden.detectors.latency import BaselineLatency, CanaryLatency, LatencySettings
 
 
 def first_regression(scenario: CanaryScenario):  # type: ignore[no-untyped-def]
@@ -99,8 +99,8 @@ def test_baseline_detector_flags_a_slower_new_version_and_not_an_equal_one() -> 
 def test_latency_slo_follows_the_p99_confidence_interval() -> None:
     import random
 
-    from core.types import Sample
-    from detectors.latency import LatencySLO
+    from tfwarden.core.types import Sample
+    from tfwarden.detectors.latency import LatencySLO
 
     rng = random.Random(1)
     slo = LatencySLO("m", 1, objective_ms=20.0)

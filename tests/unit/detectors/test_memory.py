@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 from bench.tracegen import MemoryScenario, memory_trace
-from core.types import INCONCLUSIVE, OK, REGRESSION, Sample
-from detectors.memory import MemoryLeak
+from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Sample
+from tfwarden.detectors.memory import MemoryLeak
 
 
 def run(scenario: MemoryScenario):  # type: ignore[no-untyped-def]

@@ -5,9 +5,9 @@ import json
 
 import httpx
 
-from lifecycle.notifiers.alertmanager import AlertmanagerNotifier, WebhookNotifier
-from lifecycle.notifiers.base import Alert, NopNotifier
-from lifecycle.notifiers.dispatch import Dispatcher
+from tfwarden.lifecycle.notifiers.alertmanager import AlertmanagerNotifier, WebhookNotifier
+from tfwarden.lifecycle.notifiers.base import Alert, NopNotifier
+from tfwarden.lifecycle.notifiers.dispatch import Dispatcher
 
 ALERT = Alert(labels={"alertname": "TfwardenDecision", "model": "m", "severity": "page"},
               annotations={"summary": "rollback m"}, starts_at=1764000000.0)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from lifecycle.phases import TRANSITIONS, InvalidTransition, ModelStatus, Phase, transition
+from tfwarden.lifecycle.phases import TRANSITIONS, InvalidTransition, ModelStatus, Phase, transition
 
 
 def test_every_phase_has_a_row_and_paused_can_resume_anywhere() -> None:

@@ -4,8 +4,8 @@ import json
 import threading
 from pathlib import Path
 
-from optimizers.gate import Tolerances, judge, latency_reasons
-from optimizers.publish import PROVENANCE, optimized_from, publish, versions, work_dir
+from tfwarden.optimizers.gate import Tolerances, judge, latency_reasons
+from tfwarden.optimizers.publish import PROVENANCE, optimized_from, publish, versions, work_dir
 
 FILES = [f"variables/part-{i}" for i in range(30)] + ["saved_model.pb"]
 

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import ConfigError
-from core.types import Finding
-from lifecycle.phases import ModelStatus, Phase
-from policies.engine import PolicyMemory, evaluate, remember
-from policies.rules import RuleSet, load_ruleset
+from tfwarden.core.errors import ConfigError
+from tfwarden.core.types import Finding
+from tfwarden.lifecycle.phases import ModelStatus, Phase
+from tfwarden.policies.engine import PolicyMemory, evaluate, remember
+from tfwarden.policies.rules import RuleSet, load_ruleset
 
 DEFAULT = load_ruleset("default")
 CANARY = ModelStatus("m", Phase.CANARY_LIVE, stable_version=1, canary_version=2, since=0.0)

@@ -4,7 +4,13 @@ import re
 
 import pytest
 
-from probes.capture import CaptureError, InputSpec, Reservoir, rows_from_predict_body, rows_from_samples
+from tfwarden.probes.capture import (
+    CaptureError,
+    InputSpec,
+    Reservoir,
+    rows_from_predict_body,
+    rows_from_samples,
+)
 
 VECTOR = [InputSpec("x", 1, (-1, 3))]
 NAMED = [InputSpec("age", 9, (-1,)), InputSpec("name", 7, (-1,))]
@@ -62,7 +68,7 @@ def test_reservoir_is_bounded_and_uniform() -> None:
 
 
 def test_rows_to_instances_inverts_rows_from_predict_body() -> None:
-    from probes.capture import rows_to_instances
+    from tfwarden.probes.capture import rows_to_instances
     specs = [InputSpec("a", 1, (-1, 2)), InputSpec("b", 7, (-1,))]
     body = {"instances": [{"a": [1.0, 2.0], "b": "x"}, {"a": [3.0, 4.0], "b": "y"}]}
     rows = rows_from_predict_body(body, specs)
@@ -72,7 +78,7 @@ def test_rows_to_instances_inverts_rows_from_predict_body() -> None:
 
 
 def test_flatten_prediction() -> None:
-    from probes.capture import flatten_prediction
+    from tfwarden.probes.capture import flatten_prediction
     assert flatten_prediction(2.5) == (["output"], [2.5])
     assert flatten_prediction([0.1, 0.9]) == (["output[0]", "output[1]"], [0.1, 0.9])
     assert flatten_prediction({"scores": [0.2, 0.8], "label": "cat"}) == (

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from probes.golden import GoldenRequest
-from probes.grpc_predict import GoldenConversionError, build_request, response_json, tensor
+from tfwarden.probes.golden import GoldenRequest
+from tfwarden.probes.grpc_predict import GoldenConversionError, build_request, response_json, tensor
 
 
 def test_row_format_single_input_becomes_a_batched_tensor() -> None:
@@ -39,7 +39,7 @@ def test_columnar_and_errors() -> None:
 
 
 def test_response_is_compared_in_the_rest_shape() -> None:
-    from serving.tfserving import protos
+    from tfwarden.serving.tfserving import protos
 
     pb = protos.load()
     response = pb.predict_pb2.PredictResponse()

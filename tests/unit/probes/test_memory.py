@@ -3,8 +3,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from probes.memory import CgroupMemoryProbe, ProcessMemoryProbe
 from tests.helpers import TESTDATA
+from tfwarden.probes.memory import CgroupMemoryProbe, ProcessMemoryProbe
 
 
 def test_process_rss_and_pss_from_a_recorded_proc_tree() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.errors import ConfigError
-from probes.golden import GoldenRequest, load_golden, matches
-from probes.predict import RestPredictProbe, open_loop
+from tfwarden.core.errors import ConfigError
+from tfwarden.probes.golden import GoldenRequest, load_golden, matches
+from tfwarden.probes.predict import RestPredictProbe, open_loop
 
 GOLDEN = (GoldenRequest(request={"instances": [2.0]}, expected={"predictions": [3.0]},
                         tolerance=1e-3),)

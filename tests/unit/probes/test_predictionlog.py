@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probes.predictionlog import PredictionLogError, read_rows, read_tfrecords
 from tests.helpers import TESTDATA
+from tfwarden.probes.predictionlog import PredictionLogError, read_rows, read_tfrecords
 
 LOGS = TESTDATA / "predictionlog"
 

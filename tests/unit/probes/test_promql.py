@@ -5,7 +5,7 @@ import json
 
 import httpx
 
-from probes.promql import PromQLProbe
+from tfwarden.probes.promql import PromQLProbe
 
 
 def run(body: object, status: int = 200, **kwargs) -> object:  # type: ignore[no-untyped-def]

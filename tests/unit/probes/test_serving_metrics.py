@@ -9,9 +9,9 @@ import asyncio
 
 import httpx
 
-from core.clock import Clock
-from probes.serving_metrics import ServingMetricsProbe, derive, histogram_quantile, parse_page
 from tests.helpers import TESTDATA
+from tfwarden.core.clock import Clock
+from tfwarden.probes.serving_metrics import ServingMetricsProbe, derive, histogram_quantile, parse_page
 
 PAGES = [(TESTDATA / "serving-metrics" / f"page-{i}.txt").read_text() for i in (1, 2)]
 

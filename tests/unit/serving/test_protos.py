@@ -23,7 +23,7 @@ def run_python(code: str) -> dict[str, object]:
 def test_protos_load_without_the_tensorflow_runtime() -> None:
     out = run_python("""
 import json, sys
-from serving.tfserving import protos
+from tfwarden.serving.tfserving import protos
 p = protos.load()
 req = p.predict_pb2.PredictRequest()
 req.model_spec.name = "half_plus_two"
@@ -52,7 +52,7 @@ print(json.dumps({
 def test_stub_refuses_tensorflow_attributes_with_a_clear_error() -> None:
     out = run_python("""
 import json
-from serving.tfserving import protos
+from tfwarden.serving.tfserving import protos
 protos.load()
 import tensorflow as tf
 try:
@@ -69,7 +69,7 @@ def test_real_tensorflow_is_used_when_already_imported() -> None:
     out = run_python("""
 import json, sys
 import tensorflow.core.framework.tensor_pb2  # noqa: F401 - runs the real package __init__
-from serving.tfserving import protos
+from tfwarden.serving.tfserving import protos
 p = protos.load()
 import tensorflow as tf
 print(json.dumps({"real": hasattr(tf, "constant"), "ok": p.predict_pb2 is not None}))
