@@ -1,16 +1,17 @@
 """Package discovery for the one ``tfwarden`` distribution (the rest is in pyproject.toml).
 
 The stage folders sit at the top of the repository and install as ``tfwarden.<folder>``. Every
-subpackage (a folder with ``__init__.py``) is found here, and every other file inside a package
-folder (rule sets, demo models, dashboards) is package data, so neither can be forgotten;
-tests/unit/test_packaging.py checks the wheel against git's file list.
+folder below them is found here (a folder of data, such as a rule set or a demo model, is a
+namespace package as setuptools wants it), and every file in them that is not Python source is
+package data, so neither a subpackage nor a data file can be forgotten;
+tests/integration/test_wheel.py checks the wheel against git's file list.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 STAGES = ("core", "serving", "probes", "detectors", "policies", "lifecycle", "optimizers",
           "daemon")
@@ -18,33 +19,24 @@ ROOT = Path(__file__).resolve().parent
 
 
 def _packages() -> dict[str, Path]:
-    """Import name -> folder, for every package below the stage folders."""
+    """Import name -> folder, for every folder below the stage folders."""
     found = {}
     for stage in STAGES:
         found[f"tfwarden.{stage}"] = Path(stage)
-        for sub in find_packages(where=str(ROOT / stage)):
+        for sub in find_namespace_packages(where=str(ROOT / stage), exclude=["*__pycache__*"]):
             found[f"tfwarden.{stage}.{sub}"] = Path(stage, *sub.split("."))
     return found
 
 
-def _data(folder: Path, packages: set[Path]) -> list[str]:
-    """Files of ``folder`` (and its non-package subfolders) that are not Python sources."""
-    files = []
-    for path in sorted((ROOT / folder).rglob("*")):
-        relative = path.relative_to(ROOT)
-        if not path.is_file() or path.suffix in (".py", ".pyc") or "__pycache__" in path.parts:
-            continue
-        owner = next(p for p in sorted(packages, key=lambda p: -len(p.parts))
-                     if relative.parts[:len(p.parts)] == p.parts)
-        if owner == folder:
-            files.append(str(relative.relative_to(folder)))
-    return files
+def _data(folder: Path) -> list[str]:
+    """The files of ``folder`` itself that are not Python sources."""
+    return sorted(p.name for p in (ROOT / folder).iterdir()
+                  if p.is_file() and p.suffix not in (".py", ".pyc"))
 
 
 PACKAGES = _packages()
 setup(
     packages=list(PACKAGES),
     package_dir={name: str(folder) for name, folder in PACKAGES.items()},
-    package_data={name: _data(folder, set(PACKAGES.values()))
-                  for name, folder in PACKAGES.items() if _data(folder, set(PACKAGES.values()))},
+    package_data={name: _data(folder) for name, folder in PACKAGES.items() if _data(folder)},
 )
