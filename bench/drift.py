@@ -196,7 +196,7 @@ def finding_delay(trials: int, p_value: float, need: int, window: int) -> list[d
 
 
 def worker_rss(engine: str, state: Path) -> dict[str, object]:
-    proc = subprocess.Popen([sys.executable, "-m", "tfwarden.daemon.driftworker", "--state-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "tfwarden.detectors.drift.worker", "--state-dir",
                              str(state)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
     assert proc.stdin is not None and proc.stdout is not None

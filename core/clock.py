@@ -22,3 +22,23 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+
+class ManualClock:
+    """A clock set by hand: ``tfwarden backtest`` moves it to each trace event's time; tests
+    move it with ``advance``."""
+
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = t
+
+    def now(self) -> float:
+        return self.t
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def set(self, t: float) -> None:
+        self.t = t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds

@@ -1,20 +1,41 @@
-"""The tfwarden exception tree.
+"""The tfwarden exception tree: every exception tfwarden defines is here.
 
-Every error tfwarden raises on purpose derives from :class:`TfwardenError`; third-party errors
-are translated at the boundary with ``raise ... from exc`` and their messages name the object
-concerned (file, YAML path, model, version)::
+Third-party errors are translated at the boundary with ``raise ... from exc``; messages name the
+object concerned (file, YAML path, model, version, line)::
 
     TfwardenError
-    ├── ConfigError          a configuration file is missing, unparsable or invalid
-    ├── StateError           the state directory or its database cannot be used
-    ├── ServingError         a model server could not be reached or answered with an error
-    │   └── ProtoLoadError   TF Serving's generated protobuf modules could not be loaded
-    └── StartupError         the daemon could not start (bind, state, config)
+    ├── ConfigError            a configuration or rule file is missing, unparsable or invalid
+    ├── StateError             the state directory or its database cannot be used
+    ├── StartupError           the daemon (or the demo) could not start
+    ├── InvalidInput           data tfwarden was given does not fit (also a ValueError)
+    │   ├── CaptureError         a captured body or sample batch does not fit the signature
+    │   ├── GoldenConversionError  a golden request does not fit the model's gRPC signature
+    │   ├── PredictionLogError   a PredictionLog TFRecord file cannot be read
+    │   ├── ReferenceError       drift reference data cannot be used
+    │   └── TraceError           a backtest trace line is not valid
+    ├── Refused                an HTTP-visible refusal: ``status`` (4xx/5xx) and ``message``
+    │   ├── CaptureRejected      a capture request was refused (400, 404, 409, 413, 429, 503)
+    │   └── ApiError             any other API refusal (401, 403, 404, 409...)
+    ├── ServingError           a model server could not be reached or answered with an error
+    │   ├── ProtoLoadError       TF Serving's generated protobuf modules could not be loaded
+    │   ├── ServingRpcError      a gRPC call failed (``code``: NOT_FOUND, UNAVAILABLE...)
+    │   └── ServingStatus        a TF Serving error status (the devserver's ``code`` + message)
+    ├── LifecycleError         a lifecycle action cannot be carried out
+    │   ├── InvalidTransition    a phase change the transition table does not allow
+    │   ├── ActionRefused        an action does not apply to the model's status (operator: 409)
+    │   └── RouterError          a routing change could not be made; the old routing stays
+    ├── WorkerError            a worker subprocess failed
+    │   ├── FrameError           a peer closed the stream or sent something that is not a frame
+    │   ├── WorkerDown           the worker is not running (starting, crashed, hung, backing off)
+    │   ├── WorkerFailed         the worker answered a request with an error
+    │   └── JobError             (inside a worker) a job cannot be done
+    └── OptimizeError          an optimization could not run (bad request, worker crash, timeout)
+        └── PublishError         a candidate could not be published as a version
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -54,6 +75,55 @@ class StateError(TfwardenError):
     """The state directory or its SQLite database cannot be used."""
 
 
+class StartupError(TfwardenError):
+    """The daemon could not start."""
+
+
+# -- input --------------------------------------------------------------------------------------
+class InvalidInput(TfwardenError, ValueError):
+    """Data tfwarden was given does not fit; the message names the element."""
+
+
+class CaptureError(InvalidInput):
+    """A predict body or sample batch does not fit the model's signature."""
+
+
+class GoldenConversionError(InvalidInput):
+    """A golden request does not fit the model's signature."""
+
+
+class PredictionLogError(InvalidInput):
+    """A PredictionLog TFRecord file cannot be read (framing, checksum, content)."""
+
+
+class ReferenceError(InvalidInput):  # noqa: A001 - the drift reference, not the builtin
+    """Reference data for drift detection cannot be used."""
+
+
+class TraceError(InvalidInput):
+    """A trace line is not valid; the message names the line."""
+
+
+# -- refusals seen over HTTP --------------------------------------------------------------------
+class Refused(TfwardenError):
+    """An HTTP-visible refusal: ``status`` code and a ``message`` naming the problem."""
+
+    def __init__(self, status: int, message: str,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+        self.headers = dict(headers) if headers else None
+
+
+class CaptureRejected(Refused):
+    """A capture request was refused."""
+
+
+class ApiError(Refused):
+    """An API request was refused."""
+
+
+# -- model servers ------------------------------------------------------------------------------
 class ServingError(TfwardenError):
     """A model server could not be reached or answered with an error."""
 
@@ -62,5 +132,89 @@ class ProtoLoadError(ServingError):
     """TF Serving's generated protobuf modules could not be loaded."""
 
 
-class StartupError(TfwardenError):
-    """The daemon could not start."""
+class ServingRpcError(ServingError):
+    """A gRPC call to a model server failed; ``code`` is the status code's name."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+SERVING_CODES = frozenset({
+    "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+    "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"})
+MAX_GRPC_MESSAGE = 1024
+
+
+class ServingStatus(ServingError):
+    """A non-OK TF Serving status, e.g. ServingStatus("NOT_FOUND", "Servable not found ...")."""
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in SERVING_CODES:
+            raise ValueError(f"not an error code: {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def grpc_message(self) -> str:
+        """TF Serving cuts messages over 1024 characters and marks them."""
+        if len(self.message) > MAX_GRPC_MESSAGE:
+            return self.message[:MAX_GRPC_MESSAGE] + "...TRUNCATED"
+        return self.message
+
+
+# -- lifecycle ----------------------------------------------------------------------------------
+class LifecycleError(TfwardenError):
+    """A lifecycle action cannot be carried out."""
+
+
+class InvalidTransition(LifecycleError):
+    """A phase change the transition table does not allow."""
+
+
+class ActionRefused(LifecycleError):
+    """An action does not apply to the model's current status (nothing to promote...)."""
+
+
+class RouterError(LifecycleError):
+    """A routing change could not be made; the previous routing stays in force."""
+
+
+# -- worker processes ---------------------------------------------------------------------------
+class WorkerError(TfwardenError):
+    """A worker subprocess failed."""
+
+
+class FrameError(WorkerError):
+    """The peer closed the stream or sent something that is not a frame."""
+
+
+class WorkerDown(WorkerError):
+    """The worker is not running (starting, crashed, hung, or backing off).
+
+    ``cause`` is timeout, exit, protocol or backoff; ``exit_code`` and ``stderr_tail`` say how
+    a worker that died ended, where known."""
+
+    def __init__(self, message: str, *, cause: str = "", exit_code: int | None = None,
+                 stderr_tail: str = "") -> None:
+        super().__init__(message)
+        self.cause, self.exit_code, self.stderr_tail = cause, exit_code, stderr_tail
+
+
+class WorkerFailed(WorkerError):
+    """The worker answered a request with an error (bad reference, unknown model...)."""
+
+
+class JobError(WorkerError):
+    """Inside a worker: a job cannot be done; the message says why in one line."""
+
+
+# -- optimizers ---------------------------------------------------------------------------------
+class OptimizeError(TfwardenError):
+    """The optimization could not run (bad request, worker crash or timeout); one line."""
+
+
+class PublishError(OptimizeError):
+    """A candidate could not be published as a new version."""

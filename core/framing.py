@@ -11,12 +11,10 @@ import json
 import struct
 from typing import IO, Any
 
+from tfwarden.core.errors import FrameError
+
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 2**20
-
-
-class FrameError(Exception):
-    """The peer closed the stream or sent something that is not a frame."""
 
 
 def encode(message: dict[str, Any]) -> bytes:

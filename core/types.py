@@ -80,3 +80,48 @@ class Finding:
                 "version": self.version, "target": self.target, "verdict": self.verdict,
                 "severity": self.severity, "reason": self.reason, "effect": dict(self.effect),
                 "evidence": dict(self.evidence)}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a rule decided for a model, and the findings that justified it."""
+
+    t: float
+    rule: str
+    model: str
+    action: str
+    params: Mapping[str, Any]
+    reason: str
+    findings: tuple[Mapping[str, Any], ...] = ()
+    alert: str | None = None
+    dry_run: bool = False
+    needs_approval: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"t": self.t, "rule": self.rule, "model": self.model, "action": self.action,
+                "params": dict(self.params), "reason": self.reason, "alert": self.alert,
+                "dry_run": self.dry_run, "needs_approval": self.needs_approval,
+                "findings": [dict(f) for f in self.findings]}
+
+
+STATE_NAMES = {0: "UNKNOWN", 10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING",
+               50: "END"}
+STATE_NUMBERS = {name: number for number, name in STATE_NAMES.items()}
+
+
+@dataclass(frozen=True)
+class VersionState:
+    """One version of a model as the server reports it (GetModelStatus)."""
+
+    version: int
+    state: str  # UNKNOWN, START, LOADING, AVAILABLE, UNLOADING, END
+    error_code: int = 0
+    error_message: str = ""
+
+    @property
+    def available(self) -> bool:
+        return self.state == "AVAILABLE"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "state": self.state, "error_code": self.error_code,
+                "error_message": self.error_message}

@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tfwarden.core.errors import ConfigError, ConfigProblem
+from tfwarden.core.errors import ConfigError, ConfigProblem, TraceError
 from tfwarden.daemon.config import Config, DriftConfig, load_config
 from tfwarden.daemon.policy_replay import PolicyReplay
 from tfwarden.detectors.backtest import Backtest, DetectionSettings
 from tfwarden.detectors.errors import ErrorSettings
 from tfwarden.detectors.latency import LatencySettings
 from tfwarden.detectors.memory import MemorySettings
-from tfwarden.detectors.trace import TraceError, read_trace
+from tfwarden.detectors.trace import read_trace
 from tfwarden.policies.rules import load_ruleset
 
 

@@ -18,24 +18,11 @@ from typing import Any
 import grpc
 
 from tfwarden.core.clock import Clock
+from tfwarden.core.errors import CaptureError, CaptureRejected
 from tfwarden.daemon.config import Config
 from tfwarden.daemon.recorder import Recorder
-from tfwarden.probes.capture import (
-    CaptureError,
-    InputSpec,
-    Reservoir,
-    rows_from_predict_body,
-    rows_from_samples,
-)
+from tfwarden.probes.capture import InputSpec, Reservoir, rows_from_predict_body, rows_from_samples
 from tfwarden.serving.tfserving import protos
-
-
-class CaptureRejected(Exception):
-    """An HTTP-visible refusal: status code and a message naming the problem."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 @dataclass

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import NoReturn
 
-from tfwarden.core.errors import ConfigError, TfwardenError
+from tfwarden.core.errors import ConfigError, OptimizeError, TfwardenError
 
 log = logging.getLogger("tfwarden")
 
@@ -159,7 +159,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tfwarden.optimizers.gate import Tolerances
-    from tfwarden.optimizers.pipeline import OptimizeError, Request, optimize
+    from tfwarden.optimizers.pipeline import Request, optimize
 
     try:
         params = dict(_param(p) for p in args.param)

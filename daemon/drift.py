@@ -1,6 +1,6 @@
 """Data drift in the daemon: the drift worker's client and the per-model drift checks.
 
-The detectors live in a worker subprocess (``daemon.driftworker``): alibi-detect loads TensorFlow
+The detectors live in a worker subprocess (``tfwarden.detectors.drift.worker``): alibi-detect loads TensorFlow
 (about 1 GB), which the daemon never does. ``DriftWorker`` starts it, talks framed JSON over its
 stdin/stdout with a timeout per request, and restarts it with exponential backoff when it dies or
 hangs; meanwhile every drift finding is ``inconclusive``.
@@ -35,9 +35,11 @@ import httpx
 
 from tfwarden.core import framing
 from tfwarden.core.clock import Clock
+from tfwarden.core.errors import CaptureRejected, FrameError, WorkerDown
+from tfwarden.core.errors import WorkerFailed as WorkerError
 from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Finding
 from tfwarden.daemon import tracing
-from tfwarden.daemon.capture import CaptureRejected, CaptureService
+from tfwarden.daemon.capture import CaptureService
 from tfwarden.daemon.config import Config, DriftConfig, DriftWorkerConfig, ModelConfig
 from tfwarden.daemon.recorder import Recorder
 from tfwarden.detectors.disagreement import Disagreement, DisagreementSettings
@@ -49,20 +51,12 @@ MAX_PENDING_WINDOWS = 4
 OUTPUT_BATCH = 100
 
 
-class WorkerDown(Exception):
-    """The drift worker is not running (starting, crashed, hung, or backing off)."""
-
-
-class WorkerError(Exception):
-    """The worker answered a request with an error (bad reference, unknown model...)."""
-
-
 class DriftWorker:
     """The drift worker process: started on first use, restarted with backoff."""
 
     def __init__(self, state_dir: Path, settings: DriftWorkerConfig, recorder: Recorder,
                  command: list[str] | None = None) -> None:
-        self.command = command or [sys.executable, "-m", "tfwarden.daemon.driftworker",
+        self.command = command or [sys.executable, "-m", "tfwarden.detectors.drift.worker",
                                    "--state-dir", str(state_dir)]
         self.settings, self.recorder = settings, recorder
         self.proc: asyncio.subprocess.Process | None = None
@@ -124,7 +118,7 @@ class DriftWorker:
                 await self._failed(f"no answer to {op} in "
                                    f"{timeout or self.settings.request_timeout_seconds:.0f}s")
                 raise WorkerDown(f"drift worker down ({self.last_error})") from None
-            except (asyncio.IncompleteReadError, ConnectionError, framing.FrameError) as exc:
+            except (asyncio.IncompleteReadError, ConnectionError, FrameError) as exc:
                 await proc.wait() if isinstance(exc, asyncio.IncompleteReadError) else None
                 await self._failed(f"exited with status {proc.returncode}" if proc.returncode
                                    is not None else f"protocol error: {exc}")

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tfwarden.core.errors import ApiError, Refused
 from tfwarden.daemon.recorder import Recorder
 
 
@@ -58,12 +59,6 @@ class DaemonControl(Protocol):
     async def reload(self, trigger: str) -> dict[str, Any]: ...
 
 
-class ApiError(Exception):
-    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status_code, self.message, self.headers = status_code, message, headers
-
-
 def _require_token(daemon: DaemonControl, request: Request) -> None:
     expected = daemon.bearer_token()
     if expected is None:
@@ -85,7 +80,7 @@ def create_app(daemon: DaemonControl) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, exc.status_code, headers=exc.headers)
+        return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -187,11 +182,8 @@ def create_app(daemon: DaemonControl) -> FastAPI:
         body = await request.body()
         try:
             return await daemon.capture(model, body, client, kind, version)
-        except Exception as exc:  # CaptureRejected carries the status and message
-            status = getattr(exc, "status", None)
-            if status is None:
-                raise
-            raise ApiError(status, getattr(exc, "message", str(exc))) from None
+        except Refused as exc:
+            raise ApiError(exc.status, exc.message) from None
 
     @app.post("/api/v1/capture/{model}")
     async def capture(model: str, request: Request, version: int | None = None) -> dict[str, Any]:

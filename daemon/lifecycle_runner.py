@@ -24,22 +24,22 @@ from pathlib import Path
 from typing import Any
 
 from tfwarden.core.clock import Clock
-from tfwarden.core.errors import ServingError
-from tfwarden.core.types import Finding
+from tfwarden.core.errors import OptimizeError, RouterError, ServingError
+from tfwarden.core.status import ModelStatus, Phase, transition
+from tfwarden.core.types import Decision, Finding
 from tfwarden.daemon import tracing
 from tfwarden.daemon.config import Config, ModelConfig
 from tfwarden.daemon.recorder import Recorder
 from tfwarden.daemon.state import StateStore
 from tfwarden.lifecycle.notifiers.base import Alert
 from tfwarden.lifecycle.notifiers.dispatch import Dispatcher
-from tfwarden.lifecycle.phases import ModelStatus, Phase, transition
 from tfwarden.lifecycle.routers.base import LabelsRouter, Router, ShadowRouter
-from tfwarden.lifecycle.routers.nginx import NginxRouter, RouterError
+from tfwarden.lifecycle.routers.nginx import NginxRouter
 from tfwarden.optimizers.gate import Tolerances
 from tfwarden.optimizers.methods import METHODS
-from tfwarden.optimizers.pipeline import OptimizeError, Request, Runner, optimize
+from tfwarden.optimizers.pipeline import Request, Runner, optimize
 from tfwarden.optimizers.publish import optimized_from
-from tfwarden.policies.engine import Decision, PolicyMemory, evaluate, remember
+from tfwarden.policies.engine import PolicyMemory, evaluate, remember
 from tfwarden.policies.rules import RuleSet
 from tfwarden.serving.tfserving.controller import TFServingController, current_plan, read_config
 

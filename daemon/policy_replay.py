@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tfwarden.core.types import Finding
-from tfwarden.lifecycle.phases import ModelStatus, Phase, transition
-from tfwarden.policies.engine import Decision, PolicyMemory, evaluate, remember
+from tfwarden.core.status import ModelStatus, Phase, transition
+from tfwarden.core.types import Decision, Finding
+from tfwarden.policies.engine import PolicyMemory, evaluate, remember
 from tfwarden.policies.rules import RuleSet
 
 EVALUATE_EVERY_SECONDS = 1.0

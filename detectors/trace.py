@@ -18,13 +18,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tfwarden.core.errors import TfwardenError
+from tfwarden.core.errors import TraceError
 
 TYPES = ("deploy", "latency", "memory", "inputs")
-
-
-class TraceError(TfwardenError):
-    """A trace line is not valid; the message names the line."""
 
 
 @dataclass(frozen=True)

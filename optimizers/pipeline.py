@@ -22,15 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tfwarden.core.errors import OptimizeError
 from tfwarden.optimizers.gate import Tolerances, judge, latency_reasons
 from tfwarden.optimizers.methods import METHODS
 from tfwarden.optimizers.publish import publish, work_dir
 
 WORKER = [sys.executable, "-m", "tfwarden.optimizers.worker"]
-
-
-class OptimizeError(Exception):
-    """The optimization could not run (bad request, worker crash or timeout); one line."""
 
 
 @dataclass

@@ -20,13 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tfwarden.core.errors import PublishError
+
 PROVENANCE = "tfwarden-provenance.json"
 MANIFEST = "manifest.json"
 WORK_PREFIX = ".tfwarden-"
-
-
-class PublishError(Exception):
-    """The candidate could not be published; the message names the path."""
 
 
 def versions(base: Path) -> list[int]:

@@ -31,13 +31,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from tfwarden.core.errors import JobError
+
 Array = NDArray[Any]
 SIGNATURE = "serving_default"
 KERAS_SOURCE = Path("assets.extra") / "model.keras"
-
-
-class JobError(Exception):
-    """A job cannot be done; the message says why in one line."""
 
 
 # -- data ---------------------------------------------------------------------------------------

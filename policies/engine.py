@@ -15,33 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tfwarden.core.types import Finding
-from tfwarden.lifecycle.phases import ModelStatus
+from tfwarden.core.status import ModelStatus
+from tfwarden.core.types import Decision, Finding
 from tfwarden.policies.rules import LIFECYCLE_ACTIONS, FindingCondition, Rule, RuleSet
 
 FindingKey = tuple[str, str, int | None, str]
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What a rule decided for a model, and the findings that justified it."""
-
-    t: float
-    rule: str
-    model: str
-    action: str
-    params: Mapping[str, Any]
-    reason: str
-    findings: tuple[Mapping[str, Any], ...] = ()
-    alert: str | None = None
-    dry_run: bool = False
-    needs_approval: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {"t": self.t, "rule": self.rule, "model": self.model, "action": self.action,
-                "params": dict(self.params), "reason": self.reason, "alert": self.alert,
-                "dry_run": self.dry_run, "needs_approval": self.needs_approval,
-                "findings": [dict(f) for f in self.findings]}
 
 
 @dataclass

@@ -18,13 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tfwarden.core.errors import CaptureError
+
 NUMERIC = {1: "float", 2: "double", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 9: "int64",
            19: "half", 22: "uint32", 23: "uint64"}
 STRING, BOOL = 7, 10
-
-
-class CaptureError(ValueError):
-    """A captured body does not match the model's signature; the message names the place."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from tfwarden.core.clock import Clock, SystemClock
+from tfwarden.core.errors import GoldenConversionError
 from tfwarden.core.types import Sample
 from tfwarden.probes.golden import DEFAULT_GOLDEN, GoldenRequest, matches
 from tfwarden.serving.tfserving import protos
@@ -25,10 +26,6 @@ SOURCE = "predict"
 # DataType -> TensorProto field
 FIELDS = {1: "float_val", 2: "double_val", 3: "int_val", 4: "int_val", 5: "int_val", 6: "int_val",
           7: "string_val", 9: "int64_val", 10: "bool_val", 22: "uint32_val", 23: "uint64_val"}
-
-
-class GoldenConversionError(ValueError):
-    """A golden request does not fit the model's signature."""
 
 
 def _shape(value: Any) -> list[int]:

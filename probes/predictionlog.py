@@ -17,6 +17,7 @@ from typing import Any
 
 import google_crc32c
 
+from tfwarden.core.errors import PredictionLogError
 from tfwarden.probes.capture import InputSpec
 from tfwarden.serving.tfserving import protos
 
@@ -28,10 +29,6 @@ _DTYPES: dict[int, tuple[str, str]] = {
     17: ("H", "int_val"), 22: ("I", "uint32_val"), 23: ("Q", "uint64_val"),
     7: ("", "string_val"),
 }
-
-
-class PredictionLogError(ValueError):
-    """A file is not a readable PredictionLog TFRecord; the message names file and record."""
 
 
 def _masked_crc(data: bytes) -> int:

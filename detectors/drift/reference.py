@@ -20,13 +20,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from tfwarden.core.errors import ReferenceError
+
 NUMERIC, CATEGORICAL = "numeric", "categorical"
 
 Array = NDArray[Any]
-
-
-class ReferenceError(ValueError):
-    """A reference cannot be built; the message names the file, feature or row."""
 
 
 @dataclass

@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tfwarden.core.errors import ReferenceError, TraceError
 from tfwarden.core.types import Finding
 from tfwarden.detectors.drift.engines import BatchSettings, DriftEngine, make_engine
-from tfwarden.detectors.drift.reference import LoggedRows, Reference, ReferenceError, load_reference_file
+from tfwarden.detectors.drift.reference import LoggedRows, Reference, load_reference_file
 from tfwarden.detectors.driftverdict import input_drift_finding
-from tfwarden.detectors.trace import TraceError, TraceEvent
+from tfwarden.detectors.trace import TraceEvent
 
 
 @dataclass(frozen=True)

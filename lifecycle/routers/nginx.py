@@ -20,11 +20,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from tfwarden.core.errors import TfwardenError
-
-
-class RouterError(TfwardenError):
-    """A routing change could not be made; the previous routing stays in force."""
+from tfwarden.core.errors import RouterError
 
 
 def _variable(model: str) -> str:

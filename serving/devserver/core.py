@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tfwarden.core.errors import ServingStatus
 from tfwarden.serving.devserver.faults import FaultInjector
 from tfwarden.serving.devserver.modelconfig import aspired_versions, validate_config
 from tfwarden.serving.devserver.monitoring import ServingMetrics
 from tfwarden.serving.devserver.servables import Servable, is_loadable, load_servable
-from tfwarden.serving.devserver.status import ServingStatus, not_found_latest, not_found_specific
+from tfwarden.serving.devserver.status import not_found_latest, not_found_specific
 
 log = logging.getLogger("tfwarden.devserver")
 UNLOAD_WAIT_SECONDS = 30.0

@@ -24,7 +24,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tfwarden.serving.devserver.status import HTTP_STATUS, ServingStatus
+from tfwarden.core.errors import ServingStatus
+from tfwarden.serving.devserver.status import HTTP_STATUS
 
 FAULT_FILE = "devserver-faults.json"
 RECHECK_SECONDS = 0.5

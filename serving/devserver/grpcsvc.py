@@ -19,9 +19,10 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from tfwarden.core.errors import ServingStatus
 from tfwarden.serving.devserver.core import ServerCore
 from tfwarden.serving.devserver.inference import Inference, Served, Target
-from tfwarden.serving.devserver.status import CODE_NUMBER, ServingStatus
+from tfwarden.serving.devserver.status import CODE_NUMBER
 from tfwarden.serving.devserver.tensors import from_proto, to_proto
 
 RELOAD_WAIT_SECONDS = 300.0
@@ -63,7 +64,7 @@ class _Counted:
         except ServingStatus as exc:
             if count:
                 self.core.metrics.request(name, exc.code, api, "GRPC", 0)
-            context.abort(exc.grpc_code, exc.grpc_message)
+            context.abort(grpc.StatusCode[exc.code], exc.grpc_message)
         if count:
             self.core.metrics.request(name, "OK", api, "GRPC", (time.monotonic() - started) * 1e6)
         return response

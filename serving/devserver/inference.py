@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from tfwarden.core.errors import ServingStatus
 from tfwarden.serving.devserver.core import ServerCore, Version
 from tfwarden.serving.devserver.servables import signature_def
-from tfwarden.serving.devserver.status import ServingStatus
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tfwarden.serving.devserver.status import ServingStatus
+from tfwarden.core.errors import ServingStatus
 
 DT_NAMES = {1: "float", 2: "double", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string",
             9: "int64", 10: "bool", 19: "half", 22: "uint32", 23: "uint64"}

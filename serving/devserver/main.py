@@ -26,7 +26,7 @@ def main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
                         datefmt="%Y-%m-%dT%H:%M:%S")
-    from tfwarden.serving.devserver.status import ServingStatus
+    from tfwarden.core.errors import ServingStatus
 
     try:
         return asyncio.run(_serve(flags))
@@ -161,8 +161,8 @@ class _ConfigPoller:
         self._thread.start()
 
     def _run(self) -> None:
+        from tfwarden.core.errors import ServingStatus
         from tfwarden.serving.devserver.modelconfig import parse_config_text
-        from tfwarden.serving.devserver.status import ServingStatus
 
         while not self._stop.wait(self.interval):
             try:

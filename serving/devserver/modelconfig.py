@@ -7,7 +7,7 @@ from typing import Any
 
 from google.protobuf import text_format
 
-from tfwarden.serving.devserver.status import ServingStatus
+from tfwarden.core.errors import ServingStatus
 
 PARSE_ERROR = "Error parsing text-format tensorflow.serving.ModelServerConfig"
 

@@ -17,10 +17,11 @@ from urllib.parse import unquote
 
 from google.protobuf import json_format
 
+from tfwarden.core.errors import ServingStatus
 from tfwarden.serving.devserver import jsonio
 from tfwarden.serving.devserver.core import ServerCore
 from tfwarden.serving.devserver.inference import Inference, Target
-from tfwarden.serving.devserver.status import ServingStatus
+from tfwarden.serving.devserver.status import HTTP_STATUS
 
 POST_PATH = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
@@ -88,7 +89,8 @@ class RestApi:
             reply = await self._dispatch(method, path, body, routed)
             status_name, http_status = "OK", 200
         except ServingStatus as exc:
-            reply, status_name, http_status = jsonio.error_response(exc.message), exc.code, exc.http_status
+            reply, status_name = jsonio.error_response(exc.message), exc.code
+            http_status = HTTP_STATUS[exc.code]
         self.core.metrics.request(routed.model, status_name, routed.api, "REST",
                                   (time.monotonic() - started) * 1e6)
         return http_status, JSON, reply.encode()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grpc
 
+from tfwarden.core.errors import ServingStatus
+
 # TF/absl code -> HTTP status, as TF Serving's http_server.cc maps them.
 HTTP_STATUS = {
     "OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400,
@@ -13,33 +15,6 @@ HTTP_STATUS = {
     "UNAUTHENTICATED": 401,
 }
 CODE_NUMBER = {code.name: code.value[0] for code in grpc.StatusCode}
-MAX_GRPC_MESSAGE = 1024
-
-
-class ServingStatus(Exception):
-    """A non-OK TF Serving status, e.g. ServingStatus("NOT_FOUND", "Servable not found ...")."""
-
-    def __init__(self, code: str, message: str) -> None:
-        if code not in HTTP_STATUS or code == "OK":
-            raise ValueError(f"not an error code: {code!r}")
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    @property
-    def http_status(self) -> int:
-        return HTTP_STATUS[self.code]
-
-    @property
-    def grpc_code(self) -> grpc.StatusCode:
-        return grpc.StatusCode[self.code]
-
-    @property
-    def grpc_message(self) -> str:
-        """TF Serving cuts messages over 1024 characters and marks them."""
-        if len(self.message) > MAX_GRPC_MESSAGE:
-            return self.message[:MAX_GRPC_MESSAGE] + "...TRUNCATED"
-        return self.message
 
 
 def not_found_latest(name: str) -> ServingStatus:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from tfwarden.serving.devserver.status import ServingStatus
+from tfwarden.core.errors import ServingStatus
 
 _FIELDS = {
     np.dtype(np.float32): (1, "float_val"), np.dtype(np.float64): (2, "double_val"),

@@ -118,7 +118,7 @@ def worker_pid(daemon: DaemonProcess) -> int:
     children = Path(f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/children").read_text().split()
     for pid in children:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if b"tfwarden.daemon.driftworker" in cmdline:
+        if b"tfwarden.detectors.drift.worker" in cmdline:
             return int(pid)
     raise AssertionError("no drift worker child")
 

@@ -14,7 +14,8 @@ import pytest
 from google.protobuf import text_format
 
 from tests.helpers import TESTDATA, DevServer, Nginx
-from tfwarden.lifecycle.routers.nginx import NginxRouter, RouterError
+from tfwarden.core.errors import RouterError
+from tfwarden.lifecycle.routers.nginx import NginxRouter
 
 pytestmark = pytest.mark.integration
 TFS = TESTDATA / "tfserving"

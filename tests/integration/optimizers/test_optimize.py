@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import DevServer
-from tfwarden.optimizers.pipeline import OptimizeError, Report, Request, Runner, optimize
+from tfwarden.core.errors import OptimizeError
+from tfwarden.optimizers.pipeline import Report, Request, Runner, optimize
 from tfwarden.optimizers.publish import MANIFEST, PROVENANCE, sha256_files, versions
 
 pytestmark = pytest.mark.integration

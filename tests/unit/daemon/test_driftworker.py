@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from tfwarden.core import framing
+from tfwarden.core.errors import WorkerDown
+from tfwarden.core.errors import WorkerFailed as WorkerError
 from tfwarden.daemon.config import DriftWorkerConfig
-from tfwarden.daemon.drift import DriftWorker, WorkerDown, WorkerError
+from tfwarden.daemon.drift import DriftWorker
 from tfwarden.daemon.recorder import Recorder
 
 
@@ -81,12 +83,13 @@ def test_a_hung_worker_times_out_and_is_replaced(tmp_path: Path) -> None:
 
 
 def test_garbage_on_stdin_ends_the_worker_with_one_line(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "tfwarden.daemon.driftworker", "--state-dir",
+    result = subprocess.run([sys.executable, "-m", "tfwarden.detectors.drift.worker", "--state-dir",
                              str(tmp_path)], input=b"\xff\xff\xff\xff", capture_output=True,
                             timeout=30)
     assert result.returncode == 2
     assert "frame of 4294967295 bytes announced" in result.stderr.decode()
-    ok = subprocess.run([sys.executable, "-m", "tfwarden.daemon.driftworker", "--state-dir", str(tmp_path)],
+    ok = subprocess.run([sys.executable, "-m", "tfwarden.detectors.drift.worker", "--state-dir",
+                         str(tmp_path)],
                         input=framing.encode({"op": "ping", "id": 7}), capture_output=True,
                         timeout=30)
     assert ok.returncode == 0 and framing.decode(ok.stdout[4:])["id"] == 7

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import TESTDATA
-from tfwarden.detectors.trace import TraceError, parse_line
+from tfwarden.core.errors import TraceError
+from tfwarden.detectors.trace import parse_line
 
 TRACE = TESTDATA / "traces" / "canary-2x-at-60s.jsonl"
 

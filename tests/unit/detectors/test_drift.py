@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tfwarden.core.errors import ReferenceError
 from tfwarden.detectors.drift.engines import BatchSettings, ScipyEngine, bh_adjust, make_engine, psi
-from tfwarden.detectors.drift.reference import Reference, ReferenceError, load_reference_file
+from tfwarden.detectors.drift.reference import Reference, load_reference_file
 
 FEATURES = [f"f{i}" for i in range(10)]
 

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from tfwarden.lifecycle.phases import TRANSITIONS, InvalidTransition, ModelStatus, Phase, transition
+from tfwarden.core.errors import InvalidTransition
+from tfwarden.core.status import TRANSITIONS, ModelStatus, Phase, transition
 
 
 def test_every_phase_has_a_row_and_paused_can_resume_anywhere() -> None:

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from tfwarden.core.errors import ConfigError
+from tfwarden.core.status import ModelStatus, Phase
 from tfwarden.core.types import Finding
-from tfwarden.lifecycle.phases import ModelStatus, Phase
 from tfwarden.policies.engine import PolicyMemory, evaluate, remember
 from tfwarden.policies.rules import RuleSet, load_ruleset
 

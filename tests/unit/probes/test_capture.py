@@ -4,13 +4,8 @@ import re
 
 import pytest
 
-from tfwarden.probes.capture import (
-    CaptureError,
-    InputSpec,
-    Reservoir,
-    rows_from_predict_body,
-    rows_from_samples,
-)
+from tfwarden.core.errors import CaptureError
+from tfwarden.probes.capture import InputSpec, Reservoir, rows_from_predict_body, rows_from_samples
 
 VECTOR = [InputSpec("x", 1, (-1, 3))]
 NAMED = [InputSpec("age", 9, (-1,)), InputSpec("name", 7, (-1,))]

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from tfwarden.core.errors import GoldenConversionError
 from tfwarden.probes.golden import GoldenRequest
-from tfwarden.probes.grpc_predict import GoldenConversionError, build_request, response_json, tensor
+from tfwarden.probes.grpc_predict import build_request, response_json, tensor
 
 
 def test_row_format_single_input_becomes_a_batched_tensor() -> None:

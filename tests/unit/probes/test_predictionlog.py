@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import TESTDATA
-from tfwarden.probes.predictionlog import PredictionLogError, read_rows, read_tfrecords
+from tfwarden.core.errors import PredictionLogError
+from tfwarden.probes.predictionlog import read_rows, read_tfrecords
 
 LOGS = TESTDATA / "predictionlog"
 

@@ -1,8 +1,9 @@
-"""The per-model lifecycle state machine: phases, allowed transitions, and the model status.
+"""A model's lifecycle status: phases, the table of allowed transitions, the status value.
 
 Transitions are a table, not code paths: ``transition`` refuses anything the table does not
 list, naming the phases. The status is a frozen value persisted in the state store, so a
-restarted daemon resumes where it stopped.
+restarted daemon resumes where it stopped. Policies read it, the lifecycle changes it (through
+``tfwarden.lifecycle.reconcile``), the detectors' role tracker follows it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import enum
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tfwarden.core.errors import TfwardenError
+from tfwarden.core.errors import InvalidTransition
 
 
 class Phase(enum.StrEnum):
@@ -36,10 +37,6 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
                                   Phase.PAUSED}),
     Phase.PAUSED: frozenset(Phase) - {Phase.PAUSED},
 }
-
-
-class InvalidTransition(TfwardenError):
-    """A phase change the transition table does not allow."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +73,11 @@ class ModelStatus:
                    paused_from=Phase(data["paused_from"]) if data.get("paused_from") else None,
                    last_error=data.get("last_error", ""),
                    rejected=tuple(data.get("rejected", ())))
+
+    @property
+    def roles(self) -> tuple[int | None, int | None]:
+        """(stable, canary) versions: what the detectors compare."""
+        return self.stable_version, self.canary_version
 
 
 def transition(status: ModelStatus, to: Phase, now: float, **changes: Any) -> ModelStatus:

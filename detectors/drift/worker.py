@@ -1,9 +1,9 @@
 """The drift worker: a long-lived subprocess that owns the drift detectors.
 
-Run as ``python -m daemon.driftworker --state-dir DIR``; never imported by the daemon process.
-It reads framed JSON requests on stdin and answers each with one frame on stdout (``core.framing``);
-file descriptor 1 is pointed at stderr before anything heavy is imported, so library output can
-never corrupt the protocol. Requests (``op``):
+Run as ``python -m tfwarden.detectors.drift.worker --state-dir DIR``; never imported by the
+daemon process. It answers framed JSON requests on stdin/stdout (``core.workers.serve``: file
+descriptor 1 points at stderr before anything heavy is imported, so library output can never
+corrupt the protocol). Requests (``op``):
 
 - ``configure``: model, engine (alibi|scipy), batch settings, reference (``path`` or ``rows``),
   features and kinds, optional ``online`` settings and ``outputs`` reference rows. Answers the
@@ -21,36 +21,14 @@ answering batch checks while a calibration runs for minutes.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
-import traceback
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
-
-
-def _protocol_stream() -> Any:
-    """A private copy of stdout for frames; fd 1 then goes to stderr."""
-    fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return os.fdopen(fd, "wb", buffering=0)
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item"):  # numpy scalars
-        return _clean(value.item())
-    return value
 
 
 def _die_with_parent() -> None:
@@ -110,7 +88,7 @@ class Worker:
         if handler is None:
             return {"error": f"op: unknown operation {op!r}"}
         try:
-            return dict(_clean(handler(request)))
+            return dict(handler(request))
         except (ValueError, KeyError, TypeError) as exc:
             return {"error": f"{op}: {exc}"}
 
@@ -244,29 +222,14 @@ def _rss_bytes() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tfwarden.core import framing
+    from tfwarden.core.workers import serve
 
     parser = argparse.ArgumentParser(prog="tfwarden-drift-worker")
     parser.add_argument("--state-dir", type=Path, required=True)
     args = parser.parse_args(argv)
-    out = _protocol_stream()
     worker = Worker(args.state_dir)
-    stdin = sys.stdin.buffer
     try:
-        while True:
-            try:
-                request = framing.read(stdin)
-            except framing.FrameError as exc:
-                print(f"drift worker: {exc}", file=sys.stderr)
-                return 2
-            if request is None:
-                return 0
-            try:
-                response = worker.handle(request)
-            except Exception:  # a bug: say so, keep serving
-                response = {"error": "internal error: " + traceback.format_exc(limit=3)[-800:]}
-            response["id"] = request.get("id")
-            out.write(framing.encode(response))
+        return serve(worker.handle, "drift worker")
     finally:
         worker.close()
 

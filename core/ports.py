@@ -1,0 +1,171 @@
+"""The small interfaces stages meet through (``daemon/build`` plugs the implementations in).
+
+Each is a Protocol with one to five methods: the journal and the state store, where samples,
+version states, lifecycle statuses and findings flow, and the metrics each stage records.
+Implementations live with their stage (``tfwarden.daemon.state.SQLiteStateStore``,
+``tfwarden.detectors.roster.Roster``...); tests use the small fakes in ``tests/fakes.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tfwarden.core.events import Event
+from tfwarden.core.status import ModelStatus
+from tfwarden.core.types import Decision, Finding, Sample, VersionState
+
+Row = list[float | str]
+FindingKey = tuple[str, str, Any]  # (detector, model or target, which one of the model's)
+
+
+# -- durable state ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JournalEntry:
+    """One journaled event as stored."""
+
+    id: int
+    t: float
+    kind: str
+    model: str | None
+    payload: dict[str, Any]
+
+
+class StateStore(Protocol):
+    """Durable state of one daemon.
+
+    ``append`` adds an event to the append-only journal and returns its id; ``entries`` reads
+    events after ``after_id`` in id order, optionally filtered by kind and model; ``put``/``get``
+    store JSON-serialisable values by key (``get`` returns None when absent). Methods raise
+    StateError when the store cannot be used.
+    """
+
+    def append(self, t: float, kind: str, payload: dict[str, Any], model: str | None = None) -> int:
+        ...
+
+    def entries(self, after_id: int = 0, limit: int = 100, kind: str | None = None,
+                model: str | None = None) -> list[JournalEntry]: ...
+
+    def put(self, key: str, value: Any, t: float) -> None: ...
+
+    def get(self, key: str) -> Any: ...
+
+    def checkpoint(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class KeyValueStore(Protocol):
+    """The part of the state store a stage keeps its own state in."""
+
+    def put(self, key: str, value: Any, t: float) -> None: ...
+
+    def get(self, key: str) -> Any: ...
+
+
+class Journal(Protocol):
+    """Appends a typed event (with the time and its model) and returns its id."""
+
+    def record(self, event: Event) -> int: ...
+
+
+# -- what flows between stages ------------------------------------------------------------------
+class SampleSink(Protocol):
+    def observe(self, sample: Sample) -> None: ...
+
+
+class VersionStatusSink(Protocol):
+    """Told what the server reports for a model: its versions, and its labels when known."""
+
+    def versions_seen(self, model: str, versions: Sequence[VersionState],
+                      labels: Mapping[str, int] | None) -> None: ...
+
+
+class StatusListener(Protocol):
+    """Told each lifecycle status as soon as it changes (the role tracker follows it)."""
+
+    def status_changed(self, status: ModelStatus) -> None: ...
+
+
+class Roles(Protocol):
+    def roles(self, model: str) -> tuple[int | None, int | None]:
+        """(stable, canary) versions of ``model``; None where there is none."""
+        ...
+
+
+class FindingSink(Protocol):
+    """Keeps the latest finding under ``key``; journals and logs verdict changes."""
+
+    def publish(self, key: FindingKey, finding: Finding) -> None: ...
+
+
+class FindingSource(Protocol):
+    def findings(self) -> list[Finding]: ...
+
+
+class CapturedRows(Protocol):
+    """Input rows captured from mirrored traffic and client samples (``probes.capture``)."""
+
+    def take_new(self, model: str) -> list[tuple[int | None, Row]]:
+        """Rows captured since the last call, oldest first, with the version they were for."""
+        ...
+
+    def kept_rows(self, model: str, version: int) -> tuple[list[str], list[Row]]:
+        """Feature names and the reservoir rows of ``version`` and of unversioned captures."""
+        ...
+
+
+class CalibrationSource(Protocol):
+    def calibration_inputs(self, model: str) -> tuple[list[str], list[Row]] | str | None:
+        """Inputs representative of ``model``'s traffic (the drift reference): a file path,
+        (features, rows), or None."""
+        ...
+
+
+class Policy(Protocol):
+    def decide(self, findings: Sequence[Finding], statuses: Mapping[str, ModelStatus],
+               now: float) -> list[Decision]:
+        """Decisions for every model (deterministic; remembers verdict history between calls)."""
+        ...
+
+
+# -- metrics (one Recorder implements them all: tfwarden.daemon.recorder) -----------------------
+class ProbeMetrics(Protocol):
+    def probe_request(self, model: str, version: str, target: str, outcome: str,
+                      latency_seconds: float) -> None: ...
+
+    def probe_skipped(self, model: str, version: str, target: str, count: int) -> None: ...
+
+    def probe_ran(self, probe: str, ok: bool) -> None: ...
+
+    def version_state(self, serving: str, model: str, version: int, state: float) -> None: ...
+
+    def memory(self, target: str, kind: str, value: float) -> None: ...
+
+
+class CaptureMetrics(Protocol):
+    def captured(self, model: str, outcome: str, status: int, rows: int) -> None: ...
+
+
+class FindingMetrics(Protocol):
+    def finding(self, finding: Finding) -> None: ...
+
+
+class DriftMetrics(CaptureMetrics, Protocol):
+    def drift_report(self, model: str, report: dict[str, Any], drifted: bool) -> None: ...
+
+    def drift_disagreement(self, model: str, version: int, ratio: float) -> None: ...
+
+    def drift_worker(self, up: bool, restarted: bool = False,
+                     rss_bytes: int | None = None) -> None: ...
+
+
+class LifecycleMetrics(Protocol):
+    def decision(self, model: str, action: str, dry_run: bool) -> None: ...
+
+    def action(self, model: str, action: str, outcome: str) -> None: ...
+
+    def model_phase(self, model: str, phase: str, weight: int) -> None: ...
+
+    def notified(self, notifier: str, ok: bool) -> None: ...
