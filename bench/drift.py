@@ -31,8 +31,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tfwarden.core import framing  # noqa: E402
-from tfwarden.detectors.drift.engines import BatchSettings, OnlineDrift, OnlineSettings, ScipyEngine  # noqa: E402
+from tfwarden.detectors.drift.engines import OnlineDrift, ScipyEngine  # noqa: E402
 from tfwarden.detectors.drift.reference import Reference  # noqa: E402
+from tfwarden.detectors.drift.settings import BatchSettings, OnlineSettings  # noqa: E402
 
 WEEK_WINDOWS = 12_096
 

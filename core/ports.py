@@ -8,8 +8,9 @@ Implementations live with their stage (``tfwarden.daemon.state.SQLiteStateStore`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from tfwarden.core.events import Event
@@ -70,9 +71,21 @@ class Journal(Protocol):
     def record(self, event: Event) -> int: ...
 
 
+class Scheduler(Protocol):
+    """Runs coroutine functions periodically (``tfwarden.daemon.jobs.JobRunner``)."""
+
+    def add(self, name: str, func: Callable[[], Awaitable[None]], interval_seconds: float,
+            jitter: float = 0, run_now: bool = False) -> None:
+        """Run ``func`` every ``interval_seconds`` (replacing a job of the same name), starting
+        at once when ``run_now``."""
+        ...
+
+    def remove(self, name: str) -> None: ...
+
+
 # -- what flows between stages ------------------------------------------------------------------
 class SampleSink(Protocol):
-    def observe(self, sample: Sample) -> None: ...
+    def observe(self, sample: Sample) -> object: ...
 
 
 class VersionStatusSink(Protocol):
@@ -97,7 +110,7 @@ class Roles(Protocol):
 class FindingSink(Protocol):
     """Keeps the latest finding under ``key``; journals and logs verdict changes."""
 
-    def publish(self, key: FindingKey, finding: Finding) -> None: ...
+    def publish(self, key: FindingKey, finding: Finding) -> object: ...
 
 
 class FindingSource(Protocol):
@@ -117,9 +130,9 @@ class CapturedRows(Protocol):
 
 
 class CalibrationSource(Protocol):
-    def calibration_inputs(self, model: str) -> tuple[list[str], list[Row]] | str | None:
-        """Inputs representative of ``model``'s traffic (the drift reference): a file path,
-        (features, rows), or None."""
+    def calibration_inputs(self, model: str) -> Path | tuple[list[str], list[Row]] | None:
+        """Inputs representative of ``model``'s traffic (its drift reference): a file,
+        (feature names, rows), or None."""
         ...
 
 

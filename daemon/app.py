@@ -1,8 +1,9 @@
-"""The daemon: composition root and process lifecycle (start, reload, stop).
+"""The daemon process: start, reload, stop, and what the HTTP API asks of it.
 
-One asyncio loop runs the scheduler, the HTTP server and the systemd watchdog. Start-up order:
-config -> state store -> TF Serving protos -> scheduler -> HTTP -> READY=1. SIGHUP and
-``POST /-/reload`` swap the configuration atomically; SIGTERM/SIGINT stop it within
+One asyncio loop runs the scheduler, the pipeline (``build``), the HTTP server and the systemd
+watchdog. Start-up order: config -> state store -> TF Serving protos -> scheduler -> pipeline ->
+HTTP -> READY=1. SIGHUP and ``POST /-/reload`` hand the stages a new configuration atomically
+(an invalid one is refused and the old one kept); SIGTERM/SIGINT stop it within
 ``server.shutdown_grace_seconds`` + ~1 s.
 """
 
@@ -20,29 +21,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import uvicorn
 
 from tfwarden.core.clock import Clock, SystemClock
 from tfwarden.core.errors import ConfigError, StartupError
-from tfwarden.core.series import SeriesWindows
-from tfwarden.core.types import Finding
-from tfwarden.daemon import tracing
-from tfwarden.daemon.capture import CaptureService
+from tfwarden.core.events import ConfigLoaded, ConfigReloadFailed, DaemonStarting, DaemonStopped, Event
+from tfwarden.core.ports import StateStore
+from tfwarden.daemon import build, tracing
 from tfwarden.daemon.config import Config, load_config, read_bearer_token
-from tfwarden.daemon.detection import EVALUATE_SECONDS, DetectionSupervisor
-from tfwarden.daemon.drift import DriftSupervisor, DriftWorker
 from tfwarden.daemon.http import create_app
 from tfwarden.daemon.jobs import JobRunner
-from tfwarden.daemon.lifecycle_runner import POLICY_SECONDS, LifecycleRunner
 from tfwarden.daemon.logs import set_level
-from tfwarden.daemon.notify import notifiers_from
-from tfwarden.daemon.probing import ProbeSupervisor
 from tfwarden.daemon.recorder import Recorder
 from tfwarden.daemon.sdnotify import SystemdNotifier, watchdog_loop
-from tfwarden.daemon.state import SQLiteStateStore, StateStore
-from tfwarden.lifecycle.notifiers.dispatch import Dispatcher
-from tfwarden.policies.rules import RuleSet, load_ruleset
+from tfwarden.daemon.state import SQLiteStateStore
+from tfwarden.detectors.alerts import receive
 from tfwarden.serving.tfserving import protos
 
 log = logging.getLogger("tfwarden.daemon")
@@ -69,7 +62,7 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class Daemon:
-    """A running tfwarden daemon."""
+    """A running tfwarden daemon: the process around the pipeline ``build`` makes."""
 
     def __init__(
         self,
@@ -89,17 +82,9 @@ class Daemon:
         self._store_factory = store_factory
         self.config: Config | None = None
         self.generation = 0
-        self.store: StateStore | None = None
         self.jobs = JobRunner(self.recorder, self.clock)
-        self.windows = SeriesWindows()
-        self.probes: ProbeSupervisor | None = None
-        self.detection: DetectionSupervisor | None = None
-        self.lifecycle: LifecycleRunner | None = None
-        self.dispatcher: Dispatcher | None = None
-        self._http = httpx.AsyncClient()
-        self.capture_service: CaptureService | None = None
-        self.drift_worker: DriftWorker | None = None
-        self.drift: DriftSupervisor | None = None
+        self.process: build.Process | None = None
+        self.pipeline: build.Pipeline | None = None
         self._token: str | None = None
         self._ready = False
         self._stopping = False
@@ -121,76 +106,56 @@ class Daemon:
     def stopping(self) -> bool:
         return self._stopping
 
+    @property
+    def max_body_bytes(self) -> int | None:
+        return self.config.capture.max_body_bytes if self.config else None
+
     def bearer_token(self) -> str | None:
         return self._token
 
     def findings(self) -> list[dict[str, Any]]:
-        return self.detection.current() if self.detection is not None else []
+        return self.pipeline.roster.to_json() if self.pipeline is not None else []
 
     def models(self) -> list[dict[str, Any]]:
-        runner = self.lifecycle
+        runner = self.pipeline.runner if self.pipeline else None
         return [s.to_json() for _, s in sorted(runner.statuses.items())] if runner else []
 
     def model(self, name: str) -> dict[str, Any] | None:
-        runner = self.lifecycle
-        if runner is None or name not in runner.statuses:
+        if self.pipeline is None or name not in self.pipeline.runner.statuses:
             return None
         findings = [f for f in self.findings() if f["model"] == name]
-        return {**runner.model_json(name), "findings": findings}
+        return {**self.pipeline.runner.model_json(name), "findings": findings}
 
     def journal(self, after_id: int, limit: int, kind: str | None,
                 model: str | None) -> list[dict[str, Any]]:
-        if self.store is None:
+        if self.process is None:
             return []
         return [{"id": e.id, "t": e.t, "kind": e.kind, "model": e.model, "payload": e.payload}
-                for e in self.store.entries(after_id, limit, kind, model)]
+                for e in self.process.store.entries(after_id, limit, kind, model)]
 
     async def manual_action(self, model: str, action: str) -> dict[str, Any]:
-        assert self.lifecycle is not None
-        return await self.lifecycle.manual(model, action)
+        assert self.pipeline is not None
+        return await self.pipeline.runner.manual(model, action)
 
     async def capture(self, model: str, body: bytes, client: str, kind: str,
                       version: int | None) -> dict[str, Any]:
-        assert self.capture_service is not None
-        return await self.capture_service.receive(model, body, client, kind, version)
+        assert self.pipeline is not None
+        return await self.pipeline.capture.receive(model, body, client, kind, version)
 
     def drift_report(self, name: str) -> dict[str, Any] | None:
-        return self.drift.report(name) if self.drift is not None else None
-
-    def _captured_rows(self, model: str, version: int) -> tuple[list[str], list[list[Any]]]:
-        """Reservoir rows of ``version`` and of unversioned (mirrored) captures."""
-        service = self.capture_service
-        return service.kept_rows(model, version) if service is not None else ([], [])
+        return self.pipeline.drift.report(name) if self.pipeline is not None else None
 
     def capture_stats(self, model: str) -> dict[str, Any]:
-        return self.capture_service.stats(model) if self.capture_service else {}
+        return self.pipeline.capture.stats(model) if self.pipeline else {}
 
     def receive_alerts(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Alertmanager webhook: configured alerts become findings for the policies."""
-        assert self.config is not None and self.detection is not None
-        rules = {r.alertname: r for r in self.config.alerting.receive}
-        accepted = ignored = 0
-        now = self.clock.now()
-        for alert in payload["alerts"]:
-            labels = alert.get("labels", {}) if isinstance(alert, dict) else {}
-            rule = rules.get(labels.get("alertname", ""))
-            if rule is None:
-                ignored += 1
-                continue
-            firing = alert.get("status") == "firing"
-            finding = Finding(rule.detector, "regression" if firing else "ok", now,
-                              model=labels.get(rule.model_label, ""), version=None,
-                              target=f"alertmanager:{rule.alertname}",
-                              severity=labels.get("severity", "") if firing else "",
-                              reason=str(alert.get("annotations", {}).get("summary", ""))[:300],
-                              evidence={"alertname": rule.alertname, "labels": labels})
-            identity = ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != "severity")
-            self.detection.add_external(finding, now + rule.expire_seconds, identity)
-            accepted += 1
-        return {"accepted": accepted, "ignored": ignored}
+        assert self.config is not None and self.pipeline is not None
+        return receive(self.config.alerting.receive, payload["alerts"], self.pipeline.roster,
+                       self.clock.now())
 
     def probes_debug(self) -> dict[str, Any]:
-        return self.probes.debug() if self.probes is not None else {}
+        return self.pipeline.probes.debug() if self.pipeline is not None else {}
 
     def status(self) -> dict[str, Any]:
         config = self.config
@@ -219,91 +184,27 @@ class Daemon:
             try:
                 new = load_config(self.config_path)
                 token = read_bearer_token(new)
+                assert self.pipeline is not None and self.process is not None
+                await build.reconfigure(self.pipeline, new, self.process)
             except ConfigError as exc:
                 return self._reload_failed(trigger, exc)
             self._pending_restart = _restart_only_changes(old, new) if old else []
             for field in self._pending_restart:
                 log.warning("%s changed in %s; it takes effect after a restart", field,
                             self.config_path)
-            try:
-                await self._restart_probes(new)
-            except ConfigError as exc:
-                return self._reload_failed(trigger, exc)
-            self.config, self._token = new, token
-            self.generation += 1
-            set_level(new.logging.level)
-            now = self.clock.now()
-            self._last_reload = {"ok": True, "t": now, "trigger": trigger, "error": None}
-            self.recorder.config_loaded(True, now, self.generation)
-            self._journal("config_loaded", {"generation": self.generation, "trigger": trigger})
-            if old is not None:
-                log.info("configuration reloaded (%s): generation %d", trigger, self.generation)
-                self.notifier.status(self._status_line())
+            self._loaded(new, token, trigger)
+            log.info("configuration reloaded (%s): generation %d", trigger, self.generation)
+            self.notifier.status(self._status_line())
             return {"ok": True, "generation": self.generation}
 
-    async def _restart_probes(self, config: Config) -> None:
-        """Replace the running probes with those of ``config`` (golden files are read first,
-        so a bad one keeps the old probes running)."""
-        detection = DetectionSupervisor(config, self.recorder, self.clock, self.windows,
-                                        self._journal_model)
-        supervisor = ProbeSupervisor(config, self.jobs, self.recorder, self.clock, self.windows,
-                                     on_sample=detection.observe, on_status=detection.update_roles)
-        supervisor.load_golden()
-        if self.probes is not None:
-            await self.probes.stop()
-        ruleset = load_ruleset(config.policies.ruleset)
-        if self.capture_service is None:
-            self.capture_service = CaptureService(config, self.recorder, self.clock)
-        else:  # reservoirs survive a reload; signatures are read again
-            await self.capture_service.reconfigure(config)
-        self.probes, self.detection = supervisor, detection
-        self.jobs.add("detect", detection.evaluate, EVALUATE_SECONDS)
-        await self._restart_drift(config, detection)
-        supervisor.start()
-        await self._restart_lifecycle(config, ruleset, detection)
-
-    async def _restart_drift(self, config: Config, detection: DetectionSupervisor) -> None:
-        assert self.capture_service is not None
-        if self.drift_worker is None:
-            self.drift_worker = DriftWorker(config.state_dir, config.detection.drift_worker,
-                                            self.recorder)
-        self.drift_worker.settings = config.detection.drift_worker
-        self.drift = DriftSupervisor(config, self.drift_worker, self.capture_service,
-                                     self.recorder, self.clock, self._http,
-                                     detection.role_versions, detection.publish)
-        if self.drift.states:
-            self.jobs.add("drift", self.drift.tick, min(5.0, self.drift.interval))
-        else:
-            self.jobs.remove("drift")
-            await self.drift_worker.stop()
-
-    async def _restart_lifecycle(self, config: Config, ruleset: RuleSet,
-                                 detection: DetectionSupervisor) -> None:
-        if self.lifecycle is not None:
-            await self.lifecycle.stop()
-        if self.dispatcher is not None:
-            await self.dispatcher.stop()
-        assert self.store is not None
-        self.dispatcher = Dispatcher(notifiers_from(config, self._http),
-                                     on_result=self.recorder.notified)
-        self.dispatcher.start()
-        runner = LifecycleRunner(config, ruleset, self.store, self.recorder, self.clock,
-                                 self.dispatcher, self._journal_model, detection.all_findings,
-                                 self._captured_rows)
-        self.lifecycle = runner
-        if not runner.models:
-            return
-        self._spawn(lambda: self._start_lifecycle(runner))
-
-    async def _start_lifecycle(self, runner: LifecycleRunner) -> None:
-        """Resume (and finish interrupted actions) before the policy loop may act."""
-        await runner.start()
-        if runner is not self.lifecycle:
-            return  # replaced by a reload meanwhile
-        interval = min(m.lifecycle.version_poll_seconds for m in runner.models.values())
-        self.jobs.add("policy", runner.tick, POLICY_SECONDS)
-        self.jobs.add("new-versions", runner.watch_versions, interval)
-        self.jobs.add("unload-previous", runner.unload_previous, 30.0)
+    def _loaded(self, config: Config, token: str | None, trigger: str) -> None:
+        self.config, self._token = config, token
+        self.generation += 1
+        set_level(config.logging.level)
+        now = self.clock.now()
+        self._last_reload = {"ok": True, "t": now, "trigger": trigger, "error": None}
+        self.recorder.config_loaded(True, now, self.generation)
+        self._journal(ConfigLoaded(self.generation, trigger))
 
     def _reload_failed(self, trigger: str, exc: ConfigError) -> dict[str, Any]:
         now = self.clock.now()
@@ -311,7 +212,7 @@ class Daemon:
                   trigger, self.generation, exc)
         self._last_reload = {"ok": False, "t": now, "trigger": trigger, "error": str(exc)}
         self.recorder.config_loaded(False, now, self.generation)
-        self._journal("config_reload_failed", {"trigger": trigger, "error": str(exc)})
+        self._journal(ConfigReloadFailed(trigger, str(exc)))
         return {
             "ok": False,
             "generation": self.generation,
@@ -325,21 +226,19 @@ class Daemon:
         """Start, serve until SIGTERM/SIGINT, stop. Raises ConfigError/StateError/StartupError."""
         self.recorder.started(self._started_at)
         self._install_signal_handlers()
-        self.config = load_config(self.config_path)
-        self._token = read_bearer_token(self.config)
-        set_level(self.config.logging.level)
-        self.generation = 1
-        self.recorder.config_loaded(True, self.clock.now(), self.generation)
-        self._last_reload = {"ok": True, "t": self.clock.now(), "trigger": "start", "error": None}
-        self.store = self._store_factory(self.config.state_dir)
-        tracing.setup(self.config.tracing, self.version)
-        self._journal("daemon_starting", {"pid": os.getpid(), "version": self.version})
-        self._journal("config_loaded", {"generation": self.generation, "trigger": "start"})
+        config = load_config(self.config_path)
+        token = read_bearer_token(config)
+        self.process = build.Process(self.clock, self.recorder,
+                                     self._store_factory(config.state_dir), self.jobs)
+        tracing.setup(config.tracing, self.version)
+        self._journal(DaemonStarting(os.getpid(), self.version))
+        self._loaded(config, token, "start")
         protos.load()
-        sock = _bind(self.config.server.host, self.config.server.port)
+        sock = _bind(config.server.host, config.server.port)
         self.jobs.start()
         self._add_jobs()
-        await self._restart_probes(self.config)
+        self.pipeline = build.build(config, self.process)
+        await build.start(self.pipeline, self.jobs)
         server = _EmbeddedServer(uvicorn.Config(
             create_app(self), log_config=None, access_log=False, lifespan="off",
             timeout_graceful_shutdown=int(HTTP_STOP_SECONDS), server_header=False,
@@ -347,15 +246,14 @@ class Daemon:
         serve_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
         while not server.started:
             if serve_task.done():
-                raise StartupError(f"HTTP server on {self.config.server.listen} failed to start")
+                raise StartupError(f"HTTP server on {config.server.listen} failed to start")
             await asyncio.sleep(0.01)
         self._start_watchdog()
         self._ready = True
         self.recorder.set_ready(True)
         self.notifier.ready(self._status_line())
         log.info("ready on http://%s (config %s, generation %d, %d model(s))",
-                 self.config.server.listen, self.config_path, self.generation,
-                 len(self.config.models))
+                 config.server.listen, self.config_path, self.generation, len(config.models))
         if not self._stop.is_set():
             await self._stop.wait()
         await self._shutdown(server, serve_task)
@@ -386,19 +284,11 @@ class Daemon:
 
     async def _shutdown(self, server: uvicorn.Server, serve_task: asyncio.Task[Any]) -> None:
         self._begin_stopping()
-        assert self.config is not None
-        if self.probes is not None:
-            await self.probes.stop()
+        assert self.config is not None and self.pipeline is not None and self.process is not None
+        await build.stop(self.pipeline)
         cancelled = await self.jobs.drain(self.config.server.shutdown_grace_seconds)
-        if self.lifecycle is not None:
-            await self.lifecycle.stop()
-        if self.dispatcher is not None:
-            await self.dispatcher.stop()
-        if self.drift_worker is not None:
-            await self.drift_worker.stop()
-        await self._http.aclose()
-        if self.capture_service is not None:
-            await self.capture_service.close()
+        await build.close(self.pipeline)
+        await self.process.close()
         server.should_exit = True
         try:
             await asyncio.wait_for(serve_task, HTTP_STOP_SECONDS + 1)
@@ -407,10 +297,9 @@ class Daemon:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        self._journal("daemon_stopped", {"cancelled_jobs": cancelled})
+        self._journal(DaemonStopped(cancelled))
         tracing.shutdown()
-        if self.store is not None:
-            self.store.close()
+        self.process.store.close()
         self.notifier.close()
         log.info("stopped")
 
@@ -423,8 +312,8 @@ class Daemon:
         self._last_heartbeat = time.monotonic()
 
     async def _checkpoint(self) -> None:
-        if self.store is not None:
-            self.store.checkpoint()
+        if self.process is not None:
+            self.process.store.checkpoint()
 
     def _start_watchdog(self) -> None:
         usec = self.notifier.watchdog_usec
@@ -448,15 +337,9 @@ class Daemon:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _journal(self, kind: str, payload: dict[str, Any]) -> None:
-        self._journal_model(kind, payload, None)
-
-    def _journal_model(self, kind: str, payload: dict[str, Any], model: str | None) -> int:
-        if self.store is None:
-            return 0
-        entry_id = self.store.append(self.clock.now(), kind, payload, model=model)
-        self.recorder.journaled(kind)
-        return entry_id
+    def _journal(self, event: Event) -> None:
+        if self.process is not None:
+            self.process.journal.record(event)
 
     def _status_line(self) -> str:
         n_models = len(self.config.models) if self.config else 0

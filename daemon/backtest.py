@@ -1,4 +1,5 @@
-"""``tfwarden backtest TRACE [--config FILE]``: replay a trace through the detectors."""
+"""``tfwarden backtest TRACE [--config FILE]``: replay a trace through the detectors and the
+policies, as the daemon would have run them (docs/trace-format.md)."""
 
 from __future__ import annotations
 
@@ -9,59 +10,44 @@ from pathlib import Path
 from typing import Any
 
 from tfwarden.core.errors import ConfigError, ConfigProblem, TraceError
-from tfwarden.daemon.config import Config, DriftConfig, load_config
-from tfwarden.daemon.policy_replay import PolicyReplay
-from tfwarden.detectors.backtest import Backtest, DetectionSettings
-from tfwarden.detectors.errors import ErrorSettings
-from tfwarden.detectors.latency import LatencySettings
-from tfwarden.detectors.memory import MemorySettings
-from tfwarden.detectors.trace import read_trace
+from tfwarden.daemon.config import Config, load_config
+from tfwarden.detectors.backtest import Backtest
+from tfwarden.detectors.drift.settings import DriftSettings
+from tfwarden.detectors.trace import TraceEvent, read_trace
+from tfwarden.lifecycle.replay import PolicyReplay
 from tfwarden.policies.rules import load_ruleset
-
-
-def detection_settings(config: Config | None) -> tuple[DetectionSettings, dict[str, float]]:
-    """Detector settings and per-model availability objectives from a configuration."""
-    if config is None:
-        return DetectionSettings(), {}
-    d = config.detection
-    settings = DetectionSettings(latency=LatencySettings(**d.latency.model_dump()),
-                                 errors=ErrorSettings(**d.errors.model_dump()),
-                                 memory=MemorySettings(**d.memory.model_dump()))
-    return settings, {m.name: m.slo.availability for m in config.models}
 
 
 def _drift_replay(config: Config | None) -> Any:
     """Input drift for ``inputs`` lines (numpy/scipy/alibi-detect: loaded only when needed)."""
-    from tfwarden.detectors.drift.engines import BatchSettings
-    from tfwarden.detectors.drift.replay import InputDriftReplay, ReplaySettings
-    from tfwarden.probes.predictionlog import read_rows
+    from tfwarden.detectors.drift.replay import InputDriftReplay
+    from tfwarden.serving.tfserving.predictionlog import read_rows
 
     drift = {m.name: m.drift for m in config.models if m.drift is not None} if config else {}
 
-    def settings(model: str) -> ReplaySettings:
-        d = drift.get(model) or DriftConfig()
-        return ReplaySettings(
-            engine=d.engine, reference=d.reference, reference_rows=d.reference_rows,
-            kinds={f.name: f.kind for f in d.features} if d.features else None,
-            window_rows=d.window_rows, consecutive=d.consecutive,
-            batch=BatchSettings(p_value=d.p_value, correction=d.correction,
-                                multivariate=d.multivariate))
+    def settings(model: str) -> DriftSettings:
+        return drift.get(model) or DriftSettings()
 
     return InputDriftReplay(settings, read_rows)
+
+
+def _events(trace: Path) -> list[TraceEvent]:
+    try:
+        with trace.open(encoding="utf-8") as handle:
+            return sorted(read_trace(handle), key=lambda e: (e.t, e.line))
+    except OSError as exc:
+        raise ConfigError(str(trace), [ConfigProblem("", f"cannot read trace: {exc.strerror}")]) \
+            from exc
+    except TraceError as exc:
+        raise TraceError(f"{trace}: {exc}") from None
 
 
 def run_backtest(trace: Path, config_path: Path | None) -> int:
     started = time.monotonic()
     config = load_config(config_path) if config_path else None
-    settings, availability = detection_settings(config)
-    try:
-        with trace.open(encoding="utf-8") as handle:
-            events = sorted(read_trace(handle), key=lambda e: (e.t, e.line))
-    except OSError as exc:
-        raise ConfigError(str(trace), [ConfigProblem("", f"cannot read trace: {exc.strerror}")]) from exc
-    except TraceError as exc:
-        raise TraceError(f"{trace}: {exc}") from None
-    engine = Backtest(settings, availability)
+    events = _events(trace)
+    engine = Backtest(config.detection if config else None,
+                      {m.name: m.slo for m in config.models} if config else None)
     drift = _drift_replay(config) if any(e.type == "inputs" for e in events) else None
     replay = PolicyReplay(load_ruleset(config.policies.ruleset if config else "default"))
     out = sys.stdout
@@ -73,7 +59,7 @@ def run_backtest(trace: Path, config_path: Path | None) -> int:
             out.write(json.dumps(finding.to_json(), sort_keys=False) + "\n")
             if finding.detector == "drift":
                 engine.counts[finding.verdict] += 1
-        roles = engine.roles()
+        roles = engine.all_roles()
         if event.type == "inputs" and event.model not in roles:
             inputs_only[event.model] = (event.version, None)  # a model seen only in inputs
         replay.follow_roles({**inputs_only, **roles}, event.t)

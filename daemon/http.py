@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tfwarden.core.errors import ApiError, Refused
+from tfwarden.core.errors import ActionRefused, ApiError, Refused
 from tfwarden.daemon.recorder import Recorder
 
 
@@ -29,6 +29,9 @@ class DaemonControl(Protocol):
 
     @property
     def stopping(self) -> bool: ...
+
+    @property
+    def max_body_bytes(self) -> int | None: ...
 
     def bearer_token(self) -> str | None: ...
 
@@ -149,7 +152,7 @@ def create_app(daemon: DaemonControl) -> FastAPI:
             raise ApiError(404, f"model {name!r} is not managed by tfwarden")
         try:
             return await daemon.manual_action(name, action)
-        except ValueError as exc:
+        except ActionRefused as exc:
             raise ApiError(409, str(exc)) from None
 
     @app.get("/api/v1/journal")
@@ -174,10 +177,9 @@ def create_app(daemon: DaemonControl) -> FastAPI:
     async def _capture(kind: str, model: str, request: Request,
                        version: int | None) -> dict[str, Any]:
         length = request.headers.get("content-length")
-        limit = getattr(getattr(daemon, "config", None), "capture", None)
-        if limit is not None and length and length.isdigit() and \
-                int(length) > limit.max_body_bytes:
-            raise ApiError(413, f"body of {length} bytes is over {limit.max_body_bytes}")
+        limit = daemon.max_body_bytes
+        if limit is not None and length and length.isdigit() and int(length) > limit:
+            raise ApiError(413, f"body of {length} bytes is over {limit}")
         client = request.client.host if request.client else "unknown"
         body = await request.body()
         try:

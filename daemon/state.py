@@ -1,9 +1,8 @@
 """The state store: an append-only journal of events plus a small key-value table.
 
-:class:`StateStore` is the interface; :class:`SQLiteStateStore` (WAL mode, versioned schema
-migrations, ``state.db`` under ``state_dir``) is the production implementation and
-:class:`MemoryStateStore` the one for tests. Later issues persist lifecycle status, baselines and
-calibrated detector state through ``put``/``get``.
+:class:`SQLiteStateStore` (WAL mode, versioned schema migrations, ``state.db`` under
+``state_dir``) implements ``core.ports.StateStore`` (``tests/fakes.MemoryStateStore`` is the
+in-memory one); :class:`EventJournal` is the journal port the stages record typed events through.
 """
 
 from __future__ import annotations
@@ -13,11 +12,14 @@ import os
 import sqlite3
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from tfwarden.core.clock import Clock
 from tfwarden.core.errors import StateError
+from tfwarden.core.events import Event
+from tfwarden.core.ports import JournalEntry, StateStore
+from tfwarden.daemon.recorder import Recorder
 
 DB_NAME = "state.db"
 
@@ -47,77 +49,18 @@ MIGRATIONS: Sequence[str] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-@dataclass(frozen=True)
-class JournalEntry:
-    """One journaled event."""
 
-    id: int
-    t: float
-    kind: str
-    model: str | None
-    payload: dict[str, Any]
+class EventJournal:
+    """``core.ports.Journal`` over a state store: typed events, timed by the clock, counted."""
 
+    def __init__(self, store: StateStore, clock: Clock, recorder: Recorder) -> None:
+        self.store, self.clock, self.recorder = store, clock, recorder
 
-class StateStore(Protocol):
-    """Durable state of one daemon.
-
-    ``append`` adds an event to the append-only journal and returns its id; ``entries`` reads
-    events after ``after_id`` in id order, optionally filtered by kind and model; ``put``/``get``
-    store JSON-serialisable values by key (``get`` returns None when absent). Methods raise
-    StateError when the store cannot be used.
-    """
-
-    def append(self, t: float, kind: str, payload: dict[str, Any], model: str | None = None) -> int:
-        ...
-
-    def entries(
-        self, after_id: int = 0, limit: int = 100, kind: str | None = None,
-        model: str | None = None,
-    ) -> list[JournalEntry]: ...
-
-    def put(self, key: str, value: Any, t: float) -> None: ...
-
-    def get(self, key: str) -> Any: ...
-
-    def checkpoint(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class MemoryStateStore:
-    """In-memory StateStore for tests."""
-
-    def __init__(self) -> None:
-        self._journal: list[JournalEntry] = []
-        self._kv: dict[str, str] = {}
-
-    def append(self, t: float, kind: str, payload: dict[str, Any], model: str | None = None) -> int:
-        entry = JournalEntry(len(self._journal) + 1, t, kind, model, json.loads(json.dumps(payload)))
-        self._journal.append(entry)
-        return entry.id
-
-    def entries(
-        self, after_id: int = 0, limit: int = 100, kind: str | None = None,
-        model: str | None = None,
-    ) -> list[JournalEntry]:
-        selected = [
-            e for e in self._journal
-            if e.id > after_id and kind in (None, e.kind) and model in (None, e.model)
-        ]
-        return selected[:limit]
-
-    def put(self, key: str, value: Any, t: float) -> None:
-        self._kv[key] = json.dumps(value)
-
-    def get(self, key: str) -> Any:
-        raw = self._kv.get(key)
-        return None if raw is None else json.loads(raw)
-
-    def checkpoint(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    def record(self, event: Event) -> int:
+        entry_id = self.store.append(self.clock.now(), event.kind, event.payload(),
+                                     model=event.subject)
+        self.recorder.journaled(event.kind)
+        return entry_id
 
 
 class SQLiteStateStore:

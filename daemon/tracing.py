@@ -8,7 +8,8 @@ source version, gate verdict, published version) with one child span per worker 
 ``tracing.exporter``: ``none`` (default: OpenTelemetry is not even imported), ``otlp`` (OTLP over
 HTTP/protobuf to ``tracing.endpoint``, e.g. an OpenTelemetry Collector, Jaeger or Tempo) or
 ``file`` (one JSON span per line, for debugging). Spans are batched in a background thread and
-flushed at shutdown; an unreachable collector costs dropped spans, never a stalled daemon.
+flushed at shutdown; an unreachable collector costs dropped spans, never a stalled daemon. The
+stages open spans through ``tfwarden.core.trace``; ``setup`` routes them here.
 """
 
 from __future__ import annotations
@@ -18,19 +19,44 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
+from tfwarden.core import trace
 from tfwarden.daemon.config import TracingConfig
 
-_tracer: Any = None
 _provider: Any = None
 _file: IO[str] | None = None
 
 
+class _Span:
+    """An OpenTelemetry span behind ``core.trace.Span``."""
+
+    def __init__(self, span: Any) -> None:
+        self._span = span
+
+    def set(self, **attributes: Any) -> None:
+        self._span.set_attributes(_attributes(attributes))
+
+    def fail(self, message: str) -> None:
+        from opentelemetry.trace import Status, StatusCode
+
+        self._span.set_status(Status(StatusCode.ERROR, message[:500]))
+
+
+class _Tracer:
+    def __init__(self, tracer: Any) -> None:
+        self._tracer = tracer
+
+    @contextlib.contextmanager
+    def span(self, name: str, attributes: dict[str, Any]) -> Iterator[_Span]:
+        with self._tracer.start_as_current_span(name, attributes=_attributes(attributes)) as span:
+            yield _Span(span)
+
+
 def setup(settings: TracingConfig, version: str) -> None:
     """Install the tracer provider once per process (changing it needs a restart)."""
-    global _tracer, _provider, _file
+    global _provider, _file
     if settings.exporter == "none" or _provider is not None:
         return
-    from opentelemetry import trace
+    from opentelemetry import trace as otel
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
@@ -51,18 +77,19 @@ def setup(settings: TracingConfig, version: str) -> None:
         exporter = ConsoleSpanExporter(
             out=_file, formatter=lambda span: json.dumps(json.loads(span.to_json())) + "\n")
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=1000))
-    trace.set_tracer_provider(provider)
+    otel.set_tracer_provider(provider)
     _provider = provider
-    _tracer = trace.get_tracer("tfwarden", version)
+    trace.install(_Tracer(otel.get_tracer("tfwarden", version)))
 
 
 def shutdown() -> None:
-    global _provider, _tracer, _file
+    global _provider, _file
+    trace.install(None)
     if _provider is not None:
         _provider.shutdown()  # flushes the batch
     if _file is not None:
         _file.close()
-    _provider = _tracer = _file = None
+    _provider = _file = None
 
 
 def _attributes(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,30 +104,3 @@ def _attributes(values: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = json.dumps(value, default=str)[:1000]
     return out
-
-
-class _Span:
-    """What the instrumented code gets: attributes and errors, a no-op without tracing."""
-
-    def __init__(self, span: Any) -> None:
-        self._span = span
-
-    def set(self, **attributes: Any) -> None:
-        if self._span is not None:
-            self._span.set_attributes(_attributes(attributes))
-
-    def fail(self, message: str) -> None:
-        if self._span is not None:
-            from opentelemetry.trace import Status, StatusCode
-
-            self._span.set_status(Status(StatusCode.ERROR, message[:500]))
-
-
-@contextlib.contextmanager
-def span(name: str, **attributes: Any) -> Iterator[_Span]:
-    """A span around a block (exceptions are recorded and re-raised)."""
-    if _tracer is None:
-        yield _Span(None)
-        return
-    with _tracer.start_as_current_span(name, attributes=_attributes(attributes)) as current:
-        yield _Span(current)

@@ -1,124 +1,71 @@
-"""Replay a trace through the same detectors the daemon runs and report verdict changes.
+"""Replay a trace through the same roster of detectors the daemon runs; report verdict changes.
 
-Roles come from ``deploy`` events: a canary deploy starts canary-vs-stable latency and error
-detectors; a stable deploy (promotion or a direct deploy) starts a baseline latency detector
-against the previous stable version's last ``baseline_seconds`` of samples. Every version gets an
-SLO burn-rate detector on its probe outcomes and every memory target a leak detector. After each
-event the detectors it reached are evaluated; a finding is reported when its verdict changes.
+Roles come from ``deploy`` events (the first version seen is stable until one says otherwise):
+a canary deploy starts canary-vs-stable latency and error detectors; a stable deploy (promotion
+or a direct deploy) starts a baseline latency detector against the previous stable version's
+last ``baseline_seconds`` of samples. Every version gets an SLO burn-rate detector on its probe
+outcomes and every memory target a leak detector. After each event the detectors it reached are
+evaluated at the event's time; a finding is reported when its verdict changes.
 """
 
 from __future__ import annotations
 
-from collections import Counter, deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from collections import Counter
+from collections.abc import Iterator, Mapping
 
+from tfwarden.core.clock import ManualClock
+from tfwarden.core.ports import FindingKey
+from tfwarden.core.series import SeriesWindows
 from tfwarden.core.types import Finding, Sample
-from tfwarden.detectors.errors import BurnRate, CanaryErrors, ErrorSettings
-from tfwarden.detectors.latency import BaselineLatency, CanaryLatency, LatencySettings
-from tfwarden.detectors.memory import MemoryLeak, MemorySettings
+from tfwarden.detectors.roles import Pair, RoleTracker
+from tfwarden.detectors.roster import DetectionSettings, ModelObjectives, Roster
 from tfwarden.detectors.trace import TraceEvent
-
-
-@dataclass(frozen=True)
-class DetectionSettings:
-    latency: LatencySettings = field(default_factory=LatencySettings)
-    errors: ErrorSettings = field(default_factory=ErrorSettings)
-    memory: MemorySettings = field(default_factory=MemorySettings)
-    availability: float = 0.999
-
-
-@dataclass
-class _Model:
-    stable: int | None = None
-    canary: int | None = None
-    history: dict[int, deque[tuple[float, float]]] = field(default_factory=dict)
 
 
 class Backtest:
     def __init__(self, settings: DetectionSettings | None = None,
-                 availability: dict[str, float] | None = None) -> None:
-        self.settings = settings or DetectionSettings()
-        self.availability = availability or {}
-        self.models: dict[str, _Model] = {}
-        self.detectors: dict[tuple[str, str, Any], Any] = {}
-        self.last_verdict: dict[tuple[str, str, Any], str] = {}
-        self.current: dict[tuple[str, str, Any], Finding] = {}
+                 objectives: Mapping[str, ModelObjectives] | None = None) -> None:
+        self.clock = ManualClock()
+        self.windows = SeriesWindows(max_age_seconds=float("inf"))
+        self.roles = RoleTracker()
+        self.roster = Roster(settings or DetectionSettings(), objectives or {}, (),
+                             self.windows, self.clock)
+        self.roles.subscribe(self.roster)
         self.counts: Counter[str] = Counter()
         self.events = 0
+
+    @property
+    def current(self) -> dict[FindingKey, Finding]:
+        """The latest finding of every detector."""
+        return self.roster.latest
 
     def feed(self, event: TraceEvent) -> Iterator[Finding]:
         """Process one event; yield findings whose verdict changed."""
         self.events += 1
+        self.clock.set(event.t)
         if event.type == "deploy":
-            self._deploy(event)
+            assert event.version is not None
+            self.roles.deployed(event.model, event.version, event.role)
             return
         if event.type == "latency":
-            model = self.models.setdefault(event.model, _Model())
             assert event.version is not None
-            if model.stable is None:
-                model.stable = event.version
-            outcome = "ok" if event.ok else "error"
+            if self.roles.roles(event.model)[0] is None:
+                self.roles.deployed(event.model, event.version, "stable")
             sample = Sample(event.t, "trace", "latency_ms", event.ms, model=event.model,
-                            version=event.version, ok=event.ok, labels={"outcome": outcome})
-            history = model.history.setdefault(event.version, deque(maxlen=20_000))
-            if event.ok:
-                history.append((event.t, event.ms))
-            keys = self._latency_keys(event.model, event.version)
+                            version=event.version, ok=event.ok,
+                            labels={"outcome": "ok" if event.ok else "error"})
+            self.windows.add(sample)
+            keys = self.roster.observe(sample)
         else:
-            keys = [("memory", event.target, None)]
-            if keys[0] not in self.detectors:
-                self.detectors[keys[0]] = MemoryLeak(event.target, self.settings.memory)
-            sample = Sample(event.t, "trace", "rss_bytes", event.rss_bytes, target=event.target)
+            keys = self.roster.observe(Sample(event.t, "trace", "rss_bytes", event.rss_bytes,
+                                              target=event.target))
             if event.limit_bytes is not None:
-                self.detectors[keys[0]].observe(Sample(event.t, "trace", "limit_bytes",
-                                                       event.limit_bytes, target=event.target))
-        for key in keys:
-            detector = self.detectors[key]
-            detector.observe(sample)
-            finding = detector.evaluate(event.t)
-            self.current[key] = finding
-            if self.last_verdict.get(key) != finding.verdict:
-                self.last_verdict[key] = finding.verdict
-                self.counts[finding.verdict] += 1
-                yield finding
+                self.roster.observe(Sample(event.t, "trace", "limit_bytes", event.limit_bytes,
+                                           target=event.target))
+        for finding in self.roster.evaluate(event.t, keys):
+            self.counts[finding.verdict] += 1
+            yield finding
 
-    def _latency_keys(self, model_name: str, version: int) -> list[tuple[str, str, Any]]:
-        burn_key = ("burn", model_name, version)
-        if burn_key not in self.detectors:
-            self.detectors[burn_key] = BurnRate(model_name, version,
-                                                self.availability.get(model_name,
-                                                                      self.settings.availability))
-        return [k for k in self.detectors if k[1] == model_name and k[0] != "memory"]
-
-    def _deploy(self, event: TraceEvent) -> None:
-        model = self.models.setdefault(event.model, _Model())
-        assert event.version is not None
-        for kind in ("latency", "errors"):
-            self._drop((kind, event.model, "canary"))
-        if event.role == "canary":
-            if model.stable is None or model.stable == event.version:
-                return  # nothing to compare with yet
-            model.canary = event.version
-            self.detectors[("latency", event.model, "canary")] = CanaryLatency(
-                event.model, model.stable, event.version, self.settings.latency)
-            self.detectors[("errors", event.model, "canary")] = CanaryErrors(
-                event.model, model.stable, event.version, self.settings.errors)
-            return
-        previous, model.stable, model.canary = model.stable, event.version, None
-        self._drop(("latency", event.model, "baseline"))
-        if previous is not None and previous != event.version:
-            horizon = event.t - self.settings.latency.baseline_seconds
-            baseline = [ms for t, ms in model.history.get(previous, ()) if horizon <= t <= event.t]
-            self.detectors[("latency", event.model, "baseline")] = BaselineLatency(
-                event.model, event.version, baseline, self.settings.latency)
-
-    def _drop(self, key: tuple[str, str, Any]) -> None:
-        self.detectors.pop(key, None)
-        self.last_verdict.pop(key, None)
-        self.current.pop(key, None)
-
-    def roles(self) -> dict[str, tuple[int | None, int | None]]:
+    def all_roles(self) -> dict[str, Pair]:
         """(stable, canary) version of every model, as the trace's deploys left them."""
-        return {name: (m.stable, m.canary) for name, m in self.models.items()}
+        return self.roles.all()

@@ -10,18 +10,21 @@ Both versions answer the same mirrored inputs. A row disagrees when the top clas
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from pydantic import Field
+
+from tfwarden.core.settings import Settings
 from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Finding
 from tfwarden.detectors.base import wilson
 
 
-@dataclass(frozen=True)
-class DisagreementSettings:
-    threshold: float = 0.05
-    min_rows: int = 200
-    atol: float = 1e-3
-    rtol: float = 1e-2
+class DisagreementSettings(Settings):
+    """When canary and stable disagree (``drift.outputs`` in the configuration)."""
+
+    disagreement_threshold: float = Field(0.05, gt=0, lt=1)
+    min_rows: int = Field(200, ge=10)
+    atol: float = Field(1e-3, ge=0)
+    rtol: float = Field(1e-2, ge=0)
 
 
 def disagrees(stable: Sequence[float | str], canary: Sequence[float | str],
@@ -59,15 +62,15 @@ class Disagreement:
         rate = self.disagreeing / self.rows if self.rows else 0.0
         if self.rows < s.min_rows:
             verdict, reason = INCONCLUSIVE, f"{self.rows} of {s.min_rows} rows compared"
-        elif low > s.threshold:
+        elif low > s.disagreement_threshold:
             verdict, reason = REGRESSION, (f"v{self.canary} disagrees with v{self.stable} on "
                                            f"{rate:.1%} of rows (95% CI {low:.1%}-{high:.1%}, "
-                                           f"threshold {s.threshold:.1%})")
-        elif high < s.threshold:
+                                           f"threshold {s.disagreement_threshold:.1%})")
+        elif high < s.disagreement_threshold:
             verdict, reason = OK, f"disagreement {rate:.1%} (95% CI up to {high:.1%})"
         else:
             verdict, reason = INCONCLUSIVE, (f"disagreement {rate:.1%}, CI {low:.1%}-{high:.1%} "
-                                             f"straddles {s.threshold:.1%}")
+                                             f"straddles {s.disagreement_threshold:.1%}")
         return Finding("drift", verdict, now, model=self.model, version=self.canary,
                        target="disagreement", reason=reason,
                        effect={"disagreement": round(rate, 6), "ci_low": round(low, 6) if

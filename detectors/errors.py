@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
+from pydantic import Field
+
+from tfwarden.core.settings import Settings
 from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Finding, Sample
 from tfwarden.detectors.base import MixtureECusum, wilson
 
@@ -27,14 +29,15 @@ BURN_RULES = (("page", 14.4, 3600, 300), ("page", 6.0, 6 * 3600, 1800),
               ("ticket", 1.0, 3 * 86400, 6 * 3600))
 
 
-@dataclass(frozen=True)
-class ErrorSettings:
-    min_pairs: int = 50
-    arl_discordant: float = 1e5
-    error_floor: float = 0.005
-    effect_window: int = 2000
-    stale_seconds: float = 30.0
-    max_unreachable_ratio: float = 0.5
+class ErrorSettings(Settings):
+    """Canary error-rate detector (``detection.errors``; docs/detection.md)."""
+
+    min_pairs: int = Field(50, ge=10, le=100_000)
+    arl_discordant: float = Field(1e5, ge=100)
+    error_floor: float = Field(0.005, ge=0, lt=1)
+    effect_window: int = Field(2000, ge=100, le=100_000)
+    stale_seconds: float = Field(30.0, gt=0, le=86400)
+    max_unreachable_ratio: float = Field(0.5, gt=0, le=1)
 
 
 def _failed(sample: Sample) -> bool | None:

@@ -27,29 +27,35 @@ import math
 import random
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from pydantic import Field
+
+from tfwarden.core.settings import Settings
 from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Finding, Sample
 from tfwarden.detectors.base import MixtureECusum, median_ci, quantile
 
 METRIC = "latency_ms"
 
 
-@dataclass(frozen=True)
-class LatencySettings:
-    min_pairs: int = 50
-    effect_floor: float = 0.10
-    arl_pairs: float = 1e7
-    max_pair_gap_seconds: float = 5.0
-    stale_seconds: float = 30.0
-    effect_window: int = 2000
-    tail_reference: int = 2000
-    tail_min_reference: int = 500
-    tail_arl: float = 1e5
-    max_unreachable_ratio: float = 0.5
-    baseline_seconds: float = 600.0
-    min_baseline: int = 200
+class LatencySettings(Settings):
+    """Latency regression detectors (``detection.latency``; docs/detection.md)."""
+
+    min_pairs: int = Field(50, ge=10, le=100_000)
+    effect_floor: float = Field(0.10, ge=0, le=10, description="Ignore regressions under this.")
+    arl_pairs: float = Field(1e7, ge=100, description="Average run length to a false alarm.")
+    max_pair_gap_seconds: float = Field(5.0, gt=0, le=600)
+    stale_seconds: float = Field(30.0, gt=0, le=86400)
+    effect_window: int = Field(2000, ge=100, le=100_000,
+                               description="Recent pairs the effect size is estimated from.")
+    tail_reference: int = Field(2000, ge=100, le=100_000,
+                                description="Stable samples the p99 threshold comes from.")
+    tail_min_reference: int = Field(500, ge=50, le=100_000)
+    tail_arl: float = Field(1e5, ge=100)
+    max_unreachable_ratio: float = Field(0.5, gt=0, le=1,
+                                         description="More unreachable probes: inconclusive.")
+    baseline_seconds: float = Field(600.0, gt=0, le=86400)
+    min_baseline: int = Field(200, ge=20)
 
 
 class _Arm:

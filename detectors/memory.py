@@ -19,27 +19,32 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 
+from pydantic import Field
+
+from tfwarden.core.settings import Settings
 from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Finding, Sample
 
 MIB = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class MemorySettings:
-    warmup_seconds: float = 600.0
-    bin_seconds: float = 300.0
-    window_seconds: float = 24 * 3600.0
-    min_bins: int = 6
-    alpha: float = 1e-3
-    min_slope_bytes_per_hour: float = 1 * MIB
-    restart_drop: float = 0.3
-    stale_seconds: float = 120.0
-    page_seconds: float = 4 * 3600.0
-    ticket_seconds: float = 7 * 86400.0
+class MemorySettings(Settings):
+    """Memory leak detector (``detection.memory``; docs/detection.md)."""
+
+    warmup_seconds: float = Field(600.0, ge=0)
+    bin_seconds: float = Field(300.0, ge=10, le=86400)
+    window_seconds: float = Field(24 * 3600.0, ge=600)
+    min_bins: int = Field(6, ge=3)
+    alpha: float = Field(1e-3, gt=0, lt=0.5)
+    min_slope_bytes_per_hour: float = Field(1.0 * MIB, ge=0)
+    restart_drop: float = Field(0.3, gt=0, lt=1,
+                                description="A drop by this share of RSS is a restart.")
+    stale_seconds: float = Field(120.0, gt=0)
+    page_seconds: float = Field(4 * 3600.0, gt=0, description="Time to the limit that pages.")
+    ticket_seconds: float = Field(7 * 86400.0, gt=0,
+                                  description="Time to the limit that opens a ticket.")
 
 
 def _t_to_p(t: float, dof: float) -> float:

@@ -1,1 +1,2 @@
-"""Acting on decisions: per-model state machine, controllers, routers, notifiers."""
+"""Acting on decisions: actions as data, the pure ``reconcile``, the runner with its intent ->
+outcome journal, the version watcher, reoptimize, routers and notifiers."""

@@ -8,18 +8,23 @@ next to the source's; ``max_latency_ratio`` (off by default) can also reject a s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from pydantic import Field
 
-@dataclass(frozen=True)
-class Tolerances:
-    min_top1_agreement: float = 0.97
-    max_accuracy_drop_points: float = 1.0
-    max_abs_error: float | None = None  # default: not checked for classifiers, 0.05 otherwise
-    max_mean_abs_error: float | None = None
-    max_mae_increase: float = 0.05
-    max_latency_ratio: float | None = None
+from tfwarden.core.settings import Settings
+
+
+class Tolerances(Settings):
+    """What a candidate may differ from its source on the golden set."""
+
+    min_top1_agreement: float = Field(0.97, ge=0, le=1)
+    max_accuracy_drop_points: float = Field(1.0, ge=0)
+    max_abs_error: float | None = Field(
+        None, gt=0, description="Default: not checked for classifiers, 0.05 otherwise.")
+    max_mean_abs_error: float | None = Field(None, gt=0)
+    max_mae_increase: float = Field(0.05, ge=0)
+    max_latency_ratio: float | None = Field(None, gt=0, description="Off by default.")
 
 
 def judge(agreement: dict[str, Any], tolerances: Tolerances) -> list[str]:
@@ -57,4 +62,4 @@ def latency_reasons(source: dict[str, float], candidate: dict[str, float],
     if limit is None or not source.get("p50_ms"):
         return []
     ratio = candidate["p50_ms"] / source["p50_ms"]
-    return [f"p50 latency {ratio:.2f}x the source's (max {limit}x)"] if ratio > limit else []
+    return [f"p50 latency {ratio:.2f}x the source's (max {limit:g}x)"] if ratio > limit else []

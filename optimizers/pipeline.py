@@ -1,28 +1,26 @@
 """Optimize a model version: convert in a worker, validate against the source, publish or reject.
 
 Lean (no TensorFlow in this process): every heavy step is a worker process
-(``optimizers.worker``), one at a time, each with a timeout, killed with its process group on
-timeout or cancellation, reporting its peak RSS. tfmot jobs get ``TF_USE_LEGACY_KERAS=1`` in
+(``python -m tfwarden.optimizers.worker``, through the shared runner of ``core.workers``), one
+at a time, each with a timeout, killed with its process group on timeout or cancellation,
+reporting its peak RSS. tfmot jobs get ``TF_USE_LEGACY_KERAS=1`` in
 their own environment only; the TFLite validator runs with ai-edge-litert and no TensorFlow.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tfwarden.core.errors import OptimizeError
+from tfwarden.core import trace
+from tfwarden.core.errors import OptimizeError, WorkerDown, WorkerFailed
+from tfwarden.core.workers import WorkerProcess
 from tfwarden.optimizers.gate import Tolerances, judge, latency_reasons
 from tfwarden.optimizers.methods import METHODS
 from tfwarden.optimizers.publish import publish, work_dir
@@ -61,60 +59,40 @@ class Report:
 
 
 class Runner:
-    """Runs worker jobs one at a time; ``cancel()`` kills the running one (shutdown)."""
+    """Runs worker jobs one at a time, each in a fresh process (``core.workers``): a timeout,
+    the process group killed on timeout or cancellation; ``cancel()`` kills the running one."""
 
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
-        self._proc: asyncio.subprocess.Process | None = None
+        self._worker: WorkerProcess | None = None
 
     async def run(self, job: dict[str, Any], timeout: float, legacy_keras: bool = False) -> \
             dict[str, Any]:
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        env.pop("TF_USE_LEGACY_KERAS", None)
-        if legacy_keras:
-            env["TF_USE_LEGACY_KERAS"] = "1"
+        kind = job["kind"]
+        env = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_USE_LEGACY_KERAS": "1" if legacy_keras else None}
         async with self._lock:
             started = time.monotonic()
-            proc = self._proc = await asyncio.create_subprocess_exec(
-                *WORKER, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+            worker = self._worker = WorkerProcess(WORKER, name=kind, env=env,
+                                                  timeout_seconds=timeout, capture_stderr=True)
             try:
-                stdout, stderr = await asyncio.wait_for(
-                    proc.communicate(json.dumps(job).encode()), timeout)
-            except TimeoutError:
-                self._kill(proc)
-                await proc.wait()
-                raise OptimizeError(f"{job['kind']} worker timed out after {timeout:.0f}s") from None
-            except asyncio.CancelledError:
-                self._kill(proc)
-                await proc.wait()
-                raise
+                result = await worker.request("job", job)
+            except WorkerDown as exc:
+                if exc.cause == "timeout":
+                    raise OptimizeError(f"{kind} worker timed out after {timeout:.0f}s") from None
+                raise OptimizeError(f"{kind} worker died (exit {exc.exit_code}) "
+                                    f"{exc.stderr_tail[:300]}".strip()) from None
+            except WorkerFailed as exc:
+                raise OptimizeError(f"{kind}: {exc}") from None
             finally:
-                self._proc = None
-        lines = stdout.decode(errors="replace").strip().splitlines()
-        try:
-            result = json.loads(lines[-1]) if lines else None
-        except ValueError:
-            result = None
-        if not isinstance(result, dict):
-            tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
-            raise OptimizeError(f"{job['kind']} worker died (exit {proc.returncode}) "
-                                f"{tail[0][:300]}".strip())
-        if "error" in result:
-            raise OptimizeError(f"{job['kind']}: {result['error']}")
+                self._worker = None
+                await worker.stop()
+        result.pop("id", None)
         result["seconds"] = round(time.monotonic() - started, 3)
         return result
 
-    @staticmethod
-    def _kill(proc: asyncio.subprocess.Process) -> None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
     def cancel(self) -> None:
-        if self._proc is not None and self._proc.returncode is None:
-            self._kill(self._proc)
+        if self._worker is not None:
+            self._worker.kill()
 
 
 def check(request: Request) -> None:
@@ -138,26 +116,19 @@ def check(request: Request) -> None:
         raise OptimizeError(f"{request.base}: the model's base path does not exist")
 
 
-def _no_trace(name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
-    return contextlib.nullcontext()
-
-
 async def optimize(request: Request, runner: Runner | None = None,
-                   provenance_extra: dict[str, Any] | None = None,
-                   trace_step: Callable[..., contextlib.AbstractContextManager[Any]] = _no_trace,
-                   ) -> Report:
-    """Convert, validate, publish or reject. Raises OptimizeError if a step cannot run.
-    ``trace_step(name, **attributes)`` wraps each worker step (the daemon's tracing spans)."""
+                   provenance_extra: dict[str, Any] | None = None) -> Report:
+    """Convert, validate, publish or reject. Raises OptimizeError if a step cannot run. Each
+    worker step is traced as ``optimize.<kind>``."""
     check(request)
     base_runner = runner or Runner()
 
     async def step(job: dict[str, Any], timeout: float,
                    legacy_keras: bool = False) -> dict[str, Any]:
-        with trace_step(f"optimize.{job['kind']}", model_dir=job.get("model") or
+        with trace.span(f"optimize.{job['kind']}", model_dir=job.get("model") or
                         job.get("source"), method=job.get("method")) as current:
             result = await base_runner.run(job, timeout, legacy_keras)
-            if current is not None:
-                current.set(seconds=result["seconds"], peak_rss_bytes=result.get("peak_rss_bytes"))
+            current.set(seconds=result["seconds"], peak_rss_bytes=result.get("peak_rss_bytes"))
             return result
 
     method = METHODS[request.method]

@@ -1,6 +1,7 @@
 """Optimizer worker processes: one job per process, JSON job on stdin, JSON result on stdout.
 
-Run as ``python -m optimizers.worker``; never imported by the daemon. Job kinds:
+Run as ``python -m tfwarden.optimizers.worker``; never imported by the daemon. It answers framed
+JSON jobs (``core.workers.serve``), one per process as the runner uses it. Job kinds:
 
 - ``convert`` (TensorFlow, Keras 3): TFLite post-training quantization of a SavedModel
   (``float16``, ``dynamic``, ``int8``/``recalibrate`` with a representative dataset) and lean
@@ -13,7 +14,7 @@ Run as ``python -m optimizers.worker``; never imported by the daemon. Job kinds:
   TensorFlow): outputs on the golden inputs, single-request latency, and the comparison with the
   source's outputs when given.
 
-Every result carries ``peak_rss_bytes`` (VmHWM). Errors are ``{"error": "..."}`` with exit 1.
+Every result carries ``peak_rss_bytes`` (VmHWM). Errors are answers: ``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tfwarden.core.errors import JobError
+from tfwarden.core.workers import serve
 
 Array = NDArray[Any]
 SIGNATURE = "serving_default"
@@ -388,11 +390,9 @@ def _peak_rss() -> int:
     return 0
 
 
-def main() -> int:
-    out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)  # library chatter goes to stderr; the result line stays clean
+def handle(job: dict[str, Any]) -> dict[str, Any]:
+    """One job (its ``kind`` picks the function); errors are answers, with the peak RSS."""
     try:
-        job = json.loads(sys.stdin.read())
         kind = job.get("kind")
         if kind not in JOBS:
             raise JobError(f"kind: expected one of {sorted(JOBS)}, got {kind!r}")
@@ -402,18 +402,17 @@ def main() -> int:
         result["peak_rss_bytes"] = _peak_rss()
         result["tensorflow_loaded"] = "tensorflow.python" in sys.modules
         result["legacy_keras"] = os.environ.get("TF_USE_LEGACY_KERAS") == "1"
-        out.write(json.dumps(result) + "\n")
-        return 0
+        return result
     except JobError as exc:
-        out.write(json.dumps({"error": str(exc), "peak_rss_bytes": _peak_rss()}) + "\n")
-        return 1
+        return {"error": str(exc), "peak_rss_bytes": _peak_rss()}
     except Exception as exc:  # a converter or tfmot failure: one line for the report
         detail = traceback.format_exc(limit=2).strip().splitlines()[-1]
-        out.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"[:500] or detail,
-                              "peak_rss_bytes": _peak_rss()}) + "\n")
-        return 1
-    finally:
-        out.flush()
+        return {"error": f"{type(exc).__name__}: {exc}"[:500] or detail,
+                "peak_rss_bytes": _peak_rss()}
+
+
+def main() -> int:
+    return serve(handle, "optimizer worker")
 
 
 if __name__ == "__main__":

@@ -170,3 +170,21 @@ def evaluate(ruleset: RuleSet, findings: Sequence[Finding], statuses: Mapping[st
                 dry_run=dry_run or rule.guards.dry_run,
                 needs_approval=rule.guards.require_approval))
     return decisions
+
+
+class PolicyEngine:
+    """The rule set with its memory (``core.ports.Policy``): ``decide`` folds the findings into
+    the verdict history and evaluates; ``reconfigure`` swaps the rules and keeps the memory
+    (cooldowns, hourly counts, ``for`` timers)."""
+
+    def __init__(self, ruleset: RuleSet, dry_run: bool = False) -> None:
+        self.ruleset, self.dry_run = ruleset, dry_run
+        self.memory = PolicyMemory()
+
+    def reconfigure(self, ruleset: RuleSet, dry_run: bool) -> None:
+        self.ruleset, self.dry_run = ruleset, dry_run
+
+    def decide(self, findings: Sequence[Finding], statuses: Mapping[str, ModelStatus],
+               now: float) -> list[Decision]:
+        remember(self.memory, findings, now)
+        return evaluate(self.ruleset, findings, statuses, now, self.memory, self.dry_run)

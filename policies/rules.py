@@ -13,6 +13,7 @@ from tfwarden.core.errors import ConfigError, ConfigProblem
 LIFECYCLE_ACTIONS = ("stage_canary", "set_weight", "promote", "rollback", "hold")
 ACTIONS = (*LIFECYCLE_ACTIONS, "alert", "resolve_alert", "reoptimize")
 RULESETS = Path(__file__).parent / "rulesets"
+SHIPPED_RULESETS = tuple(sorted(p.stem for p in RULESETS.glob("*.yaml")))
 
 Action = Literal["stage_canary", "set_weight", "promote", "rollback", "hold", "alert",
                  "resolve_alert", "reoptimize"]

@@ -1,165 +1,53 @@
-"""Input capture: live model inputs posted to tfwarden, validated and kept in bounded reservoirs.
+"""Input capture: live model inputs posted to tfwarden, validated, kept in bounded reservoirs.
 
 Open-source TF Serving cannot log requests, so inputs arrive as copies: TF Serving REST predict
-bodies mirrored by nginx/Envoy/Istio (``instances`` or ``inputs``, b64 included), or batches of
-feature rows from clients and edge devices. Both are checked against the model's signature
-(``InputSpec``, from GetModelMetadata): wrong feature count, shape or type is a ``CaptureError``
-naming the place. Accepted rows go to a per (model, version) reservoir (Algorithm R, seeded), so
-memory stays bounded however much traffic is mirrored.
+bodies mirrored by nginx/Envoy/Istio (``POST /api/v1/capture/{model}``), or batches of feature
+rows from clients and edge devices (``POST /api/v1/samples/{model}``). Both are checked against
+the model's live signature (the serving client's GetModelMetadata, cached). Each client (by
+address) has a token bucket of ``client_rows_per_second`` rows; bodies above ``max_body_bytes``
+are refused. Accepted rows go to a per (model, version) reservoir (Algorithm R, seeded), so
+memory stays bounded however much traffic is mirrored; the version is the ``version`` query
+parameter of a capture call (mirrors usually cannot say) or the ``version`` of a samples batch.
+Models with drift checks also keep their newest rows, in arrival order, for those checks.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import math
+import json
 import random
-from collections.abc import Sequence
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tfwarden.core.errors import CaptureError
+from pydantic import Field
 
-NUMERIC = {1: "float", 2: "double", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 9: "int64",
-           19: "half", 22: "uint32", 23: "uint64"}
-STRING, BOOL = 7, 10
+from tfwarden.core.errors import CaptureError, CaptureRejected, ServingError
+from tfwarden.core.ports import CaptureMetrics, Row
+from tfwarden.core.settings import Settings
+from tfwarden.serving.tfserving.client import TFServingClient
+from tfwarden.serving.tfserving.rows import InputSpec, rows_from_predict_body, rows_from_samples
+
+
+class CaptureSettings(Settings):
+    """Input capture (POST /api/v1/capture/{model}, /api/v1/samples/{model})."""
+
+    reservoir_rows: int = Field(5000, ge=10, le=1_000_000, description="Rows kept per version.")
+    recent_rows: int = Field(20_000, ge=100, le=1_000_000,
+                             description="Newest rows per model kept for drift checks.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
+    client_rows_per_second: int = Field(50_000, ge=1, description="Per client; more gets 429.")
+    signature_ttl_seconds: float = Field(60.0, gt=0)
 
 
 @dataclass(frozen=True)
-class InputSpec:
-    """One signature input: dtype enum and shape (-1 for unknown sizes, batch first)."""
+class CapturedModel:
+    """A model whose inputs may be captured: where its signature comes from, and whether its
+    drift checks want the newest rows."""
 
-    name: str
-    dtype: int
-    shape: tuple[int, ...]
-
-    @property
-    def per_row(self) -> tuple[int, ...]:
-        return self.shape[1:]
-
-    @property
-    def width(self) -> int:
-        """Scalars per row (unknown inner sizes count as 1)."""
-        width = 1
-        for size in self.per_row:
-            width *= size if size > 0 else 1
-        return width
-
-    def feature_names(self) -> list[str]:
-        if not self.per_row or self.width == 1:
-            return [self.name]
-        return [f"{self.name}[{i}]" for i in range(self.width)]
-
-
-def _flatten(value: Any, out: list[Any]) -> list[int]:
-    if isinstance(value, list):
-        shapes = [_flatten(v, out) for v in value]
-        if any(s != shapes[0] for s in shapes):
-            raise CaptureError("ragged list (items of different shapes)")
-        return [len(value), *(shapes[0] if shapes else [])]
-    out.append(value)
-    return []
-
-
-def _scalar(value: Any, dtype: int, where: str) -> float | str:
-    if dtype == STRING:
-        if isinstance(value, dict) and set(value) == {"b64"}:
-            try:
-                return base64.b64decode(value["b64"], validate=True).decode("utf-8", "replace")
-            except (binascii.Error, ValueError):
-                raise CaptureError(f"{where}: invalid base64") from None
-        if isinstance(value, str):
-            return value
-        raise CaptureError(f"{where}: expected a string, got {type(value).__name__}")
-    if dtype == BOOL:
-        if isinstance(value, bool):
-            return float(value)
-        raise CaptureError(f"{where}: expected true/false, got {value!r}")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CaptureError(f"{where}: expected a number ({NUMERIC.get(dtype, dtype)}), "
-                           f"got {value!r}"[:200])
-    if isinstance(value, float) and not math.isfinite(value):
-        return value
-    return float(value)
-
-
-def _row_values(value: Any, spec: InputSpec, where: str) -> list[float | str]:
-    flat: list[Any] = []
-    shape = _flatten(value, flat)
-    expected = list(spec.per_row)
-    if len(shape) != len(expected) or any(e not in (-1, s) for e, s in zip(expected, shape,
-                                                                           strict=False)):
-        if not (expected in ([], [1]) and shape in ([], [1])):
-            raise CaptureError(f"{where}: shape {shape} does not fit the signature's "
-                               f"{[-1, *expected]} for input '{spec.name}'")
-    return [_scalar(v, spec.dtype, f"{where}[{i}]" if len(flat) > 1 else where)
-            for i, v in enumerate(flat)]
-
-
-def rows_from_predict_body(body: Any, specs: Sequence[InputSpec]) -> list[list[float | str]]:
-    """Feature rows (in ``feature_names`` order) of a TF Serving REST predict body."""
-    if not isinstance(body, dict):
-        raise CaptureError("body: expected a JSON object with 'instances' or 'inputs'")
-    by_name = {s.name: s for s in specs}
-    if ("instances" in body) == ("inputs" in body):
-        raise CaptureError("body: expected exactly one of 'instances' or 'inputs'")
-    if "instances" in body:
-        instances = body["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise CaptureError("instances: expected a non-empty list")
-        rows = []
-        for i, item in enumerate(instances):
-            if len(specs) == 1 and not (isinstance(item, dict) and set(item) != {"b64"}):
-                rows.append(_row_values(item, specs[0], f"instances[{i}]"))
-                continue
-            if not isinstance(item, dict):
-                raise CaptureError(f"instances[{i}]: expected an object with inputs "
-                                   f"{sorted(by_name)}")
-            if set(item) != set(by_name):
-                raise CaptureError(f"instances[{i}]: inputs {sorted(item)} do not match the "
-                                   f"signature's {sorted(by_name)}")
-            rows.append([v for s in specs for v in _row_values(item[s.name], s,
-                                                                f"instances[{i}].{s.name}")])
-        return rows
-    inputs = body["inputs"]
-    columns = inputs if isinstance(inputs, dict) and set(inputs) != {"b64"} else \
-        {specs[0].name: inputs} if len(specs) == 1 else None
-    if columns is None or set(columns) != set(by_name):
-        raise CaptureError(f"inputs: expected the signature's inputs {sorted(by_name)}")
-    batches = {}
-    for spec in specs:
-        batch = columns[spec.name]
-        if not isinstance(batch, list) or not batch:
-            raise CaptureError(f"inputs.{spec.name}: expected a non-empty batch (list)")
-        batches[spec.name] = batch
-    sizes = {len(b) for b in batches.values()}
-    if len(sizes) != 1:
-        raise CaptureError(f"inputs: batch sizes differ between inputs ({sorted(sizes)})")
-    return [[v for s in specs for v in _row_values(batches[s.name][i], s,
-                                                   f"inputs.{s.name}[{i}]")]
-            for i in range(sizes.pop())]
-
-
-def rows_from_samples(body: Any, specs: Sequence[InputSpec]) -> tuple[list[list[float | str]],
-                                                                        int | None]:
-    """Rows and version of ``{"version": 7, "features": [...], "rows": [[...], ...]}``."""
-    if not isinstance(body, dict) or not isinstance(body.get("rows"), list) or not body["rows"]:
-        raise CaptureError("body: expected {\"rows\": [[...], ...]} with at least one row")
-    names = [n for s in specs for n in s.feature_names()]
-    features = body.get("features", names)
-    if features != names:
-        raise CaptureError(f"features: expected {names}, got {features}"[:300])
-    version = body.get("version")
-    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
-        raise CaptureError("version: expected an integer")
-    rows = []
-    for i, row in enumerate(body["rows"]):
-        if not isinstance(row, list) or len(row) != len(names):
-            raise CaptureError(f"rows[{i}]: expected {len(names)} values ({', '.join(names)})"[:300])
-        kinds = [s.dtype for s in specs for _ in s.feature_names()]
-        rows.append([_scalar(v, kind, f"rows[{i}][{j}]")
-                     for j, (v, kind) in enumerate(zip(row, kinds, strict=True))])
-    return rows, version
+    client: TFServingClient | None
+    drift: bool = False
 
 
 @dataclass
@@ -168,13 +56,13 @@ class Reservoir:
 
     capacity: int
     seed: int = 0
-    rows: list[list[float | str]] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
     seen: int = 0
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
 
-    def add(self, rows: Sequence[list[float | str]]) -> None:
+    def add(self, rows: Sequence[Row]) -> None:
         for row in rows:
             self.seen += 1
             if len(self.rows) < self.capacity:
@@ -184,45 +72,122 @@ class Reservoir:
                 if slot < self.capacity:
                     self.rows[slot] = row
 
-
-def _nest(values: list[Any], shape: Sequence[int]) -> Any:
-    if not shape:
-        return values[0]
-    step = len(values) // max(1, shape[0])
-    return [_nest(values[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
+    def shrink(self, capacity: int) -> None:
+        del self.rows[capacity:]
+        self.capacity = capacity
 
 
-def rows_to_instances(rows: Sequence[Sequence[float | str]],
-                      specs: Sequence[InputSpec]) -> list[Any]:
-    """The inverse of ``rows_from_predict_body``: REST ``instances`` for feature rows (unknown
-    inner sizes are taken as 1, as ``InputSpec.feature_names`` does)."""
-    instances: list[Any] = []
-    for row in rows:
-        parts: dict[str, Any] = {}
-        offset = 0
-        for spec in specs:
-            width = spec.width
-            values = [v if spec.dtype != STRING else str(v) for v in row[offset:offset + width]]
-            offset += width
-            shape = [s if s > 0 else 1 for s in spec.per_row]
-            parts[spec.name] = _nest(values, shape)
-        instances.append(parts[specs[0].name] if len(specs) == 1 else parts)
-    return instances
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
 
 
-def flatten_prediction(prediction: Any) -> tuple[list[str], list[float | str]]:
-    """Output names and flat values of one row of a REST ``predictions`` list."""
-    if isinstance(prediction, dict):
-        names: list[str] = []
-        values: list[float | str] = []
-        for key in sorted(prediction):
-            sub_names, sub_values = flatten_prediction(prediction[key])
-            names += [key if n == "output" else f"{key}{n[len('output'):]}" for n in sub_names]
-            values += sub_values
-        return names, values
-    flat: list[Any] = []
-    _flatten(prediction, flat)
-    values = [v if isinstance(v, str) else float(v) for v in flat]
-    if len(values) == 1:
-        return ["output"], values
-    return [f"output[{i}]" for i in range(len(values))], values
+class CaptureService:
+    """Receives captured inputs; implements ``core.ports.CapturedRows`` for the drift checks
+    and the reoptimize action."""
+
+    def __init__(self, settings: CaptureSettings, models: Mapping[str, CapturedModel],
+                 metrics: CaptureMetrics) -> None:
+        self.settings, self.models, self.metrics = settings, dict(models), metrics
+        self.reservoirs: dict[tuple[str, int | None], Reservoir] = {}
+        self.recent: dict[str, deque[tuple[int | None, Row]]] = {}
+        self._buckets: dict[str, _Bucket] = {}
+
+    async def specs(self, model: str) -> list[InputSpec]:
+        """The model's signature inputs (CaptureRejected 404/409/503 when unknown/unreadable)."""
+        entry = self.models.get(model)
+        if entry is None:
+            raise CaptureRejected(404, f"model {model!r} is not configured in tfwarden")
+        if entry.client is None or entry.client.grpc_address is None:
+            raise CaptureRejected(409, f"model {model!r}: capture needs the serving endpoint's "
+                                       f"grpc_address to read the signature")
+        try:
+            return await entry.client.inputs(model)
+        except ServingError as exc:
+            raise CaptureRejected(503, f"cannot read the signature of {model!r}: {exc}") from None
+
+    def _admit(self, client: str, rows: int) -> None:
+        rate = self.settings.client_rows_per_second
+        now = time.monotonic()
+        bucket = self._buckets.setdefault(client, _Bucket(rate, now))
+        bucket.tokens = min(rate, bucket.tokens + (now - bucket.updated) * rate)
+        bucket.updated = now
+        if rows > bucket.tokens:
+            raise CaptureRejected(429, f"client {client} is over {rate} rows/s; retry later")
+        bucket.tokens -= rows
+
+    async def receive(self, model: str, body: bytes, client: str, kind: str,
+                      version: int | None = None) -> dict[str, Any]:
+        """Validate and keep one body (``kind`` capture or samples); CaptureRejected says why
+        not, with the HTTP status."""
+        try:
+            rows, version = await self._parse(model, body, kind, version)
+            self._admit(client, len(rows))
+        except CaptureRejected as exc:
+            self.metrics.captured(model, "rejected", exc.status, 1)
+            raise
+        reservoir = self.reservoirs.setdefault(
+            (model, version), Reservoir(self.settings.reservoir_rows, seed=len(self.reservoirs)))
+        reservoir.add(rows)
+        if self.models[model].drift:
+            recent = self.recent.setdefault(model, deque(maxlen=self.settings.recent_rows))
+            if len(rows) + len(recent) > self.settings.recent_rows:  # the drift checks lag
+                self.metrics.captured(model, "dropped", 200,
+                                      len(rows) + len(recent) - self.settings.recent_rows)
+            recent.extend((version, row) for row in rows)
+        self.metrics.captured(model, "accepted", 200, len(rows))
+        return {"accepted_rows": len(rows), "kept_rows": len(reservoir.rows),
+                "seen_rows": reservoir.seen}
+
+    async def _parse(self, model: str, body: bytes, kind: str,
+                     version: int | None) -> tuple[list[Row], int | None]:
+        if len(body) > self.settings.max_body_bytes:
+            raise CaptureRejected(413, f"body of {len(body)} bytes is over "
+                                       f"{self.settings.max_body_bytes}")
+        try:
+            document = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CaptureRejected(400, f"body is not JSON: {exc}") from None
+        specs = await self.specs(model)
+        try:
+            if kind == "capture":
+                return rows_from_predict_body(document, specs), version
+            return rows_from_samples(document, specs)
+        except CaptureError as exc:
+            raise CaptureRejected(400, str(exc)) from None
+
+    # -- core.ports.CapturedRows ---------------------------------------------------------------
+    def take_new(self, model: str) -> list[tuple[int | None, Row]]:
+        recent = self.recent.get(model)
+        if not recent:
+            return []
+        rows = list(recent)
+        recent.clear()
+        return rows
+
+    def kept_rows(self, model: str, version: int) -> tuple[list[str], list[Row]]:
+        rows = [row for (m, v), reservoir in self.reservoirs.items()
+                if m == model and v in (None, version) for row in reservoir.rows]
+        return self.features(model), rows
+
+    def features(self, model: str) -> list[str]:
+        """Feature names of the model's last read signature ([] if none was read yet)."""
+        entry = self.models.get(model)
+        specs = entry.client.cached_inputs(model) if entry and entry.client else []
+        return [n for s in specs for n in s.feature_names()]
+
+    def stats(self, model: str) -> dict[str, Any]:
+        return {"features": self.features(model),
+                "reservoirs": [{"version": v, "kept_rows": len(r.rows), "seen_rows": r.seen,
+                                "capacity": r.capacity}
+                               for (m, v), r in sorted(self.reservoirs.items(),
+                                                       key=lambda kv: str(kv[0])) if m == model]}
+
+    def reconfigure(self, settings: CaptureSettings, models: Mapping[str, CapturedModel]) -> None:
+        """New limits and models; the rows kept so far stay (cut to the new sizes)."""
+        self.settings, self.models = settings, dict(models)
+        for reservoir in self.reservoirs.values():
+            reservoir.shrink(settings.reservoir_rows)
+        for model, recent in list(self.recent.items()):
+            self.recent[model] = deque(recent, maxlen=settings.recent_rows)

@@ -17,10 +17,11 @@ from typing import Any
 import grpc
 
 from tfwarden.core.clock import Clock, SystemClock
-from tfwarden.core.errors import GoldenConversionError
+from tfwarden.core.errors import GoldenConversionError, ServingRpcError
 from tfwarden.core.types import Sample
 from tfwarden.probes.golden import DEFAULT_GOLDEN, GoldenRequest, matches
 from tfwarden.serving.tfserving import protos
+from tfwarden.serving.tfserving.client import TFServingClient
 
 SOURCE = "predict"
 # DataType -> TensorProto field
@@ -144,35 +145,21 @@ def response_json(response: Any, row: bool) -> dict[str, Any]:
 class GrpcPredictProbe:
     """Golden requests over gRPC Predict to one version or label."""
 
-    def __init__(self, channel: grpc.aio.Channel, model: str, *, version: int | None = None,
+    def __init__(self, client: TFServingClient, model: str, *, version: int | None = None,
                  label: str | None = None, golden: tuple[GoldenRequest, ...] = DEFAULT_GOLDEN,
                  timeout_seconds: float = 2.0, clock: Clock | None = None) -> None:
-        pb = protos.load()
-        self._predictions = pb.prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        self._client = client
+        self._predictions = client.predictions()
         self.model, self.version, self.label = model, version, label
         self.target = f"{model}/{'v' + str(version) if version is not None else label or 'latest'}"
         self._golden = golden
         self._timeout = timeout_seconds
         self._clock = clock or SystemClock()
-        self._input_types: dict[str, dict[str, int]] = {}
         self._next = 0
 
     async def _types(self, signature: str) -> dict[str, int]:
-        if signature not in self._input_types:
-            pb = protos.load()
-            request = pb.get_model_metadata_pb2.GetModelMetadataRequest()
-            request.model_spec.name = self.model
-            if self.version is not None:
-                request.model_spec.version.value = self.version
-            elif self.label:
-                request.model_spec.version_label = self.label
-            request.metadata_field.append("signature_def")
-            response = await self._predictions.GetModelMetadata(request, timeout=self._timeout)
-            signatures = pb.get_model_metadata_pb2.SignatureDefMap()
-            response.metadata["signature_def"].Unpack(signatures)
-            sig = signatures.signature_def[signature or "serving_default"]
-            self._input_types[signature] = {name: info.dtype for name, info in sig.inputs.items()}
-        return self._input_types[signature]
+        specs = await self._client.inputs(self.model, self.version, self.label, signature)
+        return {spec.name: spec.dtype for spec in specs}
 
     async def send(self) -> Sample:
         golden = self._golden[self._next % len(self._golden)]
@@ -192,7 +179,10 @@ class GrpcPredictProbe:
                 outcome = "incorrect"
         except grpc.aio.AioRpcError as exc:
             status = exc.code().name
-            outcome = _classify(exc)
+            outcome = _classify(status, exc.details() or "")
+        except ServingRpcError as exc:  # reading the signature failed
+            status = exc.code
+            outcome = _classify(status, str(exc))
         except GoldenConversionError as exc:
             outcome, status = "error", f"golden: {exc}"
         elapsed_ms = (time.monotonic() - started) * 1000
@@ -201,11 +191,10 @@ class GrpcPredictProbe:
                       labels={"outcome": outcome, "status": status, "served_version": served})
 
 
-def _classify(exc: grpc.aio.AioRpcError) -> str:
-    code = exc.code()
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+def _classify(code: str, details: str) -> str:
+    if code == "DEADLINE_EXCEEDED":
         return "timeout"
-    details = (exc.details() or "").lower()
-    if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details or "socket" in details):
+    details = details.lower()
+    if code == "UNAVAILABLE" and ("connect" in details or "socket" in details):
         return "unreachable"  # the server itself, not the model, could not be reached
     return "error"

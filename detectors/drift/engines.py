@@ -15,11 +15,9 @@ the thresholds are cached in a file named by the reference hash and the detector
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +25,9 @@ import numpy as np
 from scipy import stats
 
 from tfwarden.detectors.drift.reference import CATEGORICAL, Array, Reference
+from tfwarden.detectors.drift.settings import BatchSettings, OnlineSettings
 
 PSI_EPS = 1e-4
-
-
-@dataclass(frozen=True)
-class BatchSettings:
-    p_value: float = 0.05
-    correction: str = "fdr"  # or "bonferroni"
-    multivariate: str | None = None  # "mmd": alibi-detect MMDDrift, TensorFlow backend
-    mmd_permutations: int = 100
 
 
 def bh_adjust(p_values: Array) -> Array:
@@ -190,21 +181,6 @@ def make_engine(name: str, reference: Reference, settings: BatchSettings) -> Dri
 
 
 # -- online ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OnlineSettings:
-    ert: int = 5000
-    window_sizes: tuple[int, ...] = (2, 5, 10, 20, 50)
-    n_bootstraps: int | None = None  # None: 4 x ERT x features (the quantile needs >> ERT x d)
-    seed: int = 0
-
-    def bootstraps(self, features: int) -> int:
-        return self.n_bootstraps or max(10_000, 4 * self.ert * features)
-
-    def key(self, reference_hash: str, detector: str) -> str:
-        text = json.dumps([reference_hash, detector, asdict(self)], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _online_class(kind: str) -> Any:

@@ -1,6 +1,6 @@
 """Reference data for drift checks: feature rows, kinds, category vocabularies, content hash.
 
-Rows arrive as lists of floats and strings (``probes.capture`` order). Numeric features stay
+Rows arrive as lists of floats and strings (``serving.tfserving.rows`` order). Numeric features stay
 floats; categorical features are encoded as codes into the reference's sorted vocabulary, with
 one extra code for values the reference never saw. The content hash covers the feature names,
 kinds and the encoded rows, so a reference and every calibration made from it are versioned by

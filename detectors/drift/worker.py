@@ -46,8 +46,9 @@ def _die_with_parent() -> None:
 def calibrate(data: Any, features: list[str], kinds: list[str], vocab: dict[int, list[str]],
               settings: dict[str, Any], cache_dir: str) -> float:
     """Child process: compute (and cache) online thresholds; returns the seconds it took."""
-    from tfwarden.detectors.drift.engines import OnlineDrift, OnlineSettings
+    from tfwarden.detectors.drift.engines import OnlineDrift
     from tfwarden.detectors.drift.reference import Reference
+    from tfwarden.detectors.drift.settings import OnlineSettings
 
     started = time.monotonic()
     reference = Reference(features, kinds, data, vocab)
@@ -96,9 +97,10 @@ class Worker:
         return {"pid": os.getpid()}
 
     def op_configure(self, request: dict[str, Any]) -> dict[str, Any]:
-        from tfwarden.detectors.drift.engines import BatchSettings, OnlineDrift, OnlineSettings, make_engine
+        from tfwarden.detectors.drift.engines import OnlineDrift, make_engine
         from tfwarden.detectors.drift.reference import Reference, load_reference_file
-        from tfwarden.probes.predictionlog import read_rows
+        from tfwarden.detectors.drift.settings import BatchSettings, OnlineSettings
+        from tfwarden.serving.tfserving.predictionlog import read_rows
 
         model = request["model"]
         features, kinds = list(request["features"]), request.get("kinds")
@@ -119,9 +121,7 @@ class Worker:
                                  online_settings=online)
             self.models[model] = current
             if online:
-                current.online = OnlineDrift(reference, OnlineSettings(**{
-                    **online, "window_sizes": tuple(online.get("window_sizes", (2, 5, 10, 20, 50)))}),
-                    self.cache_dir)
+                current.online = OnlineDrift(reference, OnlineSettings(**online), self.cache_dir)
         outputs = request.get("outputs")
         if outputs:
             out_ref = Reference.from_rows(outputs["rows"], outputs["features"],
@@ -157,7 +157,6 @@ class Worker:
         elif state.calibration_error is None:
             ref = online.reference
             settings = dict(state.online_settings or {})
-            settings["window_sizes"] = tuple(settings.get("window_sizes", (2, 5, 10, 20, 50)))
             state.calibration = self.pool().submit(calibrate, ref.data, ref.features, ref.kinds,
                                                    ref.vocab, settings, str(self.cache_dir))
 

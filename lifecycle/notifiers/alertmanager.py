@@ -26,9 +26,8 @@ def alertmanager_body(alerts: list[Alert]) -> list[dict[str, object]]:
 
 
 class AlertmanagerNotifier:
-    name = "alertmanager"
-
     def __init__(self, url: str, client: httpx.AsyncClient, timeout_seconds: float = 5.0) -> None:
+        self.name = "alertmanager"
         self.url = url.rstrip("/") + "/api/v2/alerts"
         self._client, self._timeout = client, timeout_seconds
 
@@ -41,10 +40,9 @@ class AlertmanagerNotifier:
 class WebhookNotifier:
     """POSTs ``{"alerts": [...]}`` in Alertmanager's alert shape to any URL."""
 
-    name = "webhook"
-
     def __init__(self, url: str, client: httpx.AsyncClient, timeout_seconds: float = 5.0) -> None:
         self.url = url
+        self.name = f"webhook:{url}"
         self._client, self._timeout = client, timeout_seconds
 
     async def send(self, alerts: list[Alert]) -> None:

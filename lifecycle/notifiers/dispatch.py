@@ -24,17 +24,35 @@ class Dispatcher:
                                                                    max_backoff)
         self._on_result = on_result
         self._queues: dict[str, asyncio.Queue[list[Alert]]] = {}
-        self._workers: list[asyncio.Task[None]] = []
+        self._workers: dict[str, asyncio.Task[None]] = {}
 
     def start(self) -> None:
         for notifier in self.notifiers:
-            queue: asyncio.Queue[list[Alert]] = asyncio.Queue(maxsize=1000)
-            self._queues[notifier.name] = queue
-            self._workers.append(asyncio.get_running_loop().create_task(
-                self._work(notifier, queue), name=f"notify:{notifier.name}"))
+            self._start(notifier)
+
+    def _start(self, notifier: Notifier) -> None:
+        queue: asyncio.Queue[list[Alert]] = asyncio.Queue(maxsize=1000)
+        self._queues[_identity(notifier)] = queue
+        self._workers[_identity(notifier)] = asyncio.get_running_loop().create_task(
+            self._work(notifier, queue), name=f"notify:{notifier.name}")
+
+    async def reconfigure(self, notifiers: Sequence[Notifier]) -> None:
+        """Deliver to ``notifiers`` from now on; one whose kind and URL did not change keeps
+        its queue and any delivery in progress."""
+        wanted = {_identity(n): n for n in notifiers}
+        for name in [n for n in self._workers if n not in wanted]:
+            worker = self._workers.pop(name)
+            self._queues.pop(name)
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+        for name, notifier in wanted.items():
+            if name not in self._workers:
+                self._start(notifier)
+        self.notifiers = list(notifiers)
 
     def submit(self, alerts: list[Alert]) -> None:
-        for name, queue in self._queues.items():
+        for identity, queue in self._queues.items():
+            name = identity.split(" ")[0]
             try:
                 queue.put_nowait(alerts)
             except asyncio.QueueFull:
@@ -62,6 +80,12 @@ class Dispatcher:
                     delay = min(self.max_backoff, delay * 2)
 
     async def stop(self) -> None:
-        for worker in self._workers:
+        workers, self._workers = list(self._workers.values()), {}
+        for worker in workers:
             worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*workers, return_exceptions=True)
+        self._queues.clear()
+
+
+def _identity(notifier: Notifier) -> str:
+    return f"{notifier.name} {getattr(notifier, 'url', '')}"

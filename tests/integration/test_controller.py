@@ -15,13 +15,9 @@ import pytest
 
 from tests.helpers import TESTDATA, DevServer
 from tfwarden.core.errors import ServingError
-from tfwarden.serving.tfserving.controller import (
-    ModelPlan,
-    TFServingController,
-    current_plan,
-    read_config,
-    with_plan,
-)
+from tfwarden.serving.tfserving.client import Channels, TFServingClient
+from tfwarden.serving.tfserving.controller import TFServingController
+from tfwarden.serving.tfserving.modelconfig import ModelPlan, current_plan, read_config, with_plan
 
 pytestmark = pytest.mark.integration
 TFS = TESTDATA / "tfserving"
@@ -55,8 +51,27 @@ class StableWatcher(threading.Thread):
                 self.calls += 1
 
 
+class Served:
+    """A devserver and what it takes to build a controller for it (a gRPC channel belongs to
+    one event loop: ``controller()`` inside ``asyncio.run``, ``close()`` before it ends)."""
+
+    def __init__(self, server: DevServer, config: Path, delivery: str) -> None:
+        self.server, self.config, self.delivery = server, config, delivery
+        self.channels = Channels()
+
+    def controller(self) -> TFServingController:
+        self.channels = Channels()
+        client = TFServingClient("dev", grpc_address=self.server.grpc_address, rest_url=None,
+                                 channels=self.channels)
+        return TFServingController(client, self.config, delivery=self.delivery,  # type: ignore[arg-type]
+                                   available_timeout_seconds=30)
+
+    async def close(self) -> None:
+        await self.channels.close()
+
+
 @pytest.fixture(params=["grpc", "file"])
-def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[TFServingController, DevServer]]:
+def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
     base = tmp_path / "models" / "m"
     shutil.copytree(TFS / "saved_model_half_plus_two_cpu" / "00000123", base / "1")
     shutil.copytree(TFS / "saved_model_half_plus_three" / "00000123", base / "2")
@@ -67,38 +82,38 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[TFS
     server = DevServer(f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
                        workdir=tmp_path, rest=False)
     server.wait_ready()
-    controller = TFServingController(server.grpc_address, config, delivery=request.param,
-                                     available_timeout_seconds=30)
+    served = Served(server, config, request.param)
 
-    async def label_stable() -> None:  # a gRPC channel belongs to one event loop: close it
-        await controller.set_labels("m", {"stable": 1}, keep=(1,))
-        await controller.close()
+    async def label_stable() -> None:
+        await served.controller().set_labels("m", {"stable": 1}, keep=(1,))
+        await served.close()
 
     asyncio.run(label_stable())
-    yield controller, server
+    yield served
     server.stop()
 
 
-def test_canary_promote_rollback_without_a_failed_stable_request(served) -> None:  # type: ignore[no-untyped-def]
-    controller, server = served
-    watcher = StableWatcher(server.grpc_address)
+def test_canary_promote_rollback_without_a_failed_stable_request(served: Served) -> None:
+    watcher = StableWatcher(served.server.grpc_address)
     watcher.start()
 
     async def scenario() -> dict[str, object]:
         seen: dict[str, object] = {}
+        controller = served.controller()
+        client = controller.client
         try:
             plan = await controller.stage_canary("m", 2)
             seen["staged"] = plan
-            seen["canary_serves"] = await controller.label_target("m", "canary")
-            seen["stable_serves"] = await controller.label_target("m", "stable")
+            seen["canary_serves"] = await client.label_target("m", "canary")
+            seen["stable_serves"] = await client.label_target("m", "stable")
             plan = await controller.promote("m", 2)
             seen["promoted"] = plan
             seen["states_after_promote"] = await controller.states("m")
             plan = await controller.rollback("m", 1)
             seen["rolled_back"] = plan
-            seen["stable_after_rollback"] = await controller.label_target("m", "stable")
+            seen["stable_after_rollback"] = await client.label_target("m", "stable")
         finally:
-            await controller.close()
+            await served.close()
         return seen
 
     seen = asyncio.run(scenario())
@@ -108,7 +123,7 @@ def test_canary_promote_rollback_without_a_failed_stable_request(served) -> None
     assert (seen["canary_serves"], seen["stable_serves"]) == (2, 1)
     assert seen["promoted"] == ModelPlan((1, 2), {"stable": 2, "canary": 2})
     states = seen["states_after_promote"]
-    assert states[1][0] == 30 and states[2][0] == 30  # the previous good version stays loaded
+    assert states[1][0] == states[2][0] == "AVAILABLE"  # the previous good one stays loaded
     assert seen["rolled_back"] == ModelPlan((1,), {"stable": 1})
     assert seen["stable_after_rollback"] == 1
     assert watcher.calls > 20
@@ -116,9 +131,8 @@ def test_canary_promote_rollback_without_a_failed_stable_request(served) -> None
     assert watcher.served == {1, 2}
 
 
-def test_plans_refuse_labels_on_versions_they_do_not_load(served) -> None:  # type: ignore[no-untyped-def]
-    controller, _ = served
-    config = read_config(controller.config_file)
+def test_plans_refuse_labels_on_versions_they_do_not_load(served: Served) -> None:
+    config = read_config(served.config)
     assert current_plan(config, "m") == ModelPlan((1,), {"stable": 1})
     with pytest.raises(ServingError, match="point at versions not in"):
         with_plan(config, "m", ModelPlan((1,), {"stable": 2}))

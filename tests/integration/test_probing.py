@@ -120,23 +120,28 @@ def test_slow_canary_is_a_latency_regression_finding(setup: dict[str, Any]) -> N
 def test_grpc_predict_probe_against_the_devserver(setup: dict[str, Any]) -> None:
     import asyncio
 
-    import grpc
-
     from tfwarden.probes.golden import GoldenRequest
     from tfwarden.probes.grpc_predict import GrpcPredictProbe
+    from tfwarden.serving.tfserving.client import Channels, TFServingClient
 
     golden = (GoldenRequest(request={"instances": [2.0]}, expected={"predictions": [3.0]}),)
     wrong = (GoldenRequest(request={"inputs": [2.0]}, expected={"outputs": [9.0]}),)
 
     async def scenario():  # type: ignore[no-untyped-def]
-        async with grpc.aio.insecure_channel(setup["dev"].grpc_address) as channel:
-            v1 = await GrpcPredictProbe(channel, "m", version=1, golden=golden).send()
-            v2 = await GrpcPredictProbe(channel, "m", version=2, golden=golden).send()
-            missing = await GrpcPredictProbe(channel, "m", version=9, golden=golden).send()
-            incorrect = await GrpcPredictProbe(channel, "m", version=1, golden=wrong).send()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as nowhere:
+        channels = Channels()
+        dev = TFServingClient("dev", grpc_address=setup["dev"].grpc_address, rest_url=None,
+                              channels=channels)
+        nowhere = TFServingClient("nowhere", grpc_address=f"127.0.0.1:{free_port()}",
+                                  rest_url=None, channels=channels, timeout_seconds=1)
+        try:
+            v1 = await GrpcPredictProbe(dev, "m", version=1, golden=golden).send()
+            v2 = await GrpcPredictProbe(dev, "m", version=2, golden=golden).send()
+            missing = await GrpcPredictProbe(dev, "m", version=9, golden=golden).send()
+            incorrect = await GrpcPredictProbe(dev, "m", version=1, golden=wrong).send()
             unreachable = await GrpcPredictProbe(nowhere, "m", golden=golden,
                                                  timeout_seconds=1).send()
+        finally:
+            await channels.close()
         return v1, v2, missing, incorrect, unreachable
 
     v1, v2, missing, incorrect, unreachable = asyncio.run(scenario())

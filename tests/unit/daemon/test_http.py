@@ -7,6 +7,7 @@ import httpx
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from tfwarden.core.errors import ActionRefused
 from tfwarden.daemon.http import create_app
 from tfwarden.daemon.recorder import Recorder
 
@@ -18,6 +19,7 @@ class FakeDaemon:
         self.token = token
         self.ready = False
         self.stopping = False
+        self.max_body_bytes = 1024
         self.reloads: list[str] = []
         self.reload_ok = True
 
@@ -45,7 +47,7 @@ class FakeDaemon:
 
     async def manual_action(self, model: str, action: str) -> dict[str, Any]:
         if action == "resume":
-            raise ValueError("model 'm' is not paused")
+            raise ActionRefused("model 'm' is not paused")
         return {"model": model, "action": action}
 
     def receive_alerts(self, payload: dict[str, Any]) -> dict[str, Any]:

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes import MemoryStateStore
 from tfwarden.core.errors import StateError
-from tfwarden.daemon.state import DB_NAME, SCHEMA_VERSION, MemoryStateStore, SQLiteStateStore, StateStore
+from tfwarden.core.ports import StateStore
+from tfwarden.daemon.state import DB_NAME, SCHEMA_VERSION, SQLiteStateStore
 
 
 @pytest.fixture(params=["sqlite", "memory"])

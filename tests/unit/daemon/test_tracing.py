@@ -10,15 +10,16 @@ from pathlib import Path
 SCRIPT = """
 import sys
 from pathlib import Path
+from tfwarden.core import trace
 from tfwarden.daemon import tracing
 from tfwarden.daemon.config import TracingConfig
 settings = TracingConfig(**({} if sys.argv[1] == "none" else
                             {"exporter": "file", "file": Path(sys.argv[2])}))
 tracing.setup(settings, "9.9")
-with tracing.span("lifecycle.promote", model="m", params={"version": 2}) as span:
+with trace.span("lifecycle.promote", model="m", params={"version": 2}) as span:
     span.set(phase="stable", canary_version=None)
 try:
-    with tracing.span("lifecycle.rollback", model="m") as span:
+    with trace.span("lifecycle.rollback", model="m") as span:
         span.fail("nginx -t refused")
 except Exception:
     pass

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from tfwarden.detectors.disagreement import Disagreement, DisagreementSettings, disagrees
 
-SETTINGS = DisagreementSettings(threshold=0.05, min_rows=100)
+SETTINGS = DisagreementSettings(disagreement_threshold=0.05, min_rows=100)
 
 
 def test_row_rules() -> None:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from tfwarden.core.errors import ReferenceError
-from tfwarden.detectors.drift.engines import BatchSettings, ScipyEngine, bh_adjust, make_engine, psi
+from tfwarden.detectors.drift.engines import ScipyEngine, bh_adjust, make_engine, psi
 from tfwarden.detectors.drift.reference import Reference, load_reference_file
+from tfwarden.detectors.drift.settings import BatchSettings
 
 FEATURES = [f"f{i}" for i in range(10)]
 
@@ -24,7 +25,7 @@ def test_a_half_sigma_shift_in_one_feature_is_found(engine: str) -> None:
     ref = reference()
     batch = np.random.default_rng(1).normal(size=(400, 10))
     batch[:, 3] += 0.5
-    report = make_engine(engine, ref, BatchSettings()).check(batch)
+    report = make_engine(engine, ref, BatchSettings(p_value=0.05)).check(batch)
     assert report["drift"] and report["drifted_features"] == ["f3"]
     f3 = report["features"][3]
     assert f3["test"] == "ks" and f3["p_adjusted"] < 1e-4 and f3["psi"] > 0.05
@@ -42,8 +43,8 @@ def test_null_batches_rarely_drift(engine: str) -> None:
 def test_engines_give_the_same_p_values() -> None:
     ref = reference()
     batch = np.random.default_rng(3).normal(size=(300, 10)) * 1.3
-    scipy = make_engine("scipy", ref, BatchSettings()).check(batch)
-    alibi = make_engine("alibi", ref, BatchSettings()).check(batch)
+    scipy = make_engine("scipy", ref, BatchSettings(p_value=0.05)).check(batch)
+    alibi = make_engine("alibi", ref, BatchSettings(p_value=0.05)).check(batch)
     # alibi-detect uses the asymptotic KS distribution, scipy the exact one where it can
     assert [f["p_value"] for f in scipy["features"]] == \
         pytest.approx([f["p_value"] for f in alibi["features"]], rel=0.05)
@@ -60,7 +61,7 @@ def test_categorical_frequency_change_uses_chi_square() -> None:
             for _ in range(500)]
     encoded = ref.encode(live)
     assert set(encoded[:, 0]) == {0.0, 1.0, 2.0, 3.0}  # "new" gets the unseen code
-    report = ScipyEngine(ref, BatchSettings()).check(encoded)
+    report = ScipyEngine(ref, BatchSettings(p_value=0.05)).check(encoded)
     assert report["features"][0]["test"] == "chi2" and report["drifted_features"] == ["color"]
 
 
@@ -107,7 +108,7 @@ def test_mmd_finds_a_joint_shift_the_marginals_hide() -> None:
     rng = np.random.default_rng(8)
     ref_data = rng.normal(size=(300, 2))
     ref = Reference.from_rows(ref_data.tolist(), ["a", "b"])
-    engine = make_engine("alibi", ref, BatchSettings(multivariate="mmd", mmd_permutations=100))
+    engine = make_engine("alibi", ref, BatchSettings(p_value=0.05, multivariate="mmd", mmd_permutations=100))
     same = engine.check(rng.normal(size=(200, 2)))
     assert same["multivariate"]["test"] == "mmd" and not same["multivariate"]["drift"]
     # the same marginals, but b = -a instead of independent: only a joint test can see it

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 from tfwarden.core import framing
-from tfwarden.core.errors import WorkerDown
-from tfwarden.core.errors import WorkerFailed as WorkerError
-from tfwarden.daemon.config import DriftWorkerConfig
-from tfwarden.daemon.drift import DriftWorker
+from tfwarden.core.errors import WorkerDown, WorkerFailed
 from tfwarden.daemon.recorder import Recorder
+from tfwarden.detectors.drift.client import DriftWorkerClient
+from tfwarden.detectors.drift.settings import DriftWorkerSettings
 
 
 def configure_payload(rows: list[list[float]]) -> dict[str, object]:
@@ -25,25 +24,24 @@ def configure_payload(rows: list[list[float]]) -> dict[str, object]:
 
 def test_configure_check_sample_and_errors(tmp_path: Path) -> None:
     async def scenario() -> None:
-        worker = DriftWorker(tmp_path, DriftWorkerConfig(), Recorder())
+        worker = DriftWorkerClient(tmp_path, DriftWorkerSettings(), Recorder())
         rng = np.random.default_rng(0)
         try:
-            answer = await worker.request("configure", **configure_payload(
-                rng.normal(size=(500, 2)).tolist()))
+            answer = await worker.configure(configure_payload(rng.normal(size=(500, 2)).tolist()))
             assert answer["reference"]["rows"] == 500 and len(answer["reference"]["hash"]) == 16
             shifted = rng.normal(size=(300, 2)) + [0.0, 1.0]
-            report = await worker.request("check", model="m", rows=shifted.tolist())
+            report = await worker.check("m", "inputs", shifted.tolist())
             assert "b" in report["drifted_features"] and report["engine"] == "scipy"
             assert report["features"][1]["p_adjusted"] < 1e-6
-            sample = await worker.request("sample", model="m", n=10)
+            sample = await worker.sample("m", 10)
             assert len(sample["rows"]) == 10 and sample["features"] == ["a", "b"]
-            with pytest.raises(WorkerError, match="model 'x' is not configured"):
-                await worker.request("check", model="x", rows=[[1.0, 2.0]])
-            with pytest.raises(WorkerError, match=r"rows\[0\]: expected 2 values, got 1"):
-                await worker.request("check", model="m", rows=[[1.0]])
-            with pytest.raises(WorkerError, match="unknown operation 'nope'"):
-                await worker.request("nope")
-            stats = await worker.request("stats")
+            with pytest.raises(WorkerFailed, match="model 'x' is not configured"):
+                await worker.check("x", "inputs", [[1.0, 2.0]])
+            with pytest.raises(WorkerFailed, match=r"rows\[0\]: expected 2 values, got 1"):
+                await worker.check("m", "inputs", [[1.0]])
+            with pytest.raises(WorkerFailed, match="unknown operation 'nope'"):
+                await worker.process.request("nope")
+            stats = await worker.stats()
             assert stats["rss_bytes"] > 10 * 2**20 and "m" in stats["models"]
             assert worker.generation == 1  # errors are answers, not crashes
         finally:
@@ -53,19 +51,19 @@ def test_configure_check_sample_and_errors(tmp_path: Path) -> None:
 
 def test_a_dead_worker_is_restarted_with_backoff(tmp_path: Path) -> None:
     async def scenario() -> None:
-        worker = DriftWorker(tmp_path, DriftWorkerConfig(restart_backoff_max_seconds=1),
-                             Recorder())
+        worker = DriftWorkerClient(tmp_path, DriftWorkerSettings(restart_backoff_max_seconds=1),
+                                   Recorder())
         try:
-            await worker.request("ping")
-            assert worker.proc is not None
-            worker.proc.kill()
+            await worker.ping()
+            assert worker.process.proc is not None
+            worker.process.proc.kill()
             with pytest.raises(WorkerDown, match="exited with status -9"):
-                await worker.request("ping")
+                await worker.ping()
             with pytest.raises(WorkerDown, match="restarting in"):
-                await worker.request("ping")  # backing off
+                await worker.ping()  # backing off
             await asyncio.sleep(1.1)
-            assert (await worker.request("ping"))["pid"] != 0
-            assert worker.generation == 2 and worker.restarts == 1
+            assert (await worker.ping())["pid"] != 0
+            assert worker.generation == 2 and worker.process.restarts == 1
         finally:
             await worker.stop()
     asyncio.run(scenario())
@@ -74,11 +72,11 @@ def test_a_dead_worker_is_restarted_with_backoff(tmp_path: Path) -> None:
 def test_a_hung_worker_times_out_and_is_replaced(tmp_path: Path) -> None:
     async def scenario() -> None:
         hang = [sys.executable, "-c", "import time; time.sleep(60)"]
-        worker = DriftWorker(tmp_path, DriftWorkerConfig(request_timeout_seconds=0.5),
-                             Recorder(), command=hang)
+        worker = DriftWorkerClient(tmp_path, DriftWorkerSettings(request_timeout_seconds=0.5),
+                                   Recorder(), command=hang)
         with pytest.raises(WorkerDown, match=r"no answer to ping in 0s|no answer to ping in 1s"):
-            await worker.request("ping")
-        assert not worker.up and worker.restarts == 1
+            await worker.ping()
+        assert not worker.up and worker.process.restarts == 1
     asyncio.run(scenario())
 
 

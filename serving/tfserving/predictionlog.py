@@ -3,7 +3,7 @@
 TFRecord framing (``uint64 length, uint32 masked crc32c(length), data, uint32 masked
 crc32c(data)``, little-endian) is read here with google-crc32c checking both checksums; each record
 is a ``tensorflow.serving.PredictionLog`` parsed with the lean protos (no TensorFlow runtime).
-``rows_from_log`` turns the logged request into feature rows in ``probes.capture`` order:
+``rows_from_log`` turns the logged request into feature rows in ``serving.tfserving.rows`` order:
 PredictLog inputs (TensorProto, typed value fields or ``tensor_content``) and the tf.Example
 lists of ClassifyLog / RegressLog.
 """
@@ -18,8 +18,8 @@ from typing import Any
 import google_crc32c
 
 from tfwarden.core.errors import PredictionLogError
-from tfwarden.probes.capture import InputSpec
 from tfwarden.serving.tfserving import protos
+from tfwarden.serving.tfserving.rows import InputSpec
 
 _MASK_DELTA = 0xA282EAD8
 # DataType enum -> (struct code, TensorProto value field)
@@ -114,7 +114,7 @@ def _example_value(feature: Any) -> list[float | str]:
 
 
 def rows_from_log(log: Any) -> tuple[list[str], list[list[float | str]]]:
-    """Feature names (``probes.capture`` order) and rows of one logged request."""
+    """Feature names (``serving.tfserving.rows`` order) and rows of one logged request."""
     kind = log.WhichOneof("log_type")
     if kind == "predict_log":
         inputs = log.predict_log.request.inputs

@@ -9,7 +9,7 @@ import pytest
 
 from tests.helpers import TESTDATA
 from tfwarden.core.errors import PredictionLogError
-from tfwarden.probes.predictionlog import read_rows, read_tfrecords
+from tfwarden.serving.tfserving.predictionlog import read_rows, read_tfrecords
 
 LOGS = TESTDATA / "predictionlog"
 

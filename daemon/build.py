@@ -1,0 +1,271 @@
+"""Configuration -> objects: the one place that builds the pipeline, read top to bottom.
+
+    serving clients (one gRPC channel per address, one HTTP client)
+    probes --Sample--> series windows + detector roster <--roles-- role tracker
+    capture endpoints --rows--> drift checks (drift worker) --Finding--> roster
+    roster --Finding--> policy --Decision--> lifecycle runner --Action--> server, router
+                                             \\--> alerts (notifiers), reoptimize (optimizers)
+    runner --status--> role tracker
+
+``build`` makes the objects of the first configuration, ``start`` sets them running,
+``reconfigure`` hands each long-lived object its new settings (detector evidence, policy memory,
+approvals and the alert book survive a reload), ``stop`` ends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from tfwarden.core.clock import Clock
+from tfwarden.core.ports import Scheduler, StateStore
+from tfwarden.core.series import SeriesWindows
+from tfwarden.daemon.config import Config
+from tfwarden.daemon.recorder import Recorder
+from tfwarden.daemon.state import EventJournal
+from tfwarden.detectors.drift.checks import DriftChecks, DriftedModel
+from tfwarden.detectors.drift.client import DriftWorkerClient
+from tfwarden.detectors.roles import RoleTracker
+from tfwarden.detectors.roster import Roster
+from tfwarden.lifecycle.alerts import AlertBook
+from tfwarden.lifecycle.notifiers.alertmanager import AlertmanagerNotifier, WebhookNotifier
+from tfwarden.lifecycle.notifiers.base import Notifier
+from tfwarden.lifecycle.notifiers.dispatch import Dispatcher
+from tfwarden.lifecycle.reoptimize import Reoptimizer
+from tfwarden.lifecycle.routers.base import LabelsRouter, Router, ShadowRouter
+from tfwarden.lifecycle.routers.nginx import NginxRouter
+from tfwarden.lifecycle.runner import POLICY_SECONDS, LifecycleRunner, ManagedModel
+from tfwarden.lifecycle.watcher import VersionWatcher
+from tfwarden.policies.engine import PolicyEngine
+from tfwarden.policies.rules import load_ruleset
+from tfwarden.probes.capture import CapturedModel, CaptureService
+from tfwarden.probes.supervisor import Endpoint, ProbedModel, ProbeSettings, ProbeSupervisor
+from tfwarden.serving.tfserving.client import Channels, TFServingClient
+from tfwarden.serving.tfserving.controller import TFServingController
+
+log = logging.getLogger("tfwarden.daemon")
+EVALUATE_SECONDS = 2.0
+UNLOAD_PREVIOUS_SECONDS = 30.0
+MAX_PROBE_CONNECTIONS = 200
+
+
+@dataclass
+class Process:
+    """What lives as long as the process: clock, metrics, state, scheduler, connections."""
+
+    clock: Clock
+    recorder: Recorder
+    store: StateStore
+    jobs: Scheduler
+    http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=MAX_PROBE_CONNECTIONS)))
+    channels: Channels = field(default_factory=Channels)
+
+    def __post_init__(self) -> None:
+        self.journal = EventJournal(self.store, self.clock, self.recorder)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        await self.channels.close()
+
+
+@dataclass
+class Pipeline:
+    """The running stages of one daemon."""
+
+    config: Config
+    endpoints: dict[str, Endpoint]
+    windows: SeriesWindows
+    roles: RoleTracker
+    roster: Roster
+    capture: CaptureService
+    drift_worker: DriftWorkerClient
+    drift: DriftChecks
+    probes: ProbeSupervisor
+    policy: PolicyEngine
+    dispatcher: Dispatcher
+    alerts: AlertBook
+    reoptimizer: Reoptimizer
+    runner: LifecycleRunner
+    watcher: VersionWatcher
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+def build(config: Config, process: Process) -> Pipeline:
+    """Every object of ``config`` (nothing runs yet); raises ConfigError for bad golden files."""
+    p, endpoints = process, endpoints_of(config, process, {})
+    windows, roles = SeriesWindows(), RoleTracker()
+    roster = Roster(config.detection, {m.name: m.slo for m in config.models},
+                    [t.name for t in config.memory], windows, p.clock, p.journal, p.recorder)
+    roles.subscribe(roster)
+    capture = CaptureService(config.capture, captured_models(config, endpoints), p.recorder)
+    drift_worker = DriftWorkerClient(config.state_dir, config.detection.drift_worker, p.recorder)
+    drift = DriftChecks(drifted_models(config, endpoints), config.state_dir, drift_worker, capture,
+                        roles, roster, p.recorder, p.clock)
+    probes = ProbeSupervisor(probe_settings(config, endpoints), p.jobs, p.http, windows, roster,
+                             roles, p.recorder, p.clock)
+    ProbeSupervisor.read_golden(probes.settings)
+    policy = PolicyEngine(load_ruleset(config.policies.ruleset), config.policies.dry_run)
+    dispatcher = Dispatcher(notifiers_of(config, p.http), on_result=p.recorder.notified)
+    alerts = AlertBook(dispatcher, p.journal, p.clock, config.alerting.labels)
+    reoptimizer = Reoptimizer(optimize_settings(config), config.state_dir / "optimize", p.journal,
+                              alerts, captured=capture, calibration=drift)
+    runner = LifecycleRunner(managed_models(config, endpoints), store=p.store, journal=p.journal,
+                             clock=p.clock, metrics=p.recorder, policy=policy, findings=roster,
+                             alerts=alerts, listener=roles, reoptimizer=reoptimizer)
+    return Pipeline(config, endpoints, windows, roles, roster, capture, drift_worker, drift,
+                    probes, policy, dispatcher, alerts, reoptimizer, runner, VersionWatcher(runner))
+
+
+# -- configuration -> each stage's settings -----------------------------------------------------
+def endpoints_of(config: Config, process: Process,
+                 current: dict[str, Endpoint]) -> dict[str, Endpoint]:
+    """A client per serving endpoint; one whose settings did not change is kept (its cached
+    signatures with it)."""
+    endpoints = {}
+    for name, settings in config.serving.items():
+        old = current.get(name)
+        endpoints[name] = old if old is not None and old.settings == settings else Endpoint(
+            settings, TFServingClient(
+                name, grpc_address=settings.grpc_address,
+                rest_url=str(settings.rest_url) if settings.rest_url else None,
+                channels=process.channels, http=process.http,
+                timeout_seconds=settings.timeout_seconds,
+                signature_ttl_seconds=config.capture.signature_ttl_seconds))
+    return endpoints
+
+
+def probe_settings(config: Config, endpoints: dict[str, Endpoint]) -> ProbeSettings:
+    return ProbeSettings(endpoints, [ProbedModel(m.name, m.serving, m.probe, m.golden_requests)
+                                     for m in config.models], config.memory, config.promql)
+
+
+def captured_models(config: Config, endpoints: dict[str, Endpoint]) -> dict[str, CapturedModel]:
+    return {m.name: CapturedModel(endpoints[m.serving].client if m.serving in endpoints else None,
+                                  drift=m.drift is not None) for m in config.models}
+
+
+def drifted_models(config: Config, endpoints: dict[str, Endpoint]) -> dict[str, DriftedModel]:
+    return {m.name: DriftedModel(m.name, m.drift, endpoints[m.serving].client)
+            for m in config.models if m.drift is not None}
+
+
+def managed_models(config: Config, endpoints: dict[str, Endpoint]) -> dict[str, ManagedModel]:
+    """Models with ``lifecycle.enabled`` on an endpoint with a model config file and gRPC."""
+    managed = {}
+    for model in config.models:
+        endpoint = endpoints[model.serving]
+        settings = endpoint.settings
+        if not (model.lifecycle.enabled and settings.model_config_file and settings.grpc_address):
+            continue
+        server = TFServingController(endpoint.client, settings.model_config_file,
+                                     delivery=settings.config_delivery)
+        managed[model.name] = ManagedModel(model.name, model.lifecycle, server,
+                                           router_of(config, model.lifecycle.router, settings))
+    return managed
+
+
+def router_of(config: Config, kind: str, endpoint: Any) -> Router:
+    if kind == "nginx":
+        nginx = config.nginx
+        assert nginx is not None and endpoint.rest_url is not None
+        return NginxRouter(include_dir=nginx.include_dir, conf=nginx.conf, prefix=nginx.prefix,
+                           upstream=str(endpoint.rest_url), binary=nginx.binary,
+                           mirror_url=str(nginx.mirror_url) if nginx.mirror_url else None,
+                           mirror_percent=nginx.mirror_percent)
+    return ShadowRouter() if kind == "shadow" else LabelsRouter()
+
+
+def notifiers_of(config: Config, http: httpx.AsyncClient) -> list[Notifier]:
+    alerting = config.alerting
+    notifiers: list[Notifier] = []
+    if alerting.alertmanager is not None:
+        notifiers.append(AlertmanagerNotifier(str(alerting.alertmanager.url), http,
+                                              alerting.alertmanager.timeout_seconds))
+    notifiers += [WebhookNotifier(str(hook.url), http, hook.timeout_seconds)
+                  for hook in alerting.webhooks]
+    return notifiers
+
+
+def optimize_settings(config: Config) -> dict[str, Any]:
+    return {m.name: m.optimize for m in config.models if m.optimize is not None}
+
+
+# -- running ------------------------------------------------------------------------------------
+async def start(p: Pipeline, jobs: Scheduler) -> None:
+    p.dispatcher.start()
+    jobs.add("detect", _evaluate(p), EVALUATE_SECONDS)
+    _schedule_drift(p, jobs)
+    p.probes.start()
+    _spawn(p, _start_lifecycle(p, jobs))
+
+
+async def _start_lifecycle(p: Pipeline, jobs: Scheduler) -> None:
+    """Resume (and finish interrupted actions) before the policy loop may act."""
+    await p.runner.start()
+    jobs.add("policy", p.runner.tick, POLICY_SECONDS)
+    jobs.add("new-versions", p.watcher.new_versions, p.watcher.interval)
+    jobs.add("unload-previous", p.watcher.unload_previous, UNLOAD_PREVIOUS_SECONDS)
+
+
+def _evaluate(p: Pipeline) -> Any:
+    async def evaluate() -> None:
+        p.roster.evaluate(p.runner.clock.now())
+    return evaluate
+
+
+def _schedule_drift(p: Pipeline, jobs: Scheduler) -> None:
+    if p.drift.states:
+        jobs.add("drift", p.drift.tick, min(5.0, p.drift.interval))
+    else:
+        jobs.remove("drift")
+
+
+async def reconfigure(p: Pipeline, config: Config, process: Process) -> None:
+    """Hand every stage its new settings; ConfigError (bad golden file, rule file) before
+    anything changes."""
+    endpoints = endpoints_of(config, process, p.endpoints)
+    probes = probe_settings(config, endpoints)
+    ProbeSupervisor.read_golden(probes)
+    ruleset = load_ruleset(config.policies.ruleset)
+    p.config, p.endpoints = config, endpoints
+    p.roster.reconfigure(config.detection, {m.name: m.slo for m in config.models},
+                         [t.name for t in config.memory],
+                         [m.name for m in config.models if m.drift is not None])
+    p.capture.reconfigure(config.capture, captured_models(config, endpoints))
+    p.drift_worker.reconfigure(config.detection.drift_worker)
+    p.drift.reconfigure(drifted_models(config, endpoints))
+    _schedule_drift(p, process.jobs)
+    if not p.drift.states:
+        await p.drift_worker.stop()
+    await p.probes.reconfigure(probes)
+    p.policy.reconfigure(ruleset, config.policies.dry_run)
+    await p.dispatcher.reconfigure(notifiers_of(config, process.http))
+    p.alerts.reconfigure(p.dispatcher, config.alerting.labels)
+    p.reoptimizer.reconfigure(optimize_settings(config))
+    _spawn(p, p.runner.reconfigure(managed_models(config, endpoints)))
+
+
+async def stop(p: Pipeline) -> None:
+    await p.probes.stop()
+
+
+async def close(p: Pipeline) -> None:
+    """After the scheduler drained: end the lifecycle, alert delivery and the drift worker."""
+    await p.runner.stop()
+    await p.dispatcher.stop()
+    await p.drift_worker.stop()
+    for task in list(p.tasks):
+        task.cancel()
+    await asyncio.gather(*p.tasks, return_exceptions=True)
+
+
+def _spawn(p: Pipeline, coroutine: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(coroutine)
+    p.tasks.add(task)
+    task.add_done_callback(p.tasks.discard)

@@ -1,0 +1,126 @@
+"""tfwarden's configuration: YAML validated by pydantic models that forbid unknown fields.
+
+``load_config(path)`` returns a frozen :class:`Config` or raises :class:`ConfigError` listing every
+problem with its YAML path (``models[1].slo.availability``) and line. Relative paths in the file
+are resolved against the directory of the file. The sections are the stages' own settings types
+(``sections``); ``checks`` finds what spans fields.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from tfwarden.core.errors import ConfigError, ConfigProblem
+from tfwarden.daemon.config.checks import cross_check
+from tfwarden.daemon.config.sections import (
+    AlertingConfig,
+    Config,
+    DetectionConfig,
+    LoggingConfig,
+    ModelConfig,
+    ServerConfig,
+    TracingConfig,
+)
+from tfwarden.daemon.config.yamlfile import format_path, line_of, read_yaml
+
+__all__ = ["AlertingConfig", "Config", "ConfigError", "DetectionConfig", "LoggingConfig",
+           "ModelConfig", "ServerConfig", "TracingConfig", "config_json_schema", "load_config",
+           "read_bearer_token", "validate_config"]
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML configuration file."""
+    path = Path(path)
+    data, node = read_yaml(path)
+    return validate_config(data, str(path), path.resolve().parent, node)
+
+
+def validate_config(data: Any, source: str, base_dir: Path, node: Any = None) -> Config:
+    """Validate already-parsed YAML ``data``; raise ConfigError listing every problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [ConfigProblem("", "expected a mapping at the top level")])
+    try:
+        config = Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(source, [_problem(error, node) for error in exc.errors()]) from None
+    problems = cross_check(config)
+    if problems:
+        raise ConfigError(source, [ConfigProblem(p.path, p.message,
+                                                 line_of(node, _parse_path(p.path)))
+                                   for p in problems])
+    return config
+
+
+def _problem(error: Any, node: Any) -> ConfigProblem:
+    loc = tuple(error["loc"])
+    message = _describe(error)
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_fields(loc)
+        if allowed:
+            message += f" (allowed: {', '.join(allowed)})"
+    return ConfigProblem(format_path(loc), message, line_of(node, loc))
+
+
+def _describe(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind not in ("value_error", "assertion_error") and "input" in error:
+        shown = repr(error["input"])
+        message += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+    return message
+
+
+def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
+    """Field names allowed next to an unknown field at ``loc``, for a helpful message."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def _parse_path(path: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path):
+        parts.append(int(index) if index else name)
+    return parts
+
+
+def read_bearer_token(config: Config) -> str | None:
+    """The configured bearer token, stripped, or None when write endpoints are open."""
+    token_file = config.server.bearer_token_file
+    if token_file is None:
+        return None
+    try:
+        token = token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(str(token_file), [ConfigProblem(
+            "server.bearer_token_file", f"cannot read: {exc}")]) from exc
+    return token
+
+
+def config_json_schema() -> dict[str, Any]:
+    """JSON Schema of the configuration file, for editors."""
+    schema = Config.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "tfwarden configuration"
+    return schema

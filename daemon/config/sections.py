@@ -1,0 +1,146 @@
+"""The configuration file's sections. Stage settings are the stages' own types (each default
+written once, next to the code that uses it); the daemon's own sections are here."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, Field, ValidationInfo, field_validator
+
+from tfwarden.core.settings import NAME, Name, Settings, existing_file, resolve_path, split_host_port
+from tfwarden.detectors.alerts import ReceiveRule
+from tfwarden.detectors.drift.settings import DriftSettings, DriftWorkerSettings
+from tfwarden.detectors.roster import DetectionSettings, ModelObjectives
+from tfwarden.lifecycle.settings import AlertSettings, LifecycleSettings, NginxSettings
+from tfwarden.optimizers.settings import OptimizeSettings
+from tfwarden.policies.settings import PolicySettings
+from tfwarden.probes.capture import CaptureSettings
+from tfwarden.probes.settings import MemoryTargetSettings, PredictProbeSettings, PromQLSettings
+from tfwarden.serving.tfserving.settings import EndpointSettings
+
+DEFAULT_LISTEN = "127.0.0.1:9321"
+
+
+class ServerConfig(Settings):
+    """The daemon's own HTTP server."""
+
+    listen: str = Field(DEFAULT_LISTEN, description="HOST:PORT of the HTTP API and /metrics.")
+    bearer_token_file: Path | None = Field(
+        None, description="File holding the bearer token required by write endpoints."
+    )
+    shutdown_grace_seconds: float = Field(
+        5.0, gt=0, le=8, description="How long in-flight jobs may run after SIGTERM."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @field_validator("bearer_token_file")
+    @classmethod
+    def _check_token_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        value = resolve_path(value, info)
+        if not value.is_file():
+            raise ValueError(f"bearer token file {str(value)!r} does not exist")
+        if not value.read_text(encoding="utf-8").strip():
+            raise ValueError(f"bearer token file {str(value)!r} is empty")
+        return value
+
+    @property
+    def host(self) -> str:
+        return split_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_host_port(self.listen)[1]
+
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class LoggingConfig(Settings):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class TracingConfig(Settings):
+    """OpenTelemetry traces of decisions and actions (docs/operations.md)."""
+
+    exporter: Literal["none", "otlp", "file"] = "none"
+    endpoint: AnyHttpUrl = Field(AnyHttpUrl("http://127.0.0.1:4318/v1/traces"),
+                                 description="OTLP/HTTP traces endpoint (exporter otlp).")
+    file: Path | None = Field(None, description="JSON lines of spans (exporter file).")
+    service_name: str = "tfwarden"
+    sample_ratio: float = Field(1.0, ge=0, le=1)
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+
+    @field_validator("file")
+    @classmethod
+    def _resolve_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else resolve_path(value, info)
+
+
+class ModelConfig(Settings):
+    """A model tfwarden watches on one serving endpoint."""
+
+    name: Name
+    serving: str = Field(description="Name of an entry under `serving`.")
+    golden_requests: Path | None = Field(
+        None, description="JSONL file of golden requests with expected outputs."
+    )
+    slo: ModelObjectives = ModelObjectives()
+    probe: PredictProbeSettings | None = Field(None, description="Predict probe; none when omitted.")
+    lifecycle: LifecycleSettings = LifecycleSettings()
+    drift: DriftSettings | None = Field(None, description="Data drift checks; none when omitted.")
+    optimize: OptimizeSettings | None = Field(
+        None, description="Inputs of the reoptimize policy action; none: the action is refused.")
+
+    @field_validator("golden_requests")
+    @classmethod
+    def _check_golden(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return existing_file(value, info, "golden request file")
+
+
+class DetectionConfig(DetectionSettings):
+    drift_worker: DriftWorkerSettings = DriftWorkerSettings()
+
+
+class AlertingConfig(AlertSettings):
+    receive: list[ReceiveRule] = Field(
+        [], description="Alerts accepted at POST /api/v1/alertmanager, as findings.")
+
+
+class Config(Settings):
+    """The whole configuration file."""
+
+    server: ServerConfig = ServerConfig()
+    logging: LoggingConfig = LoggingConfig()
+    state_dir: Path = Field(description="Directory of the SQLite state (journal, lifecycle).")
+    serving: dict[Annotated[str, Field(pattern=NAME)], EndpointSettings] = {}
+    models: list[ModelConfig] = []
+    memory: list[MemoryTargetSettings] = []
+    promql: PromQLSettings | None = None
+    nginx: NginxSettings | None = None
+    capture: CaptureSettings = CaptureSettings()
+    detection: DetectionConfig = DetectionConfig()
+    alerting: AlertingConfig = AlertingConfig()
+    policies: PolicySettings = PolicySettings()
+    tracing: TracingConfig = TracingConfig()
+
+    @field_validator("state_dir")
+    @classmethod
+    def _resolve_state_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        return resolve_path(value, info)
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)

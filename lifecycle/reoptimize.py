@@ -1,0 +1,168 @@
+"""The ``reoptimize`` action: optimize the stable version in workers and publish the result.
+
+A published variant becomes a canary through the new-version watcher (``auto_canary``) and the
+normal rules; it is never promoted directly. int8 calibration inputs come from
+``optimize.representative``, else the model's drift reference, else the rows captured for the
+stable version; ``recalibrate`` always uses the captured rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from tfwarden.core import trace
+from tfwarden.core.errors import OptimizeError, ServingError
+from tfwarden.core.events import (
+    Reoptimized,
+    ReoptimizeFailed,
+    ReoptimizeRefused,
+    ReoptimizeRejected,
+    ReoptimizeSkipped,
+    ReoptimizeStarted,
+)
+from tfwarden.core.ports import CalibrationSource, CapturedRows, Journal, Row
+from tfwarden.optimizers.methods import METHODS
+from tfwarden.optimizers.pipeline import Request, Runner, optimize
+from tfwarden.optimizers.publish import optimized_from
+from tfwarden.optimizers.settings import OptimizeSettings
+
+log = logging.getLogger("tfwarden.lifecycle")
+MIN_CAPTURED_ROWS = 100
+
+
+class HasBasePath(Protocol):
+    def base_path(self, model: str) -> Path: ...
+
+
+class FailureAlerts(Protocol):
+    def failed(self, model: str, action: str, error: str, severity: str = "page") -> None: ...
+
+
+def calibration_csv(path: Path, features: list[str], rows: list[Row]) -> Path | None:
+    """Rows as a CSV file the optimizer worker reads as calibration inputs; None when there are
+    too few of them or any is not numeric."""
+    if len(rows) < MIN_CAPTURED_ROWS or any(isinstance(v, str) for r in rows for v in r):
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(features)
+        writer.writerows(rows)
+    return path
+
+
+class Reoptimizer:
+    def __init__(self, models: Mapping[str, OptimizeSettings], work_dir: Path, journal: Journal,
+                 alerts: FailureAlerts, captured: CapturedRows | None = None,
+                 calibration: CalibrationSource | None = None, runner: Runner | None = None) -> None:
+        self.models, self.work_dir, self.journal, self.alerts = dict(models), work_dir, journal, alerts
+        self.captured, self.calibration = captured, calibration
+        self.runner = runner or Runner()  # one optimizer worker at a time, killed on stop
+        self._running: set[str] = set()
+
+    def reconfigure(self, models: Mapping[str, OptimizeSettings]) -> None:
+        self.models = dict(models)
+
+    def cancel(self) -> None:
+        self.runner.cancel()
+
+    async def run(self, model: str, stable: int | None, server: HasBasePath,
+                  params: Mapping[str, Any], origin: str) -> None:
+        """Optimize ``model``'s stable version (journaled: started, then reoptimized, rejected
+        or failed; refused or skipped when it cannot or need not run)."""
+        settings = self.models.get(model)
+        if settings is None:
+            self.journal.record(ReoptimizeRefused(model, "models[].optimize is not configured",
+                                                  origin))
+            return
+        if model in self._running:
+            return
+        method = str(params.get("method") or settings.method)
+        request = self._request(model, stable, server, settings, method, params)
+        if request is None:
+            return
+        self._running.add(model)
+        assert stable is not None
+        intent = self.journal.record(ReoptimizeStarted(model, method, stable, origin))
+        try:
+            with trace.span("optimize", model=model, method=method, source_version=stable,
+                            origin=origin) as current:
+                try:
+                    report = await optimize(request, self.runner, {"origin": origin})
+                except OptimizeError as exc:
+                    current.fail(str(exc))
+                    raise
+                current.set(accepted=report.accepted, version=report.version,
+                            reasons=report.reasons)
+        except OptimizeError as exc:
+            self.journal.record(ReoptimizeFailed(intent, model, str(exc)))
+            self.alerts.failed(model, f"reoptimize ({method})", str(exc), "ticket")
+            return
+        finally:
+            self._running.discard(model)
+        if report.accepted:
+            self.journal.record(Reoptimized(intent, model, report.to_json()))
+            log.info("model %s: %s of v%s published as version %s", model, method, stable,
+                     report.version)
+            return
+        self.journal.record(ReoptimizeRejected(intent, model, report.to_json()))
+        log.warning("model %s: %s candidate of v%s rejected: %s", model, method, stable,
+                    "; ".join(report.reasons))
+        self.alerts.failed(model, f"reoptimize ({method})",
+                           "candidate rejected: " + "; ".join(report.reasons), "ticket")
+
+    def _request(self, model: str, stable: int | None, server: HasBasePath,
+                 settings: OptimizeSettings, method: str,
+                 params: Mapping[str, Any]) -> Request | None:
+        """The optimizer's request, or None (journaled why) when it cannot or need not run."""
+        try:
+            base = server.base_path(model)
+        except ServingError as exc:
+            self.journal.record(ReoptimizeRefused(model, str(exc)))
+            return None
+        existing = optimized_from(base, stable, method) if stable is not None else None
+        if stable is None or existing is not None:
+            self.journal.record(ReoptimizeSkipped(
+                model, method, stable, f"version {existing} is already {method} of v{stable}"
+                if existing else "no stable version"))
+            return None
+        request = Request(
+            source=base / str(stable), method=method, base=base, golden=settings.golden,
+            representative=settings.representative, train=settings.train,
+            params={**settings.params, **{k: v for k, v in params.items() if k != "method"}},
+            tolerances=settings.tolerances, timeout_seconds=settings.timeout_seconds)
+        if method == "recalibrate":
+            request.representative = self._captured_file(model, stable)
+            if request.representative is None:
+                self.journal.record(ReoptimizeRefused(model, f"recalibrate needs at least "
+                                                      f"{MIN_CAPTURED_ROWS} captured rows of "
+                                                      f"v{stable}"))
+                return None
+        elif request.representative is None and METHODS[method].data == "representative":
+            request.representative = self._reference_file(model) or \
+                self._captured_file(model, stable)
+            if request.representative is None:
+                self.journal.record(ReoptimizeRefused(
+                    model, f"{method} needs representative inputs: optimize.representative, a "
+                           f"drift reference, or captured rows"))
+                return None
+        return request
+
+    def _reference_file(self, model: str) -> Path | None:
+        """The model's drift reference as calibration inputs (a file, or rows written out)."""
+        source = self.calibration.calibration_inputs(model) if self.calibration else None
+        if source is None or isinstance(source, Path):
+            return source
+        features, rows = source
+        return calibration_csv(self.work_dir / f"{model}-drift-reference.csv", features, rows)
+
+    def _captured_file(self, model: str, version: int) -> Path | None:
+        """The captured rows of ``version`` (and unversioned mirrored rows) as a CSV file."""
+        if self.captured is None:
+            return None
+        features, rows = self.captured.kept_rows(model, version)
+        return calibration_csv(self.work_dir / f"{model}-v{version}-captured.csv", features, rows)

@@ -1,0 +1,300 @@
+"""Turns decisions and operators' requests into actions, journaled as intent then outcome.
+
+Per managed model (a model config file on its endpoint and ``lifecycle.enabled``):
+- the status (phase, versions, weight) lives in the state store and survives restarts; each
+  change is told to the listener (the detectors' role tracker) at once;
+- every ``POLICY_SECONDS`` the policy decides on the current findings; actions run one at a time
+  per model (a lock), unless they are dry runs or wait for an approval;
+- before an action runs, its intent is journaled and kept as ``pending``; after it, the outcome
+  is journaled and the pending intent cleared. A daemon killed (or stopped) in between finds the
+  pending intent at start-up and completes it (every action drives the server to a target plan,
+  so running it again is safe), journaling the outcome once.
+``reconfigure`` keeps statuses, pending approvals, decision history and in-flight actions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from tfwarden.core import trace
+from tfwarden.core.clock import Clock
+from tfwarden.core.errors import ActionRefused, ServingError, TfwardenError
+from tfwarden.core.events import (
+    ActionDone,
+    ActionFailed,
+    ActionIntended,
+    ApprovalRequested,
+    DecisionTaken,
+    ModelAdopted,
+    OperatorActed,
+)
+from tfwarden.core.ports import (
+    FindingSource,
+    Journal,
+    KeyValueStore,
+    LifecycleMetrics,
+    Policy,
+    StatusListener,
+)
+from tfwarden.core.status import ModelStatus, Phase
+from tfwarden.core.types import Decision
+from tfwarden.lifecycle import reconcile
+from tfwarden.lifecycle.actions import Action, action_from
+from tfwarden.lifecycle.alerts import AlertBook
+from tfwarden.lifecycle.effects import ModelServer, carry_out
+from tfwarden.lifecycle.reoptimize import Reoptimizer
+from tfwarden.lifecycle.routers.base import Router
+from tfwarden.lifecycle.settings import LifecycleSettings
+
+log = logging.getLogger("tfwarden.lifecycle")
+POLICY_SECONDS = 2.0
+DECISION_HISTORY = 20
+NOT_MOVING = ("alert", "resolve_alert", "hold")
+
+
+@dataclass(frozen=True)
+class ManagedModel:
+    """A model whose lifecycle tfwarden runs: its settings, server and router."""
+
+    name: str
+    settings: LifecycleSettings
+    server: ModelServer
+    router: Router
+
+
+def status_key(model: str) -> str:
+    return f"lifecycle/{model}/status"
+
+
+def pending_key(model: str) -> str:
+    return f"lifecycle/{model}/pending"
+
+
+class LifecycleRunner:
+    def __init__(self, models: Mapping[str, ManagedModel], *, store: KeyValueStore,
+                 journal: Journal, clock: Clock, metrics: LifecycleMetrics, policy: Policy,
+                 findings: FindingSource, alerts: AlertBook,
+                 listener: StatusListener | None = None,
+                 reoptimizer: Reoptimizer | None = None) -> None:
+        self.models = dict(models)
+        self.store, self.journal, self.clock, self.metrics = store, journal, clock, metrics
+        self.policy, self.findings, self.alerts = policy, findings, alerts
+        self.listener, self.reoptimizer = listener, reoptimizer
+        self.statuses: dict[str, ModelStatus] = {}
+        self.approvals: dict[str, Decision] = {}
+        self.decisions: dict[str, deque[dict[str, Any]]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def lock(self, model: str) -> asyncio.Lock:
+        return self._locks.setdefault(model, asyncio.Lock())
+
+    def busy(self, model: str) -> bool:
+        return self.lock(model).locked()
+
+    # -- start-up: adopt or resume ---------------------------------------------------------
+    async def start(self, names: list[str] | None = None) -> None:
+        for name in names if names is not None else list(self.models):
+            try:
+                await self._resume(name)
+            except (ServingError, OSError) as exc:
+                log.error("model %s: lifecycle not started: %s", name, exc)
+                self.statuses[name] = ModelStatus(name, last_error=str(exc), since=self.clock.now())
+
+    async def _resume(self, name: str) -> None:
+        managed = self.models[name]
+        stored = self.store.get(status_key(name))
+        self.save(ModelStatus.from_json(stored) if stored is not None else await self._adopt(
+            managed))
+        pending = self.store.get(pending_key(name))
+        if pending is not None:
+            log.warning("model %s: completing %s interrupted by a restart", name, pending["action"])
+            await self.run(name, action_from(pending["action"], pending["params"]),
+                           pending["origin"], intent_id=pending["intent_id"])
+        elif managed.router.name == "nginx":
+            # nginx routes (and mirrors) from the start, not only after the first canary step
+            status = self.statuses[name]
+            try:
+                await managed.router.apply(name, status.weight if status.canary_version else 0)
+            except TfwardenError as exc:
+                log.error("model %s: nginx routing not written at start-up: %s", name, exc)
+
+    async def _adopt(self, managed: ManagedModel) -> ModelStatus:
+        """A model seen for the first time: its ``stable`` label, or the highest AVAILABLE
+        version labelled stable now."""
+        name, server = managed.name, managed.server
+        labels = server.labels(name)
+        stable = labels.get("stable")
+        if stable is None:
+            available = [v for v, (state, _) in (await server.states(name)).items()
+                         if state == "AVAILABLE"]
+            if not available:
+                raise ServingError(f"model {name!r} has no AVAILABLE version to adopt")
+            stable = max(available)
+            await server.set_labels(name, {"stable": stable}, keep=(stable,))
+            self.journal.record(ModelAdopted(name, stable))
+        status = ModelStatus(name, stable_version=stable, since=self.clock.now())
+        canary = labels.get("canary")
+        if canary is not None and canary != stable:
+            status = replace(status, phase=Phase.CANARY_LIVE, canary_version=canary)
+        return status
+
+    def save(self, status: ModelStatus) -> None:
+        """Keep, persist, export and announce a model's new status."""
+        self.statuses[status.model] = status
+        self.store.put(status_key(status.model), status.to_json(), self.clock.now())
+        self.metrics.model_phase(status.model, status.phase.value, status.weight)
+        if self.listener is not None:
+            self.listener.status_changed(status)
+
+    # -- the policy loop -------------------------------------------------------------------
+    async def tick(self) -> None:
+        now = self.clock.now()
+        statuses = {m: s for m, s in self.statuses.items()
+                    if m in self.models and s.phase != Phase.PAUSED and not self.busy(m)}
+        for decision in self.policy.decide(self.findings.findings(), statuses, now):
+            self._handle(decision)
+
+    def _handle(self, decision: Decision) -> None:
+        self._record(decision)
+        model = decision.model
+        if decision.alert:
+            self.alerts.decided(decision, self.statuses[model].canary_version)
+        if decision.action in NOT_MOVING or decision.dry_run:
+            return
+        if decision.needs_approval:
+            self.approvals[model] = decision
+            self.journal.record(ApprovalRequested(decision))
+            return
+        self._act(decision, f"rule {decision.rule}")
+
+    def _act(self, decision: Decision, origin: str) -> None:
+        model = decision.model
+        if decision.action == "reoptimize":
+            self._spawn(self._reoptimize(model, dict(decision.params), origin))
+            return
+        action = reconcile.decide(decision, self.statuses[model])
+        if action is not None:
+            self._spawn(self.run(model, action, origin))
+
+    def _record(self, decision: Decision) -> None:
+        entry = decision.to_json()
+        with trace.span("policy.decision", model=decision.model, rule=decision.rule,
+                        action=decision.action, params=dict(decision.params),
+                        reason=decision.reason, dry_run=decision.dry_run,
+                        needs_approval=decision.needs_approval,
+                        findings=[f"{f['detector']}:{f['target']}:{f['verdict']}"
+                                  for f in decision.findings]):
+            pass
+        self.journal.record(DecisionTaken(decision))
+        self.decisions.setdefault(decision.model, deque(maxlen=DECISION_HISTORY)).append(entry)
+        self.metrics.decision(decision.model, decision.action, decision.dry_run)
+        log.info("decision %s for %s: %s %s (%s)%s", decision.rule, decision.model,
+                 decision.action, dict(decision.params), decision.reason,
+                 " [dry run]" if decision.dry_run else "")
+
+    async def _reoptimize(self, model: str, params: dict[str, Any], origin: str) -> None:
+        if self.reoptimizer is None:
+            return
+        await self.reoptimizer.run(model, self.statuses[model].stable_version,
+                                   self.models[model].server, params, origin)
+
+    # -- operators -------------------------------------------------------------------------
+    async def manual(self, model: str, request: str) -> dict[str, Any]:
+        """An operator's request from the API (``rollback``, ``promote``, ``pause``,
+        ``resume``, ``approve``); KeyError for an unknown model, ActionRefused when the request
+        does not apply."""
+        status = self.statuses[model]
+        if request == "approve":
+            decision = self.approvals.pop(model, None)
+            if decision is None:
+                raise ActionRefused(f"model {model!r} has no decision awaiting approval")
+            if decision.action == "reoptimize":
+                self._act(decision, f"approved {decision.rule}")
+            elif (action := reconcile.decide(decision, status)) is not None:
+                await self.run(model, action, f"approved {decision.rule}")
+        else:
+            await self.run(model, reconcile.request(request, status), "operator")
+        self.journal.record(OperatorActed(model, request))
+        return self.statuses[model].to_json()
+
+    # -- carrying actions out --------------------------------------------------------------
+    async def run(self, model: str, action: Action, origin: str,
+                  intent_id: int | None = None) -> None:
+        """Journal the intent (unless resuming one), carry the action out, journal the outcome.
+        Failures are journaled, alerted and kept as the status's ``last_error``; a cancelled
+        action stays pending for the next start."""
+        managed = self.models[model]
+        async with self.lock(model):
+            status, started = self.statuses[model], self.clock.now()
+            if intent_id is None:
+                intent_id = self.journal.record(ActionIntended(model, action.name, action.params,
+                                                               origin, status))
+                self.store.put(pending_key(model), {
+                    "model": model, "action": action.name, "params": action.params,
+                    "origin": origin, "from": status.to_json(), "intent_id": intent_id}, started)
+            with trace.span(f"lifecycle.{action.name}", model=model, origin=origin,
+                            params=action.params, intent_id=intent_id) as current:
+                try:
+                    await carry_out(action, status, managed.server, managed.router)
+                    new = reconcile.outcome(action, status, self.clock.now(),
+                                            shadow=managed.router.name == "shadow")
+                except (TfwardenError, OSError) as exc:
+                    current.fail(str(exc))
+                    self._failed(model, action, intent_id, str(exc))
+                else:
+                    current.set(phase=new.phase.value, weight=new.weight,
+                                stable_version=new.stable_version,
+                                canary_version=new.canary_version)
+                    self._done(model, action, intent_id, started, new, origin)
+            self.store.put(pending_key(model), None, self.clock.now())
+
+    def _done(self, model: str, action: Action, intent_id: int, started: float,
+              status: ModelStatus, origin: str) -> None:
+        self.save(status)
+        self.journal.record(ActionDone(intent_id, model, action.name, action.params,
+                                       round(self.clock.now() - started, 3), status))
+        self.metrics.action(model, action.name, "success")
+        log.info("model %s: %s done (%s)", model, action.name, origin)
+        self.alerts.settled(model, action.name)
+
+    def _failed(self, model: str, action: Action, intent_id: int, error: str) -> None:
+        self.save(replace(self.statuses[model], last_error=error))
+        self.journal.record(ActionFailed(intent_id, model, action.name, error))
+        self.metrics.action(model, action.name, "failure")
+        self.alerts.failed(model, action.name, error)
+        log.error("model %s: %s failed: %s", model, action.name, error)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- configuration and shutdown --------------------------------------------------------
+    async def reconfigure(self, models: Mapping[str, ManagedModel]) -> None:
+        """New models are adopted or resumed; removed ones are left alone (their status stays
+        in the store); the others keep their status, approvals and any action in flight."""
+        added = [name for name in models if name not in self.models]
+        for name in [n for n in self.models if n not in models]:
+            self.statuses.pop(name, None)
+            self.approvals.pop(name, None)
+        self.models = dict(models)
+        await self.start(added)
+
+    async def stop(self) -> None:
+        if self.reoptimizer is not None:
+            self.reoptimizer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def model_json(self, model: str) -> dict[str, Any]:
+        status = self.statuses[model]
+        approval = self.approvals.get(model)
+        return {**status.to_json(), "awaiting_approval": approval.to_json() if approval else None,
+                "decisions": list(self.decisions.get(model, []))}

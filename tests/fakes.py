@@ -1,0 +1,147 @@
+"""Small real implementations of tfwarden's ports, for tests that need no processes.
+
+- ``FakeClock``: time moves only when the test says so;
+- ``MemoryStateStore``: the state store in memory (the contract suite runs it beside SQLite);
+- ``RecordingRouter``: a router that remembers every weight it was asked for (and can fail);
+- ``FakeServer``: a TF Serving server as the lifecycle sees it (versions with states, labels
+  that only point at AVAILABLE versions, a base path with version directories), recording
+  every call, with faults on demand.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tfwarden.core.clock import ManualClock
+from tfwarden.core.errors import RouterError, ServingError
+from tfwarden.core.ports import JournalEntry
+
+
+class FakeClock(ManualClock):
+    """A clock for tests: starts at a fixed date, moves with ``advance``."""
+
+    def __init__(self, t: float = 1_764_000_000.0) -> None:
+        super().__init__(t)
+
+
+class MemoryStateStore:
+    """``core.ports.StateStore`` in memory (values round-trip through JSON, as in SQLite)."""
+
+    def __init__(self) -> None:
+        self._journal: list[JournalEntry] = []
+        self._kv: dict[str, str] = {}
+
+    def append(self, t: float, kind: str, payload: dict[str, Any], model: str | None = None) -> int:
+        entry = JournalEntry(len(self._journal) + 1, t, kind, model,
+                             json.loads(json.dumps(payload)))
+        self._journal.append(entry)
+        return entry.id
+
+    def entries(self, after_id: int = 0, limit: int = 100, kind: str | None = None,
+                model: str | None = None) -> list[JournalEntry]:
+        selected = [e for e in self._journal
+                    if e.id > after_id and kind in (None, e.kind) and model in (None, e.model)]
+        return selected[:limit]
+
+    def put(self, key: str, value: Any, t: float) -> None:
+        self._kv[key] = json.dumps(value)
+
+    def get(self, key: str) -> Any:
+        raw = self._kv.get(key)
+        return None if raw is None else json.loads(raw)
+
+    def checkpoint(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self._journal]
+
+
+@dataclass
+class RecordingRouter:
+    """A router that records ``(model, weight)``; ``fail`` makes the next calls raise."""
+
+    name: str = "labels"
+    applied: list[tuple[str, int]] = field(default_factory=list)
+    fail: bool = False
+
+    async def apply(self, model: str, weight: int) -> None:
+        if self.fail:
+            raise RouterError(f"routing of {model!r} refused (test)")
+        self.applied.append((model, weight))
+
+
+@dataclass
+class FakeServer:
+    """A TF Serving server as the lifecycle sees it (``lifecycle.effects.ModelServer``).
+
+    ``versions`` maps each loaded version to its state; ``labels`` are the config file's labels;
+    ``base`` holds version directories (``add_version_dir``). ``fail_on`` names calls that raise
+    ServingError; every call is recorded in ``calls``."""
+
+    base: Path
+    versions: dict[int, str] = field(default_factory=dict)
+    model_labels: dict[str, int] = field(default_factory=dict)
+    calls: list[tuple[Any, ...]] = field(default_factory=list)
+    fail_on: set[str] = field(default_factory=set)
+
+    def add_version_dir(self, version: int) -> None:
+        directory = self.base / str(version)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "saved_model.pb").write_bytes(b"")
+
+    def _call(self, name: str, *args: Any) -> None:
+        self.calls.append((name, *args))
+        if name in self.fail_on:
+            raise ServingError(f"{name} refused (test)")
+
+    def _load(self, versions: Iterable[int]) -> None:
+        for version in versions:
+            if not (self.base / str(version)).is_dir():
+                raise ServingError(f"version {version} has no directory under {self.base}")
+            self.versions[version] = "AVAILABLE"
+
+    def _keep_only(self, keep: Iterable[int]) -> None:
+        for version in [v for v in self.versions if v not in set(keep)]:
+            self.versions[version] = "END"
+
+    async def stage_canary(self, model: str, version: int) -> None:
+        self._call("stage_canary", model, version)
+        self._load([version])
+        self.model_labels["canary"] = version
+
+    async def promote(self, model: str, version: int) -> None:
+        self._call("promote", model, version)
+        self.model_labels.update(stable=version, canary=version)
+
+    async def rollback(self, model: str, to_version: int) -> None:
+        self._call("rollback", model, to_version)
+        self._load([to_version])
+        self.model_labels = {"stable": to_version}
+        self._keep_only([to_version])
+
+    async def set_labels(self, model: str, labels: dict[str, int],
+                         keep: tuple[int, ...] = ()) -> None:
+        self._call("set_labels", model, dict(labels), keep)
+        missing = [v for v in labels.values() if self.versions.get(v) != "AVAILABLE"]
+        if missing:
+            raise ServingError(f"labels may only point at AVAILABLE versions: {missing}")
+        self.model_labels = dict(labels)
+        self._keep_only({*labels.values(), *keep})
+
+    async def states(self, model: str) -> dict[int, tuple[str, str]]:
+        self._call("states", model)
+        return {v: (state, "") for v, state in self.versions.items()}
+
+    def labels(self, model: str) -> dict[str, int]:
+        return dict(self.model_labels)
+
+    def base_path(self, model: str) -> Path:
+        return self.base
