@@ -238,6 +238,7 @@ class Roster:
         for target in targets:
             if ("memory", target, None) not in self.detectors:
                 self._add(("memory", target, None), MemoryLeak(target, settings.memory))
+        self._roles = {m: pair for m, pair in self._roles.items() if m in self.objectives}
         for model, (stable, canary) in self._roles.items():
             self._compare(model, stable, canary)
 

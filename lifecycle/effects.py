@@ -48,6 +48,10 @@ class ModelServer(Protocol):
         """Where ``model``'s version directories are."""
         ...
 
+    def newest_version(self, model: str) -> int | None:
+        """The highest complete version directory under the base path, or None."""
+        ...
+
 
 async def carry_out(action: Action, status: ModelStatus, server: ModelServer,
                     router: Router) -> None:

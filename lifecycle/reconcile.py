@@ -73,6 +73,8 @@ def outcome(action: Action, status: ModelStatus, now: float, *,
         return transition(status, phase, now, canary_version=action.version, weight=0,
                           last_error="")
     if isinstance(action, SetWeight):
+        if status.canary_version is None:
+            raise ActionRefused(f"model {status.model!r} has no canary to send traffic to")
         return transition(status, Phase.CANARY_LIVE, now, weight=action.weight)
     if isinstance(action, Promote):
         if status.phase == Phase.CANARY_SHADOW:  # the table goes through canary_live

@@ -158,9 +158,11 @@ class LifecycleRunner:
         statuses = {m: s for m, s in self.statuses.items()
                     if m in self.models and s.phase != Phase.PAUSED and not self.busy(m)}
         for decision in self.policy.decide(self.findings.findings(), statuses, now):
-            self._handle(decision)
+            self.handle(decision)
 
-    def _handle(self, decision: Decision) -> None:
+    def handle(self, decision: Decision) -> None:
+        """Journal a decision, alert on it, and act on it (unless a dry run or awaiting an
+        approval)."""
         self._record(decision)
         model = decision.model
         if decision.alert:
@@ -269,6 +271,11 @@ class LifecycleRunner:
         self.metrics.action(model, action.name, "failure")
         self.alerts.failed(model, action.name, error)
         log.error("model %s: %s failed: %s", model, action.name, error)
+
+    async def settle(self) -> None:
+        """Wait for the actions the policy loop started (tests, replays)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

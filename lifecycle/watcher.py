@@ -15,7 +15,6 @@ from tfwarden.core.events import NewVersionFound, PreviousUnloaded
 from tfwarden.core.status import Phase
 from tfwarden.lifecycle.actions import StageCanary
 from tfwarden.lifecycle.runner import LifecycleRunner
-from tfwarden.serving.tfserving.modelconfig import newest_version
 
 
 class VersionWatcher:
@@ -31,7 +30,7 @@ class VersionWatcher:
                     or status.phase not in (Phase.STABLE, Phase.ROLLED_BACK) or runner.busy(name)):
                 continue
             try:
-                newest = newest_version(managed.server.base_path(name))
+                newest = managed.server.newest_version(name)
             except (ServingError, OSError):
                 continue
             if newest is not None and newest > status.stable_version and \

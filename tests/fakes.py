@@ -19,6 +19,7 @@ from typing import Any
 from tfwarden.core.clock import ManualClock
 from tfwarden.core.errors import RouterError, ServingError
 from tfwarden.core.ports import JournalEntry
+from tfwarden.serving.tfserving.modelconfig import newest_version
 
 
 class FakeClock(ManualClock):
@@ -145,3 +146,6 @@ class FakeServer:
 
     def base_path(self, model: str) -> Path:
         return self.base
+
+    def newest_version(self, model: str) -> int | None:
+        return newest_version(self.base)

@@ -8,9 +8,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 TESTDATA = REPO / "tests" / "testdata"
@@ -31,6 +34,31 @@ def write_config(directory: Path, text: str, name: str = "tfwarden.yaml") -> Pat
 def minimal_config(directory: Path, port: int, extra: str = "") -> Path:
     return write_config(directory, f"server:\n  listen: 127.0.0.1:{port}\n"
                                    f"state_dir: {directory / 'state'}\n{extra}")
+
+
+def daemon_config(work: Path, port: int, dev: DevServer | None = None, *,
+                  models: Sequence[Mapping[str, Any]] = (), model_config_file: str | None = None,
+                  serving: Mapping[str, Any] | None = None, name: str = "tfwarden.yaml",
+                  **sections: Any) -> Path:
+    """Write the configuration of a test daemon into ``work`` and return its path: the daemon
+    on 127.0.0.1:``port`` with its state in ``work/state``; ``dev`` as serving endpoint ``dev``
+    (gRPC, REST when it serves it, status every 0.5 s, the ``model_config_file`` tfwarden
+    manages if given; ``serving`` overrides); ``models`` on it; other top-level ``sections``."""
+    data: dict[str, Any] = {"server": {"listen": f"127.0.0.1:{port}"}, "state_dir": "./state"}
+    if dev is not None:
+        endpoint: dict[str, Any] = {"kind": "tfserving", "grpc_address": dev.grpc_address,
+                                    "status_interval_seconds": 0.5}
+        if dev.rest_port:
+            endpoint["rest_url"] = dev.rest_url
+        if model_config_file is not None:
+            endpoint["model_config_file"] = model_config_file
+        data["serving"] = {"dev": {**endpoint, **(serving or {})}}
+    if models:
+        data["models"] = [{"serving": "dev", **model} for model in models]
+    data.update(sections)
+    path = work / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 class DaemonProcess:

@@ -138,8 +138,11 @@ class AlibiEngine(DriftEngine):
         super().__init__(reference, settings)
         from alibi_detect.cd import TabularDrift
 
-        categorical = {j: reference.categories(j) for j, kind in enumerate(reference.kinds)
-                       if kind == CATEGORICAL}
+        # None: alibi-detect takes each feature's categories from the reference and tests the
+        # union with the batch's, so an unseen category counts and no column is all zeros
+        # (a count including the never-seen 'unseen' code made chi2_contingency fail)
+        categorical: dict[int, int | None] = {
+            j: None for j, kind in enumerate(reference.kinds) if kind == CATEGORICAL}
         self.detector = TabularDrift(reference.data, p_val=settings.p_value,
                                      categories_per_feature=categorical,
                                      correction=settings.correction)

@@ -71,6 +71,14 @@ def _write(path: Path, text: str) -> None:
     os.replace(temp, path)
 
 
+def _restore(previous: dict[Path, str | None]) -> None:
+    for path, old in previous.items():
+        if old is None:
+            path.unlink(missing_ok=True)
+        else:
+            _write(path, old)
+
+
 class NginxRouter:
     name = "nginx"
 
@@ -93,16 +101,14 @@ class NginxRouter:
             _write(path, text)
         ok, output = await self._nginx("-t")
         if not ok:
-            for path, old in previous.items():
-                if old is None:
-                    path.unlink(missing_ok=True)
-                else:
-                    _write(path, old)
+            _restore(previous)
             raise RouterError(f"nginx -t refused the routing for {model!r}; previous routing "
                               f"kept: {output.strip().splitlines()[-1] if output.strip() else ''}")
         ok, output = await self._nginx("-s", "reload")
-        if not ok:
-            raise RouterError(f"nginx reload failed: {output.strip()}")
+        if not ok:  # the running nginx kept the old routing: so must the files (the next
+            _restore(previous)  # reload, for another model, would put this one in force)
+            raise RouterError(f"nginx reload failed for {model!r}; previous routing kept: "
+                              f"{output.strip()}")
 
     def _http(self, model: str, weight: int) -> str:
         text = http_conf(model, weight)

@@ -24,6 +24,7 @@ from tfwarden.serving.tfserving.modelconfig import (
     ModelPlan,
     base_path,
     current_plan,
+    newest_version,
     read_config,
     with_plan,
     write_config_atomically,
@@ -93,6 +94,9 @@ class TFServingController:
 
     def base_path(self, model: str) -> Path:
         return base_path(self.config_file, model)
+
+    def newest_version(self, model: str) -> int | None:
+        return newest_version(self.base_path(model))
 
     # -- actions ---------------------------------------------------------------------------
     async def load_version(self, model: str, version: int) -> ModelPlan:

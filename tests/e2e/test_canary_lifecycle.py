@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import TESTDATA, DaemonProcess, DevServer, free_port
+from tests.helpers import TESTDATA, DaemonProcess, DevServer, daemon_config, free_port
 from tests.integration.test_controller import StableWatcher
 
 pytestmark = pytest.mark.integration
@@ -69,26 +69,17 @@ SHADOW_RULE = """  - name: promote-shadow-canary
 """
 
 
-def daemon_config(work: Path, dev: DevServer, port: int, rest_url: str | None = None,
-                  router: str = "labels") -> str:
-    return f"""
-server: {{listen: "127.0.0.1:{port}"}}
-state_dir: ./state
-serving:
-  dev:
-    kind: tfserving
-    rest_url: "{rest_url or dev.rest_url}"
-    grpc_address: "{dev.grpc_address}"
-    model_config_file: ./models.config
-    status_interval_seconds: 0.5
-models:
-  - name: m
-    serving: dev
-    golden_requests: golden.jsonl
-    probe: {{address: labels, labels: [stable, canary], rate_per_second: 20, timeout_seconds: 1}}
-    lifecycle: {{version_poll_seconds: 1, keep_previous_seconds: 3600, router: {router}}}
-policies: {{ruleset: rules.yaml}}
-"""
+def lifecycle_config(work: Path, dev: DevServer, port: int, rest_url: str | None = None,
+                     router: str = "labels") -> Path:
+    return daemon_config(
+        work, port, dev, model_config_file="./models.config",
+        serving={"rest_url": rest_url or dev.rest_url},
+        models=[{"name": "m", "golden_requests": "golden.jsonl",
+                 "probe": {"address": "labels", "labels": ["stable", "canary"],
+                           "rate_per_second": 20, "timeout_seconds": 1},
+                 "lifecycle": {"version_poll_seconds": 1, "keep_previous_seconds": 3600,
+                               "router": router}}],
+        policies={"ruleset": "rules.yaml"})
 
 
 @pytest.fixture
@@ -104,8 +95,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     dev = DevServer(f"--model_config_file={tmp_path / 'models.config'}", workdir=tmp_path)
     dev.wait_ready()
     port = free_port()
-    (tmp_path / "tfwarden.yaml").write_text(daemon_config(tmp_path, dev, port))
-    daemon = DaemonProcess(tmp_path / "tfwarden.yaml", port)
+    daemon = DaemonProcess(lifecycle_config(tmp_path, dev, port), port)
     daemon.wait_ready()
     watcher = StableWatcher(dev.grpc_address)
     yield {"dev": dev, "daemon": daemon, "base": base, "work": tmp_path, "watcher": watcher,
@@ -185,7 +175,7 @@ def test_probe_outage_holds_the_canary_and_analysis_resumes(stack: dict[str, Any
     config = work / "tfwarden.yaml"
     good = config.read_text()
     dead = f"http://127.0.0.1:{free_port()}"  # predict probes cannot reach the server
-    config.write_text(daemon_config(work, dev, stack["port"], rest_url=dead))
+    lifecycle_config(work, dev, stack["port"], rest_url=dead)
     assert daemon.client.post("/-/reload").json()["ok"]
     new_version(base, 2)
     wait_for(lambda: any(d["payload"]["action"] == "hold" for d in journal(daemon, "decision")),
@@ -205,7 +195,7 @@ def test_probe_outage_holds_the_canary_and_analysis_resumes(stack: dict[str, Any
 def test_shadow_canary_judged_on_replayed_requests_then_promoted(stack: dict[str, Any]) -> None:
     daemon, base, work, dev = stack["daemon"], stack["base"], stack["work"], stack["dev"]
     wait_for(lambda: status(daemon).get("stable_version") == 1, 30, "adoption", daemon)
-    (work / "tfwarden.yaml").write_text(daemon_config(work, dev, stack["port"], router="shadow"))
+    lifecycle_config(work, dev, stack["port"], router="shadow")
     assert daemon.client.post("/-/reload").json()["ok"]
     new_version(base, 2)
     wait_for(lambda: status(daemon).get("phase") == "canary_shadow", 30, "shadow canary", daemon)

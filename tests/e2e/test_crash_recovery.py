@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_canary_lifecycle import journal, new_version, status, wait_for
-from tests.helpers import TESTDATA, DaemonProcess, DevServer, free_port
+from tests.helpers import TESTDATA, DaemonProcess, DevServer, daemon_config, free_port
 from tests.integration.test_controller import StableWatcher
 
 pytestmark = pytest.mark.integration
@@ -31,16 +31,9 @@ def test_kill_9_mid_label_move_converges_exactly_once(tmp_path: Path) -> None:
                     "--model_config_file_poll_wait_seconds=3", workdir=tmp_path, rest=False)
     dev.wait_ready()
     port = free_port()
-    config = tmp_path / "tfwarden.yaml"
-    config.write_text(f"""
-server: {{listen: "127.0.0.1:{port}"}}
-state_dir: ./state
-serving:
-  dev: {{kind: tfserving, grpc_address: "{dev.grpc_address}", model_config_file: ./models.config,
-         config_delivery: file, status_interval_seconds: 0.5}}
-models:
-  - {{name: m, serving: dev, lifecycle: {{version_poll_seconds: 1}}}}
-""")
+    config = daemon_config(tmp_path, port, dev, model_config_file="./models.config",
+                           serving={"config_delivery": "file"},
+                           models=[{"name": "m", "lifecycle": {"version_poll_seconds": 1}}])
     watcher = StableWatcher(dev.grpc_address)
     first = DaemonProcess(config, port)
     second = None

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.test_canary_lifecycle import status, wait_for
-from tests.helpers import TESTDATA, DaemonProcess, DevServer, Nginx, free_port
+from tests.helpers import TESTDATA, DaemonProcess, DevServer, Nginx, daemon_config, free_port
 
 pytestmark = pytest.mark.integration
 TFS = TESTDATA / "tfserving"
@@ -47,25 +47,18 @@ def test_mirrored_traffic_drifts_and_alerts(tmp_path: Path) -> None:
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     nginx = Nginx(tmp_path)
     include, nginx_port, port = nginx.include, nginx.port, free_port()
-    (tmp_path / "tfwarden.yaml").write_text(f"""
-server: {{listen: "127.0.0.1:{port}"}}
-state_dir: ./state
-serving:
-  dev: {{kind: tfserving, rest_url: "{dev.rest_url}", grpc_address: "{dev.grpc_address}",
-         model_config_file: ./models.config, status_interval_seconds: 0.5}}
-models:
-  - name: m
-    serving: dev
-    lifecycle: {{version_poll_seconds: 1, router: nginx}}
-    drift: {{engine: scipy, reference: reference.npy, window_rows: 100, consecutive: 2,
-             interval_seconds: 0.5, outputs: {{enabled: false}}}}
-nginx: {{conf: nginx.conf, prefix: ., include_dir: tfwarden-nginx, binary: "{nginx.binary}",
-         mirror_url: "http://127.0.0.1:{port}/api/v1/capture", mirror_percent: 100}}
-capture: {{client_rows_per_second: 100000}}
-alerting:
-  webhooks: [{{url: "http://127.0.0.1:{receiver.server_address[1]}/hook"}}]
-""")
-    daemon = DaemonProcess(tmp_path / "tfwarden.yaml", port)
+    daemon = DaemonProcess(daemon_config(
+        tmp_path, port, dev, model_config_file="./models.config",
+        models=[{"name": "m", "lifecycle": {"version_poll_seconds": 1, "router": "nginx"},
+                 "drift": {"engine": "scipy", "reference": "reference.npy", "window_rows": 100,
+                           "consecutive": 2, "interval_seconds": 0.5,
+                           "outputs": {"enabled": False}}}],
+        nginx={"conf": "nginx.conf", "prefix": ".", "include_dir": "tfwarden-nginx",
+               "binary": nginx.binary, "mirror_url": f"http://127.0.0.1:{port}/api/v1/capture",
+               "mirror_percent": 100},
+        capture={"client_rows_per_second": 100000},
+        alerting={"webhooks": [{"url": f"http://127.0.0.1:{receiver.server_address[1]}/hook"}]}),
+        port)
     rng = np.random.default_rng(1)
     try:
         daemon.wait_ready()

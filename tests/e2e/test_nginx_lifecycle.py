@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.test_canary_lifecycle import FAST_RULES, status, wait_for
-from tests.helpers import TESTDATA, DaemonProcess, DevServer, Nginx, free_port
+from tests.helpers import TESTDATA, DaemonProcess, DevServer, Nginx, daemon_config, free_port
 
 pytestmark = pytest.mark.integration
 TFS = TESTDATA / "tfserving"
@@ -31,22 +31,15 @@ def test_canary_weights_drive_nginx(tmp_path: Path) -> None:
     dev.wait_ready()
     nginx = Nginx(tmp_path)
     include, nginx_port, port = nginx.include, nginx.port, free_port()
-    (tmp_path / "tfwarden.yaml").write_text(f"""
-server: {{listen: "127.0.0.1:{port}"}}
-state_dir: ./state
-serving:
-  dev: {{kind: tfserving, rest_url: "{dev.rest_url}", grpc_address: "{dev.grpc_address}",
-         model_config_file: ./models.config, status_interval_seconds: 0.5}}
-models:
-  - name: m
-    serving: dev
-    golden_requests: golden.jsonl
-    probe: {{address: labels, labels: [stable, canary], rate_per_second: 20}}
-    lifecycle: {{version_poll_seconds: 1, router: nginx}}
-nginx: {{conf: nginx.conf, prefix: ., include_dir: tfwarden-nginx, binary: "{nginx.binary}"}}
-policies: {{ruleset: rules.yaml}}
-""")
-    daemon = DaemonProcess(tmp_path / "tfwarden.yaml", port)
+    daemon = DaemonProcess(daemon_config(
+        tmp_path, port, dev, model_config_file="./models.config",
+        models=[{"name": "m", "golden_requests": "golden.jsonl",
+                 "probe": {"address": "labels", "labels": ["stable", "canary"],
+                           "rate_per_second": 20},
+                 "lifecycle": {"version_poll_seconds": 1, "router": "nginx"}}],
+        nginx={"conf": "nginx.conf", "prefix": ".", "include_dir": "tfwarden-nginx",
+               "binary": nginx.binary},
+        policies={"ruleset": "rules.yaml"}), port)
     weights_seen: set[str] = set()
     try:
         daemon.wait_ready()

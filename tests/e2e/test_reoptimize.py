@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.test_canary_lifecycle import FAST_RULES, journal, status, wait_for
-from tests.helpers import DaemonProcess, DevServer, free_port
+from tests.helpers import DaemonProcess, DevServer, daemon_config, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -44,23 +44,15 @@ def test_slow_stable_is_reoptimized_canaried_and_promoted(tmp_path: Path) -> Non
                     "--prefer_tflite_model=true", workdir=tmp_path)
     dev.wait_ready()
     port = free_port()
-    (tmp_path / "tfwarden.yaml").write_text(f"""
-server: {{listen: "127.0.0.1:{port}"}}
-state_dir: ./state
-serving:
-  dev: {{kind: tfserving, rest_url: "{dev.rest_url}", grpc_address: "{dev.grpc_address}",
-         model_config_file: ./models.config, status_interval_seconds: 0.5}}
-models:
-  - name: m
-    serving: dev
-    golden_requests: golden.jsonl
-    slo: {{latency_p99_ms: 15}}
-    probe: {{address: labels, labels: [stable, canary], rate_per_second: 40, timeout_seconds: 2}}
-    lifecycle: {{version_poll_seconds: 1}}
-    optimize: {{method: int8, golden: golden.npz, representative: representative.npy}}
-policies: {{ruleset: rules.yaml}}
-""")
-    daemon = DaemonProcess(tmp_path / "tfwarden.yaml", port)
+    daemon = DaemonProcess(daemon_config(
+        tmp_path, port, dev, model_config_file="./models.config",
+        models=[{"name": "m", "golden_requests": "golden.jsonl", "slo": {"latency_p99_ms": 15},
+                 "probe": {"address": "labels", "labels": ["stable", "canary"],
+                           "rate_per_second": 40, "timeout_seconds": 2},
+                 "lifecycle": {"version_poll_seconds": 1},
+                 "optimize": {"method": "int8", "golden": "golden.npz",
+                              "representative": "representative.npy"}}],
+        policies={"ruleset": "rules.yaml"}), port)
     try:
         daemon.wait_ready()
         wait_for(lambda: status(daemon).get("stable_version") == 1, 30, "adoption", daemon)

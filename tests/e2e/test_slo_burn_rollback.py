@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_canary_lifecycle import FAST_RULES, journal, new_version, status, wait_for
-from tests.helpers import REPO, TESTDATA, DaemonProcess, DevServer, free_port
+from tests.helpers import REPO, TESTDATA, DaemonProcess, DevServer, daemon_config, free_port
 from tests.integration.test_controller import StableWatcher
 
 pytestmark = pytest.mark.integration
@@ -93,20 +93,14 @@ scrape_configs:
     action: rollback
     alert: page
 """)
-    (tmp_path / "tfwarden.yaml").write_text(f"""
-server: {{listen: "127.0.0.1:{tfw_port}"}}
-state_dir: ./state
-serving:
-  dev: {{kind: tfserving, grpc_address: "{dev.grpc_address}", model_config_file: ./models.config,
-         status_interval_seconds: 0.5}}
-models:
-  - {{name: m, serving: dev, lifecycle: {{version_poll_seconds: 1}}}}
-alerting:
-  alertmanager: {{url: "http://127.0.0.1:{am_port}"}}
-  receive: [{{alertname: TFServingErrorBudgetBurn, detector: burn, model_label: model_name}}]
-policies: {{ruleset: rules.yaml}}
-""")
-    daemon = DaemonProcess(tmp_path / "tfwarden.yaml", tfw_port)
+    daemon = DaemonProcess(daemon_config(
+        tmp_path, tfw_port, dev, model_config_file="./models.config",
+        serving={"rest_url": None},
+        models=[{"name": "m", "lifecycle": {"version_poll_seconds": 1}}],
+        alerting={"alertmanager": {"url": f"http://127.0.0.1:{am_port}"},
+                  "receive": [{"alertname": "TFServingErrorBudgetBurn", "detector": "burn",
+                               "model_label": "model_name"}]},
+        policies={"ruleset": "rules.yaml"}), tfw_port)
     daemon.wait_ready()
     traffic = StableWatcher(dev.grpc_address)  # clients on the stable label: Serving counts them
     traffic.start()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import TESTDATA, DaemonProcess, DevServer, free_port
+from tests.helpers import TESTDATA, DaemonProcess, DevServer, daemon_config, free_port
 
 pytestmark = pytest.mark.integration
 TWO = TESTDATA / "tfserving" / "saved_model_half_plus_two_cpu" / "00000123"
@@ -49,35 +49,20 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     np.savez(work / "reference.npz", x=rng.normal(size=(1000, 1)))
     np.save(work / "reference-a.npy", rng.normal(size=(300, 1)))
     port = free_port()
-    config = work / "tfwarden.yaml"
-    config.write_text(f"""
-server: {{listen: "127.0.0.1:{port}"}}
-state_dir: ./state
-serving:
-  dev: {{kind: tfserving, rest_url: "{dev.rest_url}", grpc_address: "{dev.grpc_address}",
-         status_interval_seconds: 0.5}}
-models:
-  - name: m
-    serving: dev
-    drift:
-      engine: scipy
-      reference: reference.npz
-      window_rows: 200
-      consecutive: 2
-      interval_seconds: 0.5
-      outputs: {{rows_per_check: 100, min_rows: 100, reference_rows: 300}}
-  - name: a
-    serving: dev
-    drift:
-      engine: alibi
-      reference: reference-a.npy
-      window_rows: 100
-      interval_seconds: 0.5
-      online: {{ert: 150, window_sizes: [10], n_bootstraps: 3000}}
-      outputs: {{enabled: false}}
-capture: {{client_rows_per_second: 100000}}
-detection: {{drift_worker: {{request_timeout_seconds: 60, restart_backoff_max_seconds: 2}}}}
-""")
+    config = daemon_config(
+        work, port, dev,
+        models=[{"name": "m", "drift": {
+                    "engine": "scipy", "reference": "reference.npz", "window_rows": 200,
+                    "consecutive": 2, "interval_seconds": 0.5,
+                    "outputs": {"rows_per_check": 100, "min_rows": 100, "reference_rows": 300}}},
+                {"name": "a", "drift": {
+                    "engine": "alibi", "reference": "reference-a.npy", "window_rows": 100,
+                    "interval_seconds": 0.5,
+                    "online": {"ert": 150, "window_sizes": [10], "n_bootstraps": 3000},
+                    "outputs": {"enabled": False}}}],
+        capture={"client_rows_per_second": 100000},
+        detection={"drift_worker": {"request_timeout_seconds": 60,
+                                    "restart_backoff_max_seconds": 2}})
     daemon = DaemonProcess(config, port)
     daemon.wait_ready()
     state = {"dev": dev, "daemon": daemon, "work": work, "config": config, "port": port,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import TESTDATA, DaemonProcess, DevServer, free_port
+from tests.helpers import TESTDATA, DaemonProcess, DevServer, daemon_config, free_port
 
 pytestmark = pytest.mark.integration
 MODEL = TESTDATA / "tfserving" / "saved_model_half_plus_two_cpu" / "00000123"
@@ -42,23 +42,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     (work / "golden.jsonl").write_text(json.dumps(
         {"request": {"instances": [2.0]}, "expected": {"predictions": [3.0]}}) + "\n")
     port = free_port()
-    daemon_config = work / "tfwarden.yaml"
-    daemon_config.write_text(f"""
-server: {{listen: "127.0.0.1:{port}"}}
-state_dir: ./state
-serving:
-  dev: {{kind: tfserving, rest_url: "{dev.rest_url}", grpc_address: "{dev.grpc_address}",
-         status_interval_seconds: 0.5}}
-models:
-  - name: m
-    serving: dev
-    golden_requests: golden.jsonl
-    probe: {{rate_per_second: 20}}
-memory:
-  - {{name: devserver, pid_file: dev.pid, interval_seconds: 1}}
-capture: {{client_rows_per_second: 1000, reservoir_rows: 100, max_body_bytes: 100000}}
-""")
-    daemon = DaemonProcess(daemon_config, port)
+    daemon = DaemonProcess(daemon_config(
+        work, port, dev,
+        models=[{"name": "m", "golden_requests": "golden.jsonl", "probe": {"rate_per_second": 20}}],
+        memory=[{"name": "devserver", "pid_file": "dev.pid", "interval_seconds": 1}],
+        capture={"client_rows_per_second": 1000, "reservoir_rows": 100,
+                 "max_body_bytes": 100000}), port)
     daemon.wait_ready()
     yield {"dev": dev, "daemon": daemon, "base": base, "config": config}
     daemon.terminate()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tests.helpers import TESTDATA, DaemonProcess, DevServer, free_port
+from tests.helpers import TESTDATA, DaemonProcess, DevServer, daemon_config, free_port
 
 pytestmark = pytest.mark.integration
 MODEL = TESTDATA / "tfserving" / "saved_model_half_plus_two_cpu" / "00000123"
@@ -63,25 +63,15 @@ def test_drift_checks_and_decisions_are_traced(tmp_path: Path) -> None:
     collector = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
     threading.Thread(target=collector.serve_forever, daemon=True).start()
     port = free_port()
-    (tmp_path / "tfwarden.yaml").write_text(f"""
-server: {{listen: "127.0.0.1:{port}"}}
-state_dir: ./state
-serving:
-  dev: {{kind: tfserving, rest_url: "{dev.rest_url}", grpc_address: "{dev.grpc_address}",
-         model_config_file: ./models.config, status_interval_seconds: 0.5}}
-models:
-  - name: m
-    serving: dev
-    lifecycle: {{version_poll_seconds: 1}}
-    drift: {{engine: scipy, reference: reference.npy, window_rows: 100, consecutive: 1,
-             interval_seconds: 0.5, outputs: {{enabled: false}}}}
-capture: {{client_rows_per_second: 100000}}
-tracing:
-  exporter: otlp
-  endpoint: "http://127.0.0.1:{collector.server_address[1]}/v1/traces"
-  service_name: tfwarden-test
-""")
-    daemon = DaemonProcess(tmp_path / "tfwarden.yaml", port)
+    daemon = DaemonProcess(daemon_config(
+        tmp_path, port, dev, model_config_file="./models.config",
+        models=[{"name": "m", "lifecycle": {"version_poll_seconds": 1},
+                 "drift": {"engine": "scipy", "reference": "reference.npy", "window_rows": 100,
+                           "consecutive": 1, "interval_seconds": 0.5,
+                           "outputs": {"enabled": False}}}],
+        capture={"client_rows_per_second": 100000},
+        tracing={"exporter": "otlp", "service_name": "tfwarden-test",
+                 "endpoint": f"http://127.0.0.1:{collector.server_address[1]}/v1/traces"}), port)
     rng = np.random.default_rng(1)
     try:
         daemon.wait_ready()

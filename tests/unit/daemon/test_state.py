@@ -1,3 +1,5 @@
+"""SQLite-only behaviour of the state store; the StateStore contract is in tests/contract."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -5,36 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import MemoryStateStore
 from tfwarden.core.errors import StateError
-from tfwarden.core.ports import StateStore
 from tfwarden.daemon.state import DB_NAME, SCHEMA_VERSION, SQLiteStateStore
-
-
-@pytest.fixture(params=["sqlite", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> StateStore:
-    if request.param == "sqlite":
-        return SQLiteStateStore(tmp_path / "state")
-    return MemoryStateStore()
-
-
-def test_journal_appends_in_order_and_filters(store: StateStore) -> None:
-    a = store.append(1.0, "config_loaded", {"generation": 1})
-    b = store.append(2.0, "decision", {"action": "hold"}, model="m")
-    c = store.append(3.0, "decision", {"action": "rollback"}, model="other")
-    assert a < b < c
-    assert [e.id for e in store.entries()] == [a, b, c]
-    assert [e.payload["action"] for e in store.entries(kind="decision")] == ["hold", "rollback"]
-    assert [e.id for e in store.entries(model="m")] == [b]
-    assert [e.id for e in store.entries(after_id=a, limit=1)] == [b]
-    assert store.entries()[1].t == 2.0
-
-
-def test_key_value_round_trip(store: StateStore) -> None:
-    assert store.get("lifecycle/m") is None
-    store.put("lifecycle/m", {"phase": "stable", "versions": [1, 2]}, 1.0)
-    store.put("lifecycle/m", {"phase": "canary_live", "versions": [1, 2]}, 2.0)
-    assert store.get("lifecycle/m") == {"phase": "canary_live", "versions": [1, 2]}
 
 
 def test_sqlite_persists_across_reopen_and_uses_wal(tmp_path: Path) -> None:

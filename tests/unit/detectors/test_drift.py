@@ -1,4 +1,5 @@
-"""Drift engines on seeded data: a shift is found, null data stays quiet, both engines agree."""
+"""Drift engines on seeded data: both engines agree, chi-square, PSI, references, MMD (the
+contract both engines keep is tests/contract/test_drift_engines.py)."""
 
 from __future__ import annotations
 
@@ -18,26 +19,6 @@ FEATURES = [f"f{i}" for i in range(10)]
 def reference(seed: int = 0, rows: int = 2000) -> Reference:
     data = np.random.default_rng(seed).normal(size=(rows, 10))
     return Reference.from_rows(data.tolist(), FEATURES)
-
-
-@pytest.mark.parametrize("engine", ["scipy", "alibi"])
-def test_a_half_sigma_shift_in_one_feature_is_found(engine: str) -> None:
-    ref = reference()
-    batch = np.random.default_rng(1).normal(size=(400, 10))
-    batch[:, 3] += 0.5
-    report = make_engine(engine, ref, BatchSettings(p_value=0.05)).check(batch)
-    assert report["drift"] and report["drifted_features"] == ["f3"]
-    f3 = report["features"][3]
-    assert f3["test"] == "ks" and f3["p_adjusted"] < 1e-4 and f3["psi"] > 0.05
-
-
-@pytest.mark.parametrize("engine", ["scipy", "alibi"])
-def test_null_batches_rarely_drift(engine: str) -> None:
-    ref = reference()
-    detector = make_engine(engine, ref, BatchSettings(p_value=0.05))
-    rng = np.random.default_rng(2)
-    drifted = sum(detector.check(rng.normal(size=(400, 10)))["drift"] for _ in range(40))
-    assert drifted <= 6  # FDR at 5 %: about 2 expected in 40 batches
 
 
 def test_engines_give_the_same_p_values() -> None:

@@ -1,0 +1,115 @@
+"""The role tracker and the detector roster: who is compared with whom, findings kept and
+journaled on change, external findings that expire, and reconfiguration that keeps evidence."""
+
+from __future__ import annotations
+
+from tests.fakes import FakeClock, MemoryStateStore
+from tfwarden.core.series import SeriesWindows
+from tfwarden.core.status import ModelStatus, Phase
+from tfwarden.core.types import Finding, Sample, VersionState
+from tfwarden.daemon.recorder import Recorder
+from tfwarden.daemon.state import EventJournal
+from tfwarden.detectors.errors import BurnRate, CanaryErrors
+from tfwarden.detectors.latency import BaselineLatency, CanaryLatency, LatencySettings, LatencySLO
+from tfwarden.detectors.memory import MemoryLeak
+from tfwarden.detectors.roles import RoleTracker
+from tfwarden.detectors.roster import DetectionSettings, ModelObjectives, Roster
+
+AVAILABLE = [VersionState(1, "AVAILABLE"), VersionState(2, "AVAILABLE")]
+
+
+class Recorded:
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, tuple[int | None, int | None],
+                                 tuple[int | None, int | None]]] = []
+
+    def roles_changed(self, model: str, previous: tuple[int | None, int | None],
+                      current: tuple[int | None, int | None]) -> None:
+        self.changes.append((model, previous, current))
+
+
+def test_roles_from_labels_then_versions_and_the_lifecycle_status_wins() -> None:
+    roles, heard = RoleTracker(), Recorded()
+    roles.subscribe(heard)
+    roles.versions_seen("m", AVAILABLE, None)  # no labels: lower stable, higher canary
+    assert roles.roles("m") == (1, 2)
+    roles.versions_seen("m", AVAILABLE, {"stable": 2})
+    assert roles.roles("m") == (2, None)
+    roles.versions_seen("m", AVAILABLE, {"stable": 2})  # unchanged: nobody is told
+    roles.status_changed(ModelStatus("m", Phase.CANARY_LIVE, stable_version=1, canary_version=2))
+    roles.versions_seen("m", AVAILABLE, {"stable": 2})  # a stale poll cannot undo it
+    assert roles.roles("m") == (1, 2)
+    assert heard.changes == [("m", (None, None), (1, 2)), ("m", (1, 2), (2, None)),
+                             ("m", (2, None), (1, 2))]
+
+
+def test_roles_from_deploy_events() -> None:
+    roles = RoleTracker()
+    roles.deployed("m", 3, "canary")  # no stable yet: nothing to compare with
+    assert roles.roles("m") == (None, None)
+    roles.deployed("m", 1, "stable")
+    roles.deployed("m", 2, "canary")
+    assert roles.roles("m") == (1, 2)
+    roles.deployed("m", 2, "stable")
+    assert roles.roles("m") == (2, None)
+
+
+def roster(settings: DetectionSettings | None = None, **objectives: ModelObjectives) -> Roster:
+    clock, store = FakeClock(), MemoryStateStore()
+    return Roster(settings or DetectionSettings(), objectives or {"m": ModelObjectives()},
+                  ["serving-0"], SeriesWindows(), clock, EventJournal(store, clock, Recorder()),
+                  Recorder())
+
+
+def test_comparisons_follow_the_roles() -> None:
+    r = roster(m=ModelObjectives(latency_p99_ms=50))
+    r.roles_changed("m", (None, None), (1, 2))
+    assert isinstance(r.detectors[("latency", "m", "canary")], CanaryLatency)
+    assert isinstance(r.detectors[("errors", "m", "canary")], CanaryErrors)
+    assert isinstance(r.detectors[("latency", "m", "slo")], LatencySLO)
+    assert isinstance(r.detectors[("memory", "serving-0", None)], MemoryLeak)
+    for i in range(300):  # v1's samples become the baseline of the next stable version
+        sample = Sample(r.clock.now() - 300 + i, "predict", "latency_ms", 10.0, model="m",
+                        version=1)
+        r.windows.add(sample)
+        r.observe(sample)
+    assert isinstance(r.detectors[("burn", "m", 1)], BurnRate)
+    r.roles_changed("m", (1, 2), (2, None))
+    assert ("latency", "m", "canary") not in r.detectors
+    baseline = r.detectors[("latency", "m", "baseline")]
+    assert isinstance(baseline, BaselineLatency) and len(baseline.baseline) == 300
+
+
+def test_findings_are_journaled_when_their_verdict_changes_and_external_ones_expire() -> None:
+    r = roster()
+    key = ("drift", "m", "inputs")
+    assert r.publish(key, Finding("drift", "inconclusive", 1.0, model="m", target="inputs"))
+    assert not r.publish(key, Finding("drift", "inconclusive", 2.0, model="m", target="inputs"))
+    assert r.publish(key, Finding("drift", "regression", 3.0, model="m", target="inputs"))
+    journal = r.journal.store.entries()  # type: ignore[union-attr]
+    assert [e.payload["verdict"] for e in journal] == ["inconclusive", "regression"]
+    page = Finding("burn", "regression", 3.0, model="m", target="alertmanager:Burn")
+    r.add_external(page, expires_at=r.clock.now() + 60, identity="alertname=Burn")
+    assert page in r.findings()
+    r.clock.advance(61)
+    assert page not in r.findings()
+
+
+def test_reconfigure_keeps_evidence_unless_the_settings_changed() -> None:
+    r = roster(m=ModelObjectives(), n=ModelObjectives())
+    r.roles_changed("m", (None, None), (1, 2))
+    r.roles_changed("n", (None, None), (5, 6))
+    canary_m, canary_n = r.detectors[("latency", "m", "canary")], r.detectors[("latency", "n", "canary")]
+    r.publish(("drift", "n", "inputs"), Finding("drift", "ok", 0.0, model="n", target="inputs"))
+    r.reconfigure(DetectionSettings(), {"m": ModelObjectives(), "n": ModelObjectives()},
+                  ["serving-0"], drift_models=["n"])
+    assert r.detectors[("latency", "m", "canary")] is canary_m  # same settings: same evidence
+    assert r.detectors[("latency", "n", "canary")] is canary_n
+    assert ("drift", "n", "inputs") in r.latest
+    r.reconfigure(DetectionSettings(latency=LatencySettings(effect_floor=0.2)),
+                  {"m": ModelObjectives()}, [], drift_models=[])
+    rebuilt = r.detectors[("latency", "m", "canary")]
+    assert rebuilt is not canary_m and isinstance(rebuilt, CanaryLatency)
+    assert rebuilt.settings.effect_floor == 0.2
+    assert not [k for k in r.detectors if k[1] in ("n", "serving-0")]  # gone with the config
+    assert ("drift", "n", "inputs") not in r.latest

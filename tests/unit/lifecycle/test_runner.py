@@ -1,0 +1,279 @@
+"""The lifecycle runner on fakes: adoption, the policy loop, intents and outcomes, failures,
+operators' requests, approvals, cancellation that stays pending, and reload in place."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.fakes import FakeClock, FakeServer, MemoryStateStore, RecordingRouter
+from tfwarden.core.errors import ActionRefused
+from tfwarden.core.status import ModelStatus, Phase
+from tfwarden.core.types import Finding
+from tfwarden.daemon.recorder import Recorder
+from tfwarden.daemon.state import EventJournal
+from tfwarden.detectors.roles import RoleTracker
+from tfwarden.lifecycle.actions import Promote
+from tfwarden.lifecycle.alerts import AlertBook
+from tfwarden.lifecycle.notifiers.base import Alert
+from tfwarden.lifecycle.runner import LifecycleRunner, ManagedModel, pending_key, status_key
+from tfwarden.lifecycle.settings import LifecycleSettings
+from tfwarden.lifecycle.watcher import VersionWatcher
+from tfwarden.policies.engine import PolicyEngine
+from tfwarden.policies.rules import RuleSet
+
+RULES = """rules:
+  - name: rollback-on-regression
+    when:
+      status: {phase: [canary_live]}
+      any: [{detector: latency, verdict: regression, role: canary}]
+    action: rollback
+    alert: page
+  - name: step
+    when:
+      status: {phase: [canary_live], weight_below: 100}
+      all: [{detector: latency, verdict: ok, role: canary}]
+    action: set_weight
+    params: {steps: [50, 100]}
+  - name: promote
+    when:
+      status: {phase: [canary_live], weight_at_least: 100}
+      all: [{detector: latency, verdict: ok, role: canary}]
+    action: promote
+    guards: {require_approval: true}
+"""
+
+
+class Findings:
+    def __init__(self) -> None:
+        self.current: list[Finding] = []
+
+    def findings(self) -> list[Finding]:
+        return self.current
+
+    def say(self, verdict: str, version: int) -> None:
+        self.current = [Finding("latency", verdict, 0.0, model="m", version=version,
+                                target="canary", evidence={"pairs": 500})]
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+
+    def submit(self, alerts: list[Alert]) -> None:
+        self.alerts += alerts
+
+
+class Harness:
+    """A runner for model ``m`` on a FakeServer with versions 1 and 2 loaded."""
+
+    def __init__(self, tmp_path: Path, store: MemoryStateStore | None = None) -> None:
+        self.clock, self.store = FakeClock(), store or MemoryStateStore()
+        self.server = FakeServer(tmp_path / "m", versions={1: "AVAILABLE", 2: "AVAILABLE"})
+        for version in (1, 2):
+            self.server.add_version_dir(version)
+        self.router, self.findings, self.sent, self.roles = RecordingRouter(), Findings(), \
+            Sent(), RoleTracker()
+        journal = EventJournal(self.store, self.clock, Recorder())
+        self.alerts = AlertBook(self.sent, journal, self.clock, {"team": "ml"})
+        self.runner = LifecycleRunner(
+            {"m": ManagedModel("m", LifecycleSettings(), self.server, self.router)},
+            store=self.store, journal=journal, clock=self.clock, metrics=Recorder(),
+            policy=PolicyEngine(RuleSet.model_validate(yaml.safe_load(RULES))),
+            findings=self.findings, alerts=self.alerts, listener=self.roles)
+        self.watcher = VersionWatcher(self.runner)
+
+    @property
+    def status(self) -> ModelStatus:
+        return self.runner.statuses["m"]
+
+    def kinds(self) -> list[str]:
+        return self.store.kinds()
+
+    async def tick(self) -> None:
+        """One policy evaluation, then wait for the actions it started."""
+        self.clock.advance(2.0)
+        await self.runner.tick()
+        await self.runner.settle()
+
+
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(scenario())
+
+
+def test_a_new_model_is_adopted_at_its_highest_available_version(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    run(h.runner.start)
+    assert (h.status.phase, h.status.stable_version) == (Phase.STABLE, 2)
+    assert h.server.model_labels == {"stable": 2}
+    assert h.kinds() == ["lifecycle_adopted"]
+    assert h.roles.roles("m") == (2, None)  # the role tracker heard it at once
+    assert h.store.get(status_key("m"))["stable_version"] == 2
+
+
+def test_new_version_canary_steps_then_waits_for_approval(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.server.model_labels = {"stable": 1}
+
+    async def scenario() -> None:
+        await h.runner.start()
+        h.server.add_version_dir(3)
+        await h.watcher.new_versions()
+        assert (h.status.phase, h.status.canary_version) == (Phase.CANARY_LIVE, 3)
+        assert h.roles.roles("m") == (1, 3) and h.router.applied == [("m", 0)]
+        h.findings.say("ok", 3)
+        await h.tick()
+        await h.tick()
+        assert h.status.weight == 100 and h.router.applied[-2:] == [("m", 50), ("m", 100)]
+        await h.tick()  # promote needs an approval
+        assert h.status.phase == Phase.CANARY_LIVE and "m" in h.runner.approvals
+        await h.runner.manual("m", "approve")
+        assert (h.status.phase, h.status.stable_version, h.status.previous_good) == \
+            (Phase.STABLE, 3, 1)
+        assert h.server.model_labels == {"stable": 3, "canary": 3}
+        assert h.roles.roles("m") == (3, None)
+
+    run(scenario)
+    assert h.kinds() == ["new_version", "action_intent", "action_done",
+                         "decision", "action_intent", "action_done",
+                         "decision", "action_intent", "action_done",
+                         "decision", "awaiting_approval",
+                         "action_intent", "action_done", "manual_action"]
+    assert h.store.get(pending_key("m")) is None
+
+
+def test_a_regressing_canary_is_rolled_back_with_an_alert_fired_then_resolved(
+        tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.server.model_labels = {"stable": 1, "canary": 2}
+
+    async def scenario() -> None:
+        await h.runner.start()
+        assert (h.status.phase, h.status.canary_version) == (Phase.CANARY_LIVE, 2)
+        h.findings.say("regression", 2)
+        await h.tick()
+
+    run(scenario)
+    assert (h.status.phase, h.status.stable_version, h.status.rejected) == \
+        (Phase.ROLLED_BACK, 1, (2,))
+    assert h.server.model_labels == {"stable": 1} and h.server.versions[2] == "END"
+    assert h.kinds() == ["decision", "alert", "action_intent", "action_done", "alert"]
+    fired, resolved = h.sent.alerts
+    assert fired.labels["rule"] == "rollback-on-regression" and fired.labels["team"] == "ml"
+    assert fired.ends_at is None and resolved.ends_at is not None
+
+
+def test_a_failed_action_is_journaled_alerted_and_leaves_the_status(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.server.model_labels = {"stable": 1, "canary": 2}
+    h.server.fail_on.add("promote")
+
+    async def scenario() -> None:
+        await h.runner.start()
+        await h.runner.run("m", Promote(2), "test")
+
+    run(scenario)
+    assert (h.status.phase, h.status.canary_version) == (Phase.CANARY_LIVE, 2)
+    assert "promote refused" in h.status.last_error
+    assert h.kinds() == ["action_intent", "action_failed", "alert"]
+    assert h.sent.alerts[0].labels["alertname"] == "TfwardenActionFailed"
+    assert h.store.get(pending_key("m")) is None
+
+
+def test_a_refused_routing_change_fails_the_action(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.server.model_labels = {"stable": 1}
+
+    async def scenario() -> None:
+        await h.runner.start()
+        h.server.add_version_dir(3)
+        h.router.fail = True
+        await h.watcher.new_versions()
+
+    run(scenario)
+    assert h.status.phase == Phase.STABLE and "routing of 'm' refused" in h.status.last_error
+    assert h.kinds()[-2:] == ["action_failed", "alert"]
+
+
+def test_operators_pause_and_resume_and_refusals_say_why(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.server.model_labels = {"stable": 1, "canary": 2}
+
+    async def scenario() -> None:
+        await h.runner.start()
+        await h.runner.manual("m", "pause")
+        assert (h.status.phase, h.status.paused_from) == (Phase.PAUSED, Phase.CANARY_LIVE)
+        with pytest.raises(ActionRefused, match="already paused"):
+            await h.runner.manual("m", "pause")
+        h.findings.say("regression", 2)
+        await h.tick()  # paused: the policy does not see the model
+        assert h.status.phase == Phase.PAUSED
+        await h.runner.manual("m", "resume")
+        assert h.status.phase == Phase.CANARY_LIVE
+        with pytest.raises(ActionRefused, match="no decision awaiting approval"):
+            await h.runner.manual("m", "approve")
+
+    run(scenario)
+    assert h.kinds() == ["action_intent", "action_done", "manual_action",
+                         "action_intent", "action_done", "manual_action"]
+
+
+def test_a_cancelled_action_stays_pending_and_a_restart_finishes_it_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.server.model_labels = {"stable": 1, "canary": 2}
+
+    async def stopped_mid_promotion() -> None:
+        await h.runner.start()
+        blocked = asyncio.Event()
+        promote = h.server.promote
+
+        async def hang(model: str, version: int) -> None:
+            await blocked.wait()
+            await promote(model, version)
+
+        h.server.promote = hang  # type: ignore[method-assign]
+        task = asyncio.get_running_loop().create_task(h.runner.run("m", Promote(2), "test"))
+        await asyncio.sleep(0.01)
+        task.cancel()  # SIGTERM during the label move
+        await asyncio.gather(task, return_exceptions=True)
+
+    run(stopped_mid_promotion)
+    pending = h.store.get(pending_key("m"))
+    assert pending is not None and pending["action"] == "promote"
+    restarted = Harness(tmp_path, store=h.store)
+    restarted.server.model_labels = {"stable": 1, "canary": 2}
+    run(restarted.runner.start)
+    assert restarted.status.stable_version == 2 and restarted.store.get(pending_key("m")) is None
+    outcomes = [e for e in restarted.store.entries(limit=100) if e.kind == "action_done"]
+    assert len(outcomes) == 1 and outcomes[0].payload["intent_id"] == pending["intent_id"]
+
+
+def test_reconfigure_keeps_statuses_approvals_and_policy_memory(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.server.model_labels = {"stable": 1, "canary": 2}
+
+    async def scenario() -> None:
+        await h.runner.start()
+        h.findings.say("ok", 2)
+        await h.tick()
+        await h.tick()
+        await h.tick()
+        assert "m" in h.runner.approvals
+        memory = h.runner.policy.memory  # type: ignore[attr-defined]
+        fired = dict(memory.last_fired)
+        other = FakeServer(tmp_path / "n", versions={4: "AVAILABLE"})
+        other.add_version_dir(4)
+        await h.runner.reconfigure({
+            "m": ManagedModel("m", LifecycleSettings(auto_canary=False), h.server, h.router),
+            "n": ManagedModel("n", LifecycleSettings(), other, RecordingRouter())})
+        h.runner.policy.reconfigure(h.runner.policy.ruleset, dry_run=False)  # type: ignore[attr-defined]
+        assert h.runner.policy.memory is memory and memory.last_fired == fired  # type: ignore[attr-defined]
+        assert "m" in h.runner.approvals and h.status.weight == 100
+        assert h.runner.statuses["n"].stable_version == 4
+
+    run(scenario)
