@@ -5,13 +5,14 @@
 - ``RecordingRouter``: a router that remembers every weight it was asked for (and can fail);
 - ``FakeServer``: a TF Serving server as the lifecycle sees it (versions with states, labels
   that only point at AVAILABLE versions, a base path with version directories), recording
-  every call, with faults on demand.
+  every call, with faults on demand;
+- ``RecordingScheduler``: a scheduler that only remembers its jobs; the test runs them.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,3 +150,31 @@ class FakeServer:
 
     def newest_version(self, model: str) -> int | None:
         return newest_version(self.base)
+
+
+@dataclass(frozen=True)
+class ScheduledJob:
+    func: Callable[[], Awaitable[None]]
+    interval_seconds: float
+    jitter: float
+    run_now: bool
+
+
+@dataclass
+class RecordingScheduler:
+    """``core.ports.Scheduler`` that runs nothing by itself: ``jobs`` holds what was added (and
+    not removed), ``removed`` the names removed, and ``run(name)`` runs one job once."""
+
+    jobs: dict[str, ScheduledJob] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+
+    def add(self, name: str, func: Callable[[], Awaitable[None]], interval_seconds: float,
+            jitter: float = 0, run_now: bool = False) -> None:
+        self.jobs[name] = ScheduledJob(func, interval_seconds, jitter, run_now)
+
+    def remove(self, name: str) -> None:
+        self.jobs.pop(name, None)
+        self.removed.append(name)
+
+    async def run(self, name: str) -> None:
+        await self.jobs[name].func()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import TESTDATA, DaemonProcess, DevServer, daemon_config, free_port
@@ -49,7 +50,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         capture={"client_rows_per_second": 1000, "reservoir_rows": 100,
                  "max_body_bytes": 100000}), port)
     daemon.wait_ready()
-    yield {"dev": dev, "daemon": daemon, "base": base, "config": config}
+    yield {"dev": dev, "daemon": daemon, "base": base, "config": config, "work": work}
     daemon.terminate()
     daemon.close()
     dev.stop()
@@ -164,6 +165,33 @@ def test_failures_are_recorded_as_data(setup: dict[str, Any]) -> None:
     finally:
         fault.unlink()
     assert targets(daemon)[2]["outcomes"].get("error", 0) == 0
+
+
+def canary_pairs(daemon: DaemonProcess) -> int | None:
+    """Evidence (pairs) of the canary latency finding, None when there is none."""
+    found = [f for f in daemon.client.get("/api/v1/findings").json()["findings"]
+             if f["detector"] == "latency" and (f["version"], f["target"]) == (2, "v1")]
+    return found[0]["evidence"].get("pairs") if found else None
+
+
+def test_a_reload_keeps_detector_evidence_unless_the_detectors_settings_change(
+        setup: dict[str, Any]) -> None:
+    daemon, path = setup["daemon"], setup["work"] / "tfwarden.yaml"
+    wait_for(lambda: (canary_pairs(daemon) or 0) >= 20)
+    before = canary_pairs(daemon)
+    assert daemon.client.post("/-/reload").json()["ok"]  # the same configuration
+    assert (canary_pairs(daemon) or 0) >= before  # kept, not rebuilt from nothing
+    wait_for(lambda: (canary_pairs(daemon) or 0) > before)
+    original = path.read_text()
+    changed = yaml.safe_load(original)
+    changed["detection"] = {"latency": {"effect_floor": 0.2}}
+    path.write_text(yaml.safe_dump(changed))
+    try:
+        assert daemon.client.post("/-/reload").json()["ok"]
+        assert (canary_pairs(daemon) or 0) < before  # new settings: the evidence starts again
+    finally:
+        path.write_text(original)
+        assert daemon.client.post("/-/reload").json()["ok"]
 
 
 def test_unloaded_version_stops_being_probed(setup: dict[str, Any]) -> None:
