@@ -130,7 +130,11 @@ def endpoints_of(config: Config, process: Process,
     endpoints = {}
     for name, settings in config.serving.items():
         old = current.get(name)
-        endpoints[name] = old if old is not None and old.settings == settings else Endpoint(
+        if old is not None and old.settings == settings:
+            old.client.signature_ttl_seconds = config.capture.signature_ttl_seconds
+            endpoints[name] = old
+            continue
+        endpoints[name] = Endpoint(
             settings, TFServingClient(
                 name, grpc_address=settings.grpc_address,
                 rest_url=str(settings.rest_url) if settings.rest_url else None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 from typing import Any, Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -80,7 +80,13 @@ def _require_token(daemon: DaemonControl, request: Request) -> None:
 def create_app(daemon: DaemonControl) -> FastAPI:
     """Build the FastAPI application bound to ``daemon``."""
     app = FastAPI(title="tfwarden", docs_url=None, redoc_url=None, openapi_url="/api/v1/openapi.json")
+    _errors_as_json(app)
+    for router in (_process_routes(daemon), _model_routes(daemon), _capture_routes(daemon)):
+        app.include_router(router)
+    return app
 
+
+def _errors_as_json(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
@@ -100,22 +106,27 @@ def create_app(daemon: DaemonControl) -> FastAPI:
         where = ".".join(str(p) for p in first["loc"])
         return JSONResponse({"error": f"{where}: {first['msg']}"}, 422)
 
-    @app.get("/metrics")
+
+def _process_routes(daemon: DaemonControl) -> APIRouter:
+    """Metrics, health, readiness, reload, status and probe debugging."""
+    routes = APIRouter()
+
+    @routes.get("/metrics")
     async def metrics() -> Response:
         return Response(daemon.recorder.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/-/healthy")
+    @routes.get("/-/healthy")
     async def healthy() -> dict[str, str]:
         return {"status": "healthy"}
 
-    @app.get("/-/ready")
+    @routes.get("/-/ready")
     async def ready() -> JSONResponse:
         if daemon.ready:
             return JSONResponse({"status": "ready"})
         state = "stopping" if daemon.stopping else "starting"
         return JSONResponse({"status": state}, 503)
 
-    @app.post("/-/reload")
+    @routes.post("/-/reload")
     async def reload(request: Request) -> JSONResponse:
         _require_token(daemon, request)
         if daemon.stopping:
@@ -123,26 +134,37 @@ def create_app(daemon: DaemonControl) -> FastAPI:
         result = await daemon.reload("http")
         return JSONResponse(result, 200 if result["ok"] else 400)
 
-    @app.get("/debug/probes")
+    @routes.get("/api/v1/status")
+    async def status() -> dict[str, Any]:
+        return daemon.status()
+
+    @routes.get("/debug/probes")
     async def debug_probes() -> dict[str, Any]:
         return daemon.probes_debug()
 
-    @app.get("/api/v1/findings")
+    return routes
+
+
+def _model_routes(daemon: DaemonControl) -> APIRouter:
+    """Findings, models and operators' actions, the journal, Alertmanager's webhook."""
+    routes = APIRouter()
+
+    @routes.get("/api/v1/findings")
     async def findings() -> dict[str, Any]:
         return {"findings": daemon.findings()}
 
-    @app.get("/api/v1/models")
+    @routes.get("/api/v1/models")
     async def models() -> dict[str, Any]:
         return {"models": daemon.models()}
 
-    @app.get("/api/v1/models/{name}")
+    @routes.get("/api/v1/models/{name}")
     async def model(name: str) -> dict[str, Any]:
         found = daemon.model(name)
         if found is None:
             raise ApiError(404, f"model {name!r} is not managed by tfwarden")
         return found
 
-    @app.post("/api/v1/models/{name}/{action}")
+    @routes.post("/api/v1/models/{name}/{action}")
     async def model_action(name: str, action: str, request: Request) -> dict[str, Any]:
         _require_token(daemon, request)
         if action not in ("rollback", "promote", "pause", "resume", "approve"):
@@ -155,14 +177,14 @@ def create_app(daemon: DaemonControl) -> FastAPI:
         except ActionRefused as exc:
             raise ApiError(409, str(exc)) from None
 
-    @app.get("/api/v1/journal")
+    @routes.get("/api/v1/journal")
     async def journal(after: int = 0, limit: int = 100, kind: str | None = None,
                       model: str | None = None) -> dict[str, Any]:
         if not 1 <= limit <= 1000:
             raise ApiError(400, "limit must be between 1 and 1000")
         return {"entries": daemon.journal(after, limit, kind, model)}
 
-    @app.post("/api/v1/alertmanager")
+    @routes.post("/api/v1/alertmanager")
     async def alertmanager(request: Request) -> dict[str, Any]:
         _require_token(daemon, request)
         try:
@@ -173,6 +195,13 @@ def create_app(daemon: DaemonControl) -> FastAPI:
         if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
             raise ApiError(400, "expected Alertmanager's webhook payload with an 'alerts' list")
         return daemon.receive_alerts(payload)
+
+    return routes
+
+
+def _capture_routes(daemon: DaemonControl) -> APIRouter:
+    """Input capture and drift reports."""
+    routes = APIRouter()
 
     async def _capture(kind: str, model: str, request: Request,
                        version: int | None) -> dict[str, Any]:
@@ -187,27 +216,23 @@ def create_app(daemon: DaemonControl) -> FastAPI:
         except Refused as exc:
             raise ApiError(exc.status, exc.message) from None
 
-    @app.post("/api/v1/capture/{model}")
+    @routes.post("/api/v1/capture/{model}")
     async def capture(model: str, request: Request, version: int | None = None) -> dict[str, Any]:
         return await _capture("capture", model, request, version)
 
-    @app.post("/api/v1/samples/{model}")
+    @routes.post("/api/v1/samples/{model}")
     async def samples(model: str, request: Request) -> dict[str, Any]:
         return await _capture("samples", model, request, None)
 
-    @app.get("/api/v1/models/{name}/capture")
+    @routes.get("/api/v1/models/{name}/capture")
     async def capture_stats(name: str) -> dict[str, Any]:
         return daemon.capture_stats(name)
 
-    @app.get("/api/v1/models/{name}/drift")
+    @routes.get("/api/v1/models/{name}/drift")
     async def drift(name: str) -> dict[str, Any]:
         report = daemon.drift_report(name)
         if report is None:
             raise ApiError(404, f"model {name!r} has no drift configuration")
         return report
 
-    @app.get("/api/v1/status")
-    async def status() -> dict[str, Any]:
-        return daemon.status()
-
-    return app
+    return routes

@@ -31,7 +31,14 @@ class Recorder:
 
     def __init__(self, registry: CollectorRegistry | None = None, version: str = "") -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
+        self._declare_process(self.registry, version)
+        self._declare_probes(self.registry)
+        self._declare_findings(self.registry)
+        self._declare_lifecycle(self.registry)
+        self._declare_drift(self.registry)
+
+    def _declare_process(self, r: CollectorRegistry, version: str) -> None:
+        """The process, its configuration, jobs, journal and HTTP API."""
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         self._build_info = Gauge(
@@ -78,6 +85,8 @@ class Recorder:
             "tfwarden_http_unauthorized_requests_total",
             "Write requests refused for a missing or wrong bearer token.", ["path"], registry=r)
 
+    def _declare_probes(self, r: CollectorRegistry) -> None:
+        """Probes and the model versions they see."""
         self._probe_requests = Counter(
             "tfwarden_probe_requests_total",
             "Predict probe requests by outcome (ok, error, incorrect, timeout, unreachable).",
@@ -100,6 +109,8 @@ class Recorder:
             "tfwarden_memory_bytes", "Memory of a watched process or cgroup by kind.",
             ["target", "kind"], registry=r)
 
+    def _declare_findings(self, r: CollectorRegistry) -> None:
+        """The detectors' findings."""
         self._finding = Gauge(
             "tfwarden_finding",
             "1 for the current verdict of each detector (ok, regression, inconclusive), 0 else.",
@@ -116,6 +127,8 @@ class Recorder:
             "Projected time until a leaking target reaches its memory limit.", ["target"],
             registry=r)
 
+    def _declare_lifecycle(self, r: CollectorRegistry) -> None:
+        """Decisions, actions, phases and alert deliveries."""
         self._decisions = Counter(
             "tfwarden_decisions_total", "Policy decisions by model, action and dry run.",
             ["model", "action", "dry_run"], registry=r)
@@ -131,6 +144,8 @@ class Recorder:
             "tfwarden_notifications_total", "Alert deliveries by notifier and outcome.",
             ["notifier", "outcome"], registry=r)
 
+    def _declare_drift(self, r: CollectorRegistry) -> None:
+        """Input capture and drift checks."""
         self._drift_p = Gauge(
             "tfwarden_drift_p_value",
             "Adjusted p-value (FDR or Bonferroni) of each input feature in the latest drift check.",

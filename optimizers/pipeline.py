@@ -122,80 +122,82 @@ async def optimize(request: Request, runner: Runner | None = None,
     worker step is traced as ``optimize.<kind>``."""
     check(request)
     base_runner = runner or Runner()
-
-    async def step(job: dict[str, Any], timeout: float,
-                   legacy_keras: bool = False) -> dict[str, Any]:
-        with trace.span(f"optimize.{job['kind']}", model_dir=job.get("model") or
-                        job.get("source"), method=job.get("method")) as current:
-            result = await base_runner.run(job, timeout, legacy_keras)
-            current.set(seconds=result["seconds"], peak_rss_bytes=result.get("peak_rss_bytes"))
-            return result
-
     method = METHODS[request.method]
     report = Report(request.method, str(request.source), accepted=False)
+
+    async def step(name: str, job: dict[str, Any], legacy_keras: bool = False) -> dict[str, Any]:
+        with trace.span(f"optimize.{job['kind']}", model_dir=job.get("model") or
+                        job.get("source"), method=job.get("method")) as current:
+            result = await base_runner.run(job, request.timeout_seconds, legacy_keras)
+            current.set(seconds=result["seconds"], peak_rss_bytes=result.get("peak_rss_bytes"))
+        report.steps.append({"step": name, **result})
+        return result
+
     candidate = work_dir(request.base)  # hidden, next to the versions: same filesystem
     work = Path(tempfile.mkdtemp(prefix="tfwarden-optimize-"))  # outputs and scratch
     try:
-        convert_job = {"kind": method.worker, "method": method.name,
-                       "source": str(request.source), "out": str(candidate),
-                       "params": request.params, "size_of": None,
-                       "representative": str(request.representative)
-                       if request.representative else None,
-                       "train": str(request.train) if request.train else None}
-        made = await step(convert_job, request.timeout_seconds,
-                                legacy_keras=method.worker == "tfmot")
-        report.steps.append({"step": method.worker, **made})
-        labels = str(request.golden) if request.golden.suffix == ".npz" else None
-        source = await step({
+        made = await step(method.worker, {
+            "kind": method.worker, "method": method.name, "source": str(request.source),
+            "out": str(candidate), "params": request.params, "size_of": None,
+            "representative": str(request.representative) if request.representative else None,
+            "train": str(request.train) if request.train else None},
+            legacy_keras=method.worker == "tfmot")
+        source = await step("validate-source", {
             "kind": "predict_savedmodel", "model": str(request.source),
             "inputs": str(request.golden), "out": str(work / "source.npy"),
-            "latency_runs": request.latency_runs, "size_of": str(request.source)},
-            request.timeout_seconds)
-        report.steps.append({"step": "validate-source", **source})
-        kind = "predict_tflite" if method.output == "tflite" else "predict_savedmodel"
-        validated = await step({
-            "kind": kind, "model": str(candidate), "inputs": str(request.golden),
+            "latency_runs": request.latency_runs, "size_of": str(request.source)})
+        validated = await step("validate-candidate", {
+            "kind": "predict_tflite" if method.output == "tflite" else "predict_savedmodel",
+            "model": str(candidate), "inputs": str(request.golden),
             "out": str(work / "candidate.npy"), "compare_to": str(work / "source.npy"),
-            "labels": labels, "latency_runs": request.latency_runs, "size_of": str(candidate)},
-            request.timeout_seconds)
-        report.steps.append({"step": "validate-candidate", **validated})
-        agreement = validated["agreement"]
-        report.metrics = {
-            **agreement,
-            "source_size_bytes": source["size"]["bytes"],
-            "source_gzip_bytes": source["size"]["gzip_bytes"],
-            "candidate_size_bytes": validated["size"]["bytes"],
-            "candidate_gzip_bytes": validated["size"]["gzip_bytes"],
-            "size_ratio": round(source["size"]["bytes"] / max(1, validated["size"]["bytes"]), 3),
-            "gzip_size_ratio": round(source["size"]["gzip_bytes"] /
-                                     max(1, validated["size"]["gzip_bytes"]), 3),
-            "source_latency": source["latency"], "candidate_latency": validated["latency"],
-            "speedup_p50": round(source["latency"]["p50_ms"] /
-                                 max(1e-9, validated["latency"]["p50_ms"]), 3),
-            "peak_rss_bytes": {s["step"]: s["peak_rss_bytes"] for s in report.steps},
-            "convert_seconds": made["seconds"],
-        }
-        report.reasons = judge(agreement, request.tolerances) + latency_reasons(
+            "labels": str(request.golden) if request.golden.suffix == ".npz" else None,
+            "latency_runs": request.latency_runs, "size_of": str(candidate)})
+        report.metrics = _metrics(made, source, validated, report.steps)
+        report.reasons = judge(validated["agreement"], request.tolerances) + latency_reasons(
             source["latency"], validated["latency"], request.tolerances)
-        if report.reasons:
-            return report
-        provenance = {
-            "source_version": _version_of(request.source), "source": str(request.source),
-            "method": method.name, "params": request.params, "metrics": report.metrics,
-            "created_at": time.time(), "tools": _tool_versions(),
-            **(provenance_extra or {})}
-        manifest = None
-        if method.output == "tflite":
-            manifest = {"model": request.base.name, "method": method.name,
-                        "quantization": method.name, "io": request.params.get("io", "float"),
-                        "source_version": provenance["source_version"]}
-        report.version = publish(candidate, request.base, provenance, manifest)
-        report.accepted = True
+        if not report.reasons:
+            report.version = _publish(request, candidate, report.metrics, provenance_extra)
+            report.accepted = True
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if candidate.exists():  # rejected or failed: never left for a poller to find
             shutil.rmtree(candidate, ignore_errors=True)
+
+
+def _metrics(made: dict[str, Any], source: dict[str, Any], validated: dict[str, Any],
+             steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The candidate against its source: agreement, sizes, latency, peak memory per step."""
+    size, new_size = source["size"], validated["size"]
+    return {
+        **validated["agreement"],
+        "source_size_bytes": size["bytes"], "source_gzip_bytes": size["gzip_bytes"],
+        "candidate_size_bytes": new_size["bytes"], "candidate_gzip_bytes": new_size["gzip_bytes"],
+        "size_ratio": round(size["bytes"] / max(1, new_size["bytes"]), 3),
+        "gzip_size_ratio": round(size["gzip_bytes"] / max(1, new_size["gzip_bytes"]), 3),
+        "source_latency": source["latency"], "candidate_latency": validated["latency"],
+        "speedup_p50": round(source["latency"]["p50_ms"] /
+                             max(1e-9, validated["latency"]["p50_ms"]), 3),
+        "peak_rss_bytes": {s["step"]: s["peak_rss_bytes"] for s in steps},
+        "convert_seconds": made["seconds"],
+    }
+
+
+def _publish(request: Request, candidate: Path, metrics: dict[str, Any],
+             provenance_extra: dict[str, Any] | None) -> int:
+    """Publish the candidate as the next version, with its provenance (and an edge manifest
+    for TFLite)."""
+    method = METHODS[request.method]
+    provenance = {
+        "source_version": _version_of(request.source), "source": str(request.source),
+        "method": method.name, "params": request.params, "metrics": metrics,
+        "created_at": time.time(), "tools": _tool_versions(), **(provenance_extra or {})}
+    manifest = None
+    if method.output == "tflite":
+        manifest = {"model": request.base.name, "method": method.name,
+                    "quantization": method.name, "io": request.params.get("io", "float"),
+                    "source_version": provenance["source_version"]}
+    return publish(candidate, request.base, provenance, manifest)
 
 
 def _version_of(path: Path) -> int | None:

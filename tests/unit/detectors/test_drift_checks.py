@@ -68,7 +68,8 @@ class InProcessDriftWorker:
         answer = self.worker.handle(json.loads(json.dumps({"op": op, **payload})))
         if "error" in answer:
             raise WorkerFailed(answer["error"])
-        return json.loads(json.dumps(answer))
+        decoded: dict[str, Any] = json.loads(json.dumps(answer))
+        return decoded
 
     async def configure(self, payload: dict[str, Any]) -> dict[str, Any]:
         return await self._request("configure", payload)
@@ -374,7 +375,7 @@ def test_reconfigure_keeps_the_state_of_unchanged_settings(tmp_path: Path) -> No
 
     new_client = Serving({1: stable_fn})
     h.checks.reconfigure({"m": h.model(settings(), new_client)})
-    assert h.checks.states["m"] is state and state.model.client is new_client
+    assert h.checks.states["m"] is state and state.model.client is new_client  # type: ignore[comparison-overlap]
 
     h.checks.reconfigure({"m": h.model(settings(consecutive=3))})
     fresh = h.checks.states["m"]

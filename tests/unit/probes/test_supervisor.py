@@ -105,7 +105,7 @@ class Harness:
         if model_config is not None:
             model_config.write_text(MODEL_CONFIG)
         self.endpoint_settings = EndpointSettings(
-            kind="tfserving", rest_url="http://tfs:8501", grpc_address="tfs:8500",  # type: ignore[arg-type]
+            kind="tfserving", rest_url="http://tfs:8501", grpc_address="tfs:8500",
             model_config_file=model_config, status_interval_seconds=5.0)
         self.status = StatusServer(versions if versions is not None else {1: "AVAILABLE"})
         self.predict = PredictServer(failing)
