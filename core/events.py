@@ -88,6 +88,8 @@ class VerdictChanged(Event):
 
 @dataclass(frozen=True)
 class DecisionTaken(Event):
+    """A rule decided (the payload is the decision with the findings it used)."""
+
     kind: ClassVar[str] = "decision"
     decision: Decision
 
@@ -100,18 +102,10 @@ class DecisionTaken(Event):
 
 
 @dataclass(frozen=True)
-class ApprovalRequested(Event):
+class ApprovalRequested(DecisionTaken):
     """A rule with ``require_approval`` decided; the decision waits for POST .../approve."""
 
     kind: ClassVar[str] = "awaiting_approval"
-    decision: Decision
-
-    @property
-    def subject(self) -> str | None:
-        return self.decision.model
-
-    def payload(self) -> dict[str, Any]:
-        return self.decision.to_json()
 
 
 # -- lifecycle ----------------------------------------------------------------------------------
@@ -182,14 +176,20 @@ class PreviousUnloaded(Event):
 
 
 @dataclass(frozen=True)
-class AlertFired(Event):
+class _AlertEvent(Event):
     kind: ClassVar[str] = "alert"
     labels: Mapping[str, str]
-    summary: str = ""
 
     @property
     def subject(self) -> str | None:
         return self.labels.get("model") or None
+
+
+@dataclass(frozen=True)
+class AlertFired(_AlertEvent):
+    """One of tfwarden's alerts fired (``labels`` identify it)."""
+
+    summary: str = ""
 
     def payload(self) -> dict[str, Any]:
         payload: dict[str, Any] = {"state": "firing", **self.labels}
@@ -199,13 +199,8 @@ class AlertFired(Event):
 
 
 @dataclass(frozen=True)
-class AlertResolved(Event):
-    kind: ClassVar[str] = "alert"
-    labels: Mapping[str, str]
-
-    @property
-    def subject(self) -> str | None:
-        return self.labels.get("model") or None
+class AlertResolved(_AlertEvent):
+    """One of tfwarden's alerts was resolved."""
 
     def payload(self) -> dict[str, Any]:
         return {"state": "resolved", **self.labels}

@@ -45,10 +45,12 @@ def resolve_path(value: Path, info: ValidationInfo) -> Path:
     return value
 
 
-def existing_file(value: Path | None, info: ValidationInfo, what: str = "file") -> Path | None:
+def existing_file(value: Path | None, info: ValidationInfo, what: str = "file",
+                  directory_too: bool = False) -> Path | None:
+    """``value`` resolved, or ValueError when no such file (or directory) exists."""
     if value is None:
         return None
     value = resolve_path(value, info)
-    if not value.is_file():
+    if not (value.exists() if directory_too else value.is_file()):
         raise ValueError(f"{what} {str(value)!r} does not exist")
     return value

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,12 +41,14 @@ from tfwarden.lifecycle.routers.base import LabelsRouter, Router, ShadowRouter
 from tfwarden.lifecycle.routers.nginx import NginxRouter
 from tfwarden.lifecycle.runner import POLICY_SECONDS, LifecycleRunner, ManagedModel
 from tfwarden.lifecycle.watcher import VersionWatcher
+from tfwarden.optimizers.settings import OptimizeSettings
 from tfwarden.policies.engine import PolicyEngine
 from tfwarden.policies.rules import load_ruleset
 from tfwarden.probes.capture import CapturedModel, CaptureService
 from tfwarden.probes.supervisor import Endpoint, ProbedModel, ProbeSettings, ProbeSupervisor
 from tfwarden.serving.tfserving.client import Channels, TFServingClient
 from tfwarden.serving.tfserving.controller import TFServingController
+from tfwarden.serving.tfserving.settings import EndpointSettings
 
 log = logging.getLogger("tfwarden.daemon")
 EVALUATE_SECONDS = 2.0
@@ -174,7 +176,7 @@ def managed_models(config: Config, endpoints: dict[str, Endpoint]) -> dict[str, 
     return managed
 
 
-def router_of(config: Config, kind: str, endpoint: Any) -> Router:
+def router_of(config: Config, kind: str, endpoint: EndpointSettings) -> Router:
     if kind == "nginx":
         nginx = config.nginx
         assert nginx is not None and endpoint.rest_url is not None
@@ -196,7 +198,7 @@ def notifiers_of(config: Config, http: httpx.AsyncClient) -> list[Notifier]:
     return notifiers
 
 
-def optimize_settings(config: Config) -> dict[str, Any]:
+def optimize_settings(config: Config) -> dict[str, OptimizeSettings]:
     return {m.name: m.optimize for m in config.models if m.optimize is not None}
 
 
@@ -217,7 +219,7 @@ async def _start_lifecycle(p: Pipeline, jobs: Scheduler) -> None:
     jobs.add("unload-previous", p.watcher.unload_previous, UNLOAD_PREVIOUS_SECONDS)
 
 
-def _evaluate(p: Pipeline) -> Any:
+def _evaluate(p: Pipeline) -> Callable[[], Awaitable[None]]:
     async def evaluate() -> None:
         p.roster.evaluate(p.runner.clock.now())
     return evaluate

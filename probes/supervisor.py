@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
@@ -24,6 +24,7 @@ from tfwarden.core.clock import Clock
 from tfwarden.core.ports import ProbeMetrics, SampleSink, Scheduler, VersionStatusSink
 from tfwarden.core.series import SeriesWindows
 from tfwarden.core.types import STATE_NUMBERS, ProbeResult, Sample, VersionState
+from tfwarden.probes.base import Probe
 from tfwarden.probes.golden import DEFAULT_GOLDEN, GoldenRequest, load_golden
 from tfwarden.probes.grpc_predict import GrpcPredictProbe
 from tfwarden.probes.memory import CgroupMemoryProbe, ProcessMemoryProbe
@@ -40,12 +41,6 @@ RECENT_RESULTS = 50
 SUMMARY_SECONDS = 60.0
 
 TargetKey = tuple[str, int | None, str]  # model, version, label
-
-
-class Probe(Protocol):
-    name: str
-
-    async def run(self) -> ProbeResult: ...
 
 
 @dataclass(frozen=True)

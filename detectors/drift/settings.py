@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from tfwarden.core.settings import Settings, resolve_path
+from tfwarden.core.settings import Settings, existing_file
 from tfwarden.detectors.disagreement import DisagreementSettings
 
 
@@ -93,12 +93,7 @@ class DriftSettings(BatchSettings):
     @field_validator("reference")
     @classmethod
     def _check_reference(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is None:
-            return None
-        value = resolve_path(value, info)
-        if not value.exists():
-            raise ValueError(f"reference {str(value)!r} does not exist")
-        return value
+        return existing_file(value, info, "reference", directory_too=True)
 
     @property
     def batch(self) -> BatchSettings:
