@@ -150,8 +150,8 @@ class Daemon:
 
     def receive_alerts(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Alertmanager webhook: configured alerts become findings for the policies."""
-        assert self.config is not None and self.pipeline is not None
-        return receive(self.config.alerting.receive, payload["alerts"], self.pipeline.roster,
+        assert self.pipeline is not None
+        return receive(self.pipeline.alert_rules, payload["alerts"], self.pipeline.roster,
                        self.clock.now())
 
     def probes_debug(self) -> dict[str, Any]:

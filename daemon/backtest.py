@@ -6,27 +6,21 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tfwarden.core.errors import ConfigError, ConfigProblem, TraceError
-from tfwarden.daemon.config import Config, load_config
-from tfwarden.detectors.backtest import Backtest
+from tfwarden.daemon import build
+from tfwarden.daemon.config import load_config
 from tfwarden.detectors.drift.settings import DriftSettings
 from tfwarden.detectors.trace import TraceEvent, read_trace
-from tfwarden.lifecycle.replay import PolicyReplay
-from tfwarden.policies.rules import load_ruleset
 
 
-def _drift_replay(config: Config | None) -> Any:
+def _drift_replay(settings: Callable[[str], DriftSettings]) -> Any:
     """Input drift for ``inputs`` lines (numpy/scipy/alibi-detect: loaded only when needed)."""
     from tfwarden.detectors.drift.replay import InputDriftReplay
     from tfwarden.serving.tfserving.predictionlog import read_rows
-
-    drift = {m.name: m.drift for m in config.models if m.drift is not None} if config else {}
-
-    def settings(model: str) -> DriftSettings:
-        return drift.get(model) or DriftSettings()
 
     return InputDriftReplay(settings, read_rows)
 
@@ -46,10 +40,10 @@ def run_backtest(trace: Path, config_path: Path | None) -> int:
     started = time.monotonic()
     config = load_config(config_path) if config_path else None
     events = _events(trace)
-    engine = Backtest(config.detection if config else None,
-                      {m.name: m.slo for m in config.models} if config else None)
-    drift = _drift_replay(config) if any(e.type == "inputs" for e in events) else None
-    replay = PolicyReplay(load_ruleset(config.policies.ruleset if config else "default"))
+    parts = build.replay(config)
+    engine, replay = parts.detection, parts.policy
+    drift = _drift_replay(parts.drift_settings) if any(e.type == "inputs" for e in events) \
+        else None
     out = sys.stdout
     inputs_only: dict[str, tuple[int | None, int | None]] = {}
     for event in events:

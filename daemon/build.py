@@ -28,8 +28,11 @@ from tfwarden.core.series import SeriesWindows
 from tfwarden.daemon.config import Config
 from tfwarden.daemon.recorder import Recorder
 from tfwarden.daemon.state import EventJournal
+from tfwarden.detectors.alerts import ReceiveRule
+from tfwarden.detectors.backtest import Backtest
 from tfwarden.detectors.drift.checks import DriftChecks, DriftedModel
 from tfwarden.detectors.drift.client import DriftWorkerClient
+from tfwarden.detectors.drift.settings import DriftSettings
 from tfwarden.detectors.roles import RoleTracker
 from tfwarden.detectors.roster import Roster
 from tfwarden.lifecycle.alerts import AlertBook
@@ -37,6 +40,7 @@ from tfwarden.lifecycle.notifiers.alertmanager import AlertmanagerNotifier, Webh
 from tfwarden.lifecycle.notifiers.base import Notifier
 from tfwarden.lifecycle.notifiers.dispatch import Dispatcher
 from tfwarden.lifecycle.reoptimize import Reoptimizer
+from tfwarden.lifecycle.replay import PolicyReplay
 from tfwarden.lifecycle.routers.base import LabelsRouter, Router, ShadowRouter
 from tfwarden.lifecycle.routers.nginx import NginxRouter
 from tfwarden.lifecycle.runner import POLICY_SECONDS, LifecycleRunner, ManagedModel
@@ -95,6 +99,7 @@ class Pipeline:
     reoptimizer: Reoptimizer
     runner: LifecycleRunner
     watcher: VersionWatcher
+    alert_rules: list[ReceiveRule]
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
@@ -121,7 +126,8 @@ def build(config: Config, process: Process) -> Pipeline:
                              clock=p.clock, metrics=p.recorder, policy=policy, findings=roster,
                              alerts=alerts, listener=roles, reoptimizer=reoptimizer)
     return Pipeline(config, endpoints, windows, roles, roster, capture, drift_worker, drift,
-                    probes, policy, dispatcher, alerts, reoptimizer, runner, VersionWatcher(runner))
+                    probes, policy, dispatcher, alerts, reoptimizer, runner, VersionWatcher(runner),
+                    list(config.alerting.receive))
 
 
 # -- configuration -> each stage's settings -----------------------------------------------------
@@ -254,6 +260,7 @@ async def reconfigure(p: Pipeline, config: Config, process: Process) -> None:
     await p.dispatcher.reconfigure(notifiers_of(config, process.http))
     p.alerts.reconfigure(p.dispatcher, config.alerting.labels)
     p.reoptimizer.reconfigure(optimize_settings(config))
+    p.alert_rules = list(config.alerting.receive)
     _spawn(p, p.runner.reconfigure(managed_models(config, endpoints)))
 
 
@@ -269,6 +276,30 @@ async def close(p: Pipeline) -> None:
     for task in list(p.tasks):
         task.cancel()
     await asyncio.gather(*p.tasks, return_exceptions=True)
+
+
+# -- tfwarden backtest ---------------------------------------------------------------------------
+@dataclass
+class Replay:
+    """What ``tfwarden backtest`` runs a trace through: the detectors, input drift (built only
+    when the trace has ``inputs`` lines: it loads numpy/scipy/alibi-detect) and the policies."""
+
+    detection: Backtest
+    policy: PolicyReplay
+    drift_settings: Callable[[str], DriftSettings]
+
+
+def replay(config: Config | None) -> Replay:
+    """The backtest's objects for ``config`` (None: every default and the default rules)."""
+    drift = {m.name: m.drift for m in config.models if m.drift is not None} if config else {}
+
+    def drift_settings(model: str) -> DriftSettings:
+        return drift.get(model) or DriftSettings()
+
+    detection = Backtest(config.detection, {m.name: m.slo for m in config.models}) if config \
+        else Backtest()
+    ruleset = load_ruleset(config.policies.ruleset if config else "default")
+    return Replay(detection, PolicyReplay(ruleset), drift_settings)
 
 
 def _spawn(p: Pipeline, coroutine: Coroutine[Any, Any, None]) -> None:
