@@ -34,7 +34,7 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.PROMOTING: frozenset({Phase.STABLE, Phase.ROLLING_BACK}),
     Phase.ROLLING_BACK: frozenset({Phase.ROLLED_BACK, Phase.STABLE}),
     Phase.ROLLED_BACK: frozenset({Phase.CANARY_SHADOW, Phase.CANARY_LIVE, Phase.STABLE,
-                                  Phase.PAUSED}),
+                                  Phase.ROLLING_BACK, Phase.PAUSED}),
     Phase.PAUSED: frozenset(Phase) - {Phase.PAUSED},
 }
 
@@ -74,10 +74,6 @@ class ModelStatus:
                    last_error=data.get("last_error", ""),
                    rejected=tuple(data.get("rejected", ())))
 
-    @property
-    def roles(self) -> tuple[int | None, int | None]:
-        """(stable, canary) versions: what the detectors compare."""
-        return self.stable_version, self.canary_version
 
 
 def transition(status: ModelStatus, to: Phase, now: float, **changes: Any) -> ModelStatus:

@@ -104,6 +104,9 @@ class Decision:
                 "findings": [dict(f) for f in self.findings]}
 
 
+RolePair = tuple[int | None, int | None]  # (stable, canary) versions of a model
+
+
 STATE_NAMES = {0: "UNKNOWN", 10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING",
                50: "END"}
 STATE_NUMBERS = {name: number for number, name in STATE_NAMES.items()}

@@ -238,7 +238,7 @@ class Daemon:
         self.jobs.start()
         self._add_jobs()
         self.pipeline = build.build(config, self.process)
-        await build.start(self.pipeline, self.jobs)
+        await build.start(self.pipeline, self.jobs, self.clock)
         server = _EmbeddedServer(uvicorn.Config(
             create_app(self), log_config=None, access_log=False, lifespan="off",
             timeout_graceful_shutdown=int(HTTP_STOP_SECONDS), server_header=False,

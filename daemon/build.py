@@ -68,8 +68,9 @@ class Process:
     recorder: Recorder
     store: StateStore
     jobs: Scheduler
-    http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=MAX_PROBE_CONNECTIONS)))
+    http: httpx.AsyncClient = field(default_factory=httpx.AsyncClient)  # alerts, drift predicts
+    probe_http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=MAX_PROBE_CONNECTIONS)))  # probes wait, not alerts
     channels: Channels = field(default_factory=Channels)
 
     def __post_init__(self) -> None:
@@ -77,7 +78,16 @@ class Process:
 
     async def close(self) -> None:
         await self.http.aclose()
+        await self.probe_http.aclose()
         await self.channels.close()
+
+
+@dataclass(frozen=True)
+class ServingEndpoint:
+    """A configured serving endpoint and its client (kept across reloads while unchanged)."""
+
+    settings: EndpointSettings
+    client: TFServingClient
 
 
 @dataclass
@@ -85,7 +95,7 @@ class Pipeline:
     """The running stages of one daemon."""
 
     config: Config
-    endpoints: dict[str, Endpoint]
+    endpoints: dict[str, ServingEndpoint]
     windows: SeriesWindows
     roles: RoleTracker
     roster: Roster
@@ -108,14 +118,14 @@ def build(config: Config, process: Process) -> Pipeline:
     p, endpoints = process, endpoints_of(config, process, {})
     windows, roles = SeriesWindows(), RoleTracker()
     roster = Roster(config.detection, {m.name: m.slo for m in config.models},
-                    [t.name for t in config.memory], windows, p.clock, p.journal, p.recorder)
+                    {t.name: t for t in config.memory}, windows, p.clock, p.journal, p.recorder)
     roles.subscribe(roster)
     capture = CaptureService(config.capture, captured_models(config, endpoints), p.recorder)
     drift_worker = DriftWorkerClient(config.state_dir, config.detection.drift_worker, p.recorder)
     drift = DriftChecks(drifted_models(config, endpoints), config.state_dir, drift_worker, capture,
                         roles, roster, p.recorder, p.clock)
-    probes = ProbeSupervisor(probe_settings(config, endpoints), p.jobs, p.http, windows, roster,
-                             roles, p.recorder, p.clock)
+    probes = ProbeSupervisor(probe_settings(config, endpoints), p.jobs, p.probe_http, windows,
+                             roster, roles, p.recorder, p.clock)
     ProbeSupervisor.read_golden(probes.settings)
     policy = PolicyEngine(load_ruleset(config.policies.ruleset), config.policies.dry_run)
     dispatcher = Dispatcher(notifiers_of(config, p.http), on_result=p.recorder.notified)
@@ -132,7 +142,7 @@ def build(config: Config, process: Process) -> Pipeline:
 
 # -- configuration -> each stage's settings -----------------------------------------------------
 def endpoints_of(config: Config, process: Process,
-                 current: dict[str, Endpoint]) -> dict[str, Endpoint]:
+                 current: dict[str, ServingEndpoint]) -> dict[str, ServingEndpoint]:
     """A client per serving endpoint; one whose settings did not change is kept (its cached
     signatures with it)."""
     endpoints = {}
@@ -140,9 +150,10 @@ def endpoints_of(config: Config, process: Process,
         old = current.get(name)
         if old is not None and old.settings == settings:
             old.client.signature_ttl_seconds = config.capture.signature_ttl_seconds
+            old.client.forget_signatures()  # a reload reads the signatures again
             endpoints[name] = old
             continue
-        endpoints[name] = Endpoint(
+        endpoints[name] = ServingEndpoint(
             settings, TFServingClient(
                 name, grpc_address=settings.grpc_address,
                 rest_url=str(settings.rest_url) if settings.rest_url else None,
@@ -152,22 +163,23 @@ def endpoints_of(config: Config, process: Process,
     return endpoints
 
 
-def probe_settings(config: Config, endpoints: dict[str, Endpoint]) -> ProbeSettings:
-    return ProbeSettings(endpoints, [ProbedModel(m.name, m.serving, m.probe, m.golden_requests)
-                                     for m in config.models], config.memory, config.promql)
+def probe_settings(config: Config, endpoints: dict[str, ServingEndpoint]) -> ProbeSettings:
+    return ProbeSettings({name: Endpoint(e.settings, e.client) for name, e in endpoints.items()},
+                         [ProbedModel(m.name, m.serving, m.probe, m.golden_requests)
+                          for m in config.models], config.memory, config.promql)
 
 
-def captured_models(config: Config, endpoints: dict[str, Endpoint]) -> dict[str, CapturedModel]:
+def captured_models(config: Config, endpoints: dict[str, ServingEndpoint]) -> dict[str, CapturedModel]:
     return {m.name: CapturedModel(endpoints[m.serving].client if m.serving in endpoints else None,
                                   drift=m.drift is not None) for m in config.models}
 
 
-def drifted_models(config: Config, endpoints: dict[str, Endpoint]) -> dict[str, DriftedModel]:
+def drifted_models(config: Config, endpoints: dict[str, ServingEndpoint]) -> dict[str, DriftedModel]:
     return {m.name: DriftedModel(m.name, m.drift, endpoints[m.serving].client)
             for m in config.models if m.drift is not None}
 
 
-def managed_models(config: Config, endpoints: dict[str, Endpoint]) -> dict[str, ManagedModel]:
+def managed_models(config: Config, endpoints: dict[str, ServingEndpoint]) -> dict[str, ManagedModel]:
     """Models with ``lifecycle.enabled`` on an endpoint with a model config file and gRPC."""
     managed = {}
     for model in config.models:
@@ -209,9 +221,9 @@ def optimize_settings(config: Config) -> dict[str, OptimizeSettings]:
 
 
 # -- running ------------------------------------------------------------------------------------
-async def start(p: Pipeline, jobs: Scheduler) -> None:
+async def start(p: Pipeline, jobs: Scheduler, clock: Clock) -> None:
     p.dispatcher.start()
-    jobs.add("detect", _evaluate(p), EVALUATE_SECONDS)
+    jobs.add("detect", _evaluate(p, clock), EVALUATE_SECONDS)
     _schedule_drift(p, jobs)
     p.probes.start()
     _spawn(p, _start_lifecycle(p, jobs))
@@ -221,13 +233,26 @@ async def _start_lifecycle(p: Pipeline, jobs: Scheduler) -> None:
     """Resume (and finish interrupted actions) before the policy loop may act."""
     await p.runner.start()
     jobs.add("policy", p.runner.tick, POLICY_SECONDS)
+    _schedule_watcher(p, jobs)
+
+
+def _schedule_watcher(p: Pipeline, jobs: Scheduler) -> None:
     jobs.add("new-versions", p.watcher.new_versions, p.watcher.interval)
     jobs.add("unload-previous", p.watcher.unload_previous, UNLOAD_PREVIOUS_SECONDS)
 
 
-def _evaluate(p: Pipeline) -> Callable[[], Awaitable[None]]:
+async def _restart_lifecycle(p: Pipeline, names: list[str]) -> None:
+    """After a reload: adopt or resume the models that need it; rewrite the nginx routing of
+    the others (its settings may have changed)."""
+    await p.runner.start(names)
+    for name in p.runner.models:
+        if name not in names and not p.runner.busy(name):
+            await p.runner.apply_routing(name)
+
+
+def _evaluate(p: Pipeline, clock: Clock) -> Callable[[], Awaitable[None]]:
     async def evaluate() -> None:
-        p.roster.evaluate(p.runner.clock.now())
+        p.roster.evaluate(clock.now())
     return evaluate
 
 
@@ -243,11 +268,15 @@ async def reconfigure(p: Pipeline, config: Config, process: Process) -> None:
     anything changes."""
     endpoints = endpoints_of(config, process, p.endpoints)
     probes = probe_settings(config, endpoints)
-    ProbeSupervisor.read_golden(probes)
+    golden = ProbeSupervisor.read_golden(probes)
     ruleset = load_ruleset(config.policies.ruleset)
     p.config, p.endpoints = config, endpoints
+    process.channels.keep({e.settings.grpc_address for e in endpoints.values()})
+    managed = managed_models(config, endpoints)
+    for model in [m for m in p.runner.models if m not in managed]:
+        p.roles.forget(model)  # the server's labels speak for it again
     p.roster.reconfigure(config.detection, {m.name: m.slo for m in config.models},
-                         [t.name for t in config.memory],
+                         {t.name: t for t in config.memory},
                          [m.name for m in config.models if m.drift is not None])
     p.capture.reconfigure(config.capture, captured_models(config, endpoints))
     p.drift_worker.reconfigure(config.detection.drift_worker)
@@ -255,13 +284,14 @@ async def reconfigure(p: Pipeline, config: Config, process: Process) -> None:
     _schedule_drift(p, process.jobs)
     if not p.drift.states:
         await p.drift_worker.stop()
-    await p.probes.reconfigure(probes)
+    await p.probes.reconfigure(probes, golden)
     p.policy.reconfigure(ruleset, config.policies.dry_run)
     await p.dispatcher.reconfigure(notifiers_of(config, process.http))
     p.alerts.reconfigure(p.dispatcher, config.alerting.labels)
     p.reoptimizer.reconfigure(optimize_settings(config))
     p.alert_rules = list(config.alerting.receive)
-    _spawn(p, p.runner.reconfigure(managed_models(config, endpoints)))
+    _spawn(p, _restart_lifecycle(p, p.runner.reconfigure(managed)))
+    _schedule_watcher(p, process.jobs)
 
 
 async def stop(p: Pipeline) -> None:

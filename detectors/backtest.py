@@ -28,7 +28,7 @@ class Backtest:
         self.clock = ManualClock()
         self.windows = SeriesWindows(max_age_seconds=float("inf"))
         self.roles = RoleTracker()
-        self.roster = Roster(settings or DetectionSettings(), objectives or {}, (),
+        self.roster = Roster(settings or DetectionSettings(), objectives or {}, {},
                              self.windows, self.clock)
         self.roles.subscribe(self.roster)
         self.counts: Counter[str] = Counter()

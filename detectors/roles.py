@@ -20,10 +20,10 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from tfwarden.core.status import ModelStatus
-from tfwarden.core.types import VersionState
+from tfwarden.core.types import RolePair, VersionState
 
 log = logging.getLogger("tfwarden.detection")
-Pair = tuple[int | None, int | None]
+Pair = RolePair
 
 
 class RoleListener(Protocol):

@@ -76,7 +76,7 @@ class Roster:
 
     settings: DetectionSettings
     objectives: Mapping[str, ModelObjectives]
-    memory_targets: Iterable[str]
+    memory_targets: Mapping[str, object]  # name -> its settings (a change restarts its detector)
     windows: SeriesWindows
     clock: Clock
     journal: Journal | None = None
@@ -86,11 +86,11 @@ class Roster:
     external: dict[FindingKey, _External] = field(default_factory=dict)
     _by_subject: dict[str, set[FindingKey]] = field(default_factory=dict)
     _roles: dict[str, Pair] = field(default_factory=dict)
-    _configured_targets: set[str] = field(default_factory=set)
+    _configured_targets: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.objectives = dict(self.objectives)
-        self._configured_targets = set(self.memory_targets)
+        self._configured_targets = dict(self.memory_targets)
         for target in self._configured_targets:
             self._add(("memory", target, None), MemoryLeak(target, self.settings.memory))
 
@@ -214,13 +214,15 @@ class Roster:
 
     # -- configuration -----------------------------------------------------------------------
     def reconfigure(self, settings: DetectionSettings, objectives: Mapping[str, ModelObjectives],
-                    memory_targets: Iterable[str], drift_models: Iterable[str]) -> None:
+                    memory_targets: Mapping[str, object], drift_models: Iterable[str]) -> None:
         """New settings in place: detectors whose settings did not change keep their evidence;
-        models no longer configured lose theirs (drift findings included)."""
+        models no longer configured lose theirs (drift findings included), and so does a
+        memory target removed or pointed elsewhere."""
         old, old_objectives = self.settings, self.objectives
         self.settings, self.objectives = settings, dict(objectives)
-        targets, drifting = set(memory_targets), set(drift_models)
-        removed_targets = self._configured_targets - targets
+        targets, drifting = dict(memory_targets), set(drift_models)
+        removed_targets = {name for name, target in self._configured_targets.items()
+                           if targets.get(name) != target}
         for key in list(self.latest.keys() | self.detectors.keys()):
             kind, subject, part = key
             same = old_objectives.get(subject) == self.objectives.get(subject)

@@ -14,13 +14,12 @@ from dataclasses import replace
 
 from tfwarden.core.errors import LifecycleError
 from tfwarden.core.status import ModelStatus, Phase, transition
-from tfwarden.core.types import Decision, Finding
+from tfwarden.core.types import Decision, Finding, RolePair
 from tfwarden.lifecycle import reconcile
 from tfwarden.policies.engine import PolicyEngine
 from tfwarden.policies.rules import RuleSet
 
 EVALUATE_EVERY_SECONDS = 1.0
-Pair = tuple[int | None, int | None]
 
 
 class PolicyReplay:
@@ -30,7 +29,7 @@ class PolicyReplay:
         self.next_t: float | None = None
         self.decided = 0
 
-    def follow_roles(self, roles: Mapping[str, Pair], now: float) -> None:
+    def follow_roles(self, roles: Mapping[str, RolePair], now: float) -> None:
         """Mirror the trace's deploys into the simulated statuses."""
         for model, (stable, canary) in roles.items():
             status = self.statuses.get(model) or ModelStatus(model, stable_version=stable, since=now)

@@ -23,7 +23,7 @@ from typing import Any
 
 from tfwarden.core import trace
 from tfwarden.core.clock import Clock
-from tfwarden.core.errors import ActionRefused, ServingError, TfwardenError
+from tfwarden.core.errors import ActionRefused, LifecycleError, ServingError, TfwardenError
 from tfwarden.core.events import (
     ActionDone,
     ActionFailed,
@@ -99,30 +99,50 @@ class LifecycleRunner:
 
     # -- start-up: adopt or resume ---------------------------------------------------------
     async def start(self, names: list[str] | None = None) -> None:
+        """Adopt or resume each model (and finish an interrupted action); a model that cannot
+        start keeps the error as its status and is tried again by ``retry_unstarted``."""
         for name in names if names is not None else list(self.models):
             try:
                 await self._resume(name)
-            except (ServingError, OSError) as exc:
+            except Exception as exc:  # one model must not keep the others from starting
                 log.error("model %s: lifecycle not started: %s", name, exc)
                 self.statuses[name] = ModelStatus(name, last_error=str(exc), since=self.clock.now())
 
+    def unstarted(self) -> list[str]:
+        return [name for name in self.models
+                if (status := self.statuses.get(name)) is None or status.stable_version is None]
+
+    async def retry_unstarted(self) -> None:
+        """Try again to adopt the models that could not start (the server was down...)."""
+        await self.start(self.unstarted())
+
     async def _resume(self, name: str) -> None:
-        managed = self.models[name]
         stored = self.store.get(status_key(name))
         self.save(ModelStatus.from_json(stored) if stored is not None else await self._adopt(
-            managed))
+            self.models[name]))
         pending = self.store.get(pending_key(name))
-        if pending is not None:
-            log.warning("model %s: completing %s interrupted by a restart", name, pending["action"])
-            await self.run(name, action_from(pending["action"], pending["params"]),
-                           pending["origin"], intent_id=pending["intent_id"])
-        elif managed.router.name == "nginx":
-            # nginx routes (and mirrors) from the start, not only after the first canary step
-            status = self.statuses[name]
-            try:
-                await managed.router.apply(name, status.weight if status.canary_version else 0)
-            except TfwardenError as exc:
-                log.error("model %s: nginx routing not written at start-up: %s", name, exc)
+        if pending is None:
+            await self.apply_routing(name)
+            return
+        log.warning("model %s: completing %s interrupted by a restart", name, pending["action"])
+        try:
+            action = action_from(pending["action"], pending["params"])
+        except ActionRefused as exc:  # a pending record this version cannot read: say so once
+            self._failed(name, pending["action"], pending["intent_id"], str(exc))
+            self.store.put(pending_key(name), None, self.clock.now())
+            return
+        await self.run(name, action, pending["origin"], intent_id=pending["intent_id"])
+
+    async def apply_routing(self, name: str) -> None:
+        """Write the nginx routing for the current weight (nginx routes and mirrors from the
+        start and after a reload, not only after the first canary step)."""
+        managed, status = self.models.get(name), self.statuses.get(name)
+        if managed is None or status is None or managed.router.name != "nginx":
+            return
+        try:
+            await managed.router.apply(name, status.weight if status.canary_version else 0)
+        except TfwardenError as exc:
+            log.error("model %s: nginx routing not written: %s", name, exc)
 
     async def _adopt(self, managed: ManagedModel) -> ModelStatus:
         """A model seen for the first time: its ``stable`` label, or the highest AVAILABLE
@@ -145,9 +165,12 @@ class LifecycleRunner:
         return status
 
     def save(self, status: ModelStatus) -> None:
-        """Keep, persist, export and announce a model's new status."""
-        self.statuses[status.model] = status
+        """Persist a model's new status; keep, export and announce it while the model is
+        managed (an action that outlived a reload removing its model only persists)."""
         self.store.put(status_key(status.model), status.to_json(), self.clock.now())
+        if status.model not in self.models:
+            return
+        self.statuses[status.model] = status
         self.metrics.model_phase(status.model, status.phase.value, status.weight)
         if self.listener is not None:
             self.listener.status_changed(status)
@@ -221,7 +244,12 @@ class LifecycleRunner:
             elif (action := reconcile.decide(decision, status)) is not None:
                 await self.run(model, action, f"approved {decision.rule}")
         else:
-            await self.run(model, reconcile.request(request, status), "operator")
+            action = reconcile.request(request, status)
+            try:  # refused at once (409), before any intent is journaled
+                reconcile.outcome(action, status, self.clock.now())
+            except LifecycleError as exc:
+                raise ActionRefused(str(exc)) from None
+            await self.run(model, action, "operator")
         self.journal.record(OperatorActed(model, request))
         return self.statuses[model].to_json()
 
@@ -231,9 +259,13 @@ class LifecycleRunner:
         """Journal the intent (unless resuming one), carry the action out, journal the outcome.
         Failures are journaled, alerted and kept as the status's ``last_error``; a cancelled
         action stays pending for the next start."""
-        managed = self.models[model]
         async with self.lock(model):
-            status, started = self.statuses[model], self.clock.now()
+            managed, status, started = self.models.get(model), self.statuses.get(model), \
+                self.clock.now()
+            if managed is None or status is None:  # removed by a reload while this waited
+                log.warning("model %s: %s dropped: the model is no longer managed", model,
+                            action.name)
+                return
             if intent_id is None:
                 intent_id = self.journal.record(ActionIntended(model, action.name, action.params,
                                                                origin, status))
@@ -242,13 +274,13 @@ class LifecycleRunner:
                     "origin": origin, "from": status.to_json(), "intent_id": intent_id}, started)
             with trace.span(f"lifecycle.{action.name}", model=model, origin=origin,
                             params=action.params, intent_id=intent_id) as current:
-                try:
-                    await carry_out(action, status, managed.server, managed.router)
-                    new = reconcile.outcome(action, status, self.clock.now(),
+                try:  # the table is asked first: nothing moves for an action it refuses
+                    new = reconcile.outcome(action, status, started,
                                             shadow=managed.router.name == "shadow")
-                except (TfwardenError, OSError) as exc:
+                    await carry_out(action, status, managed.server, managed.router)
+                except Exception as exc:  # whatever failed is journaled, alerted, not pending
                     current.fail(str(exc))
-                    self._failed(model, action, intent_id, str(exc))
+                    self._failed(model, action.name, intent_id, _one_line(exc))
                 else:
                     current.set(phase=new.phase.value, weight=new.weight,
                                 stable_version=new.stable_version,
@@ -265,12 +297,14 @@ class LifecycleRunner:
         log.info("model %s: %s done (%s)", model, action.name, origin)
         self.alerts.settled(model, action.name)
 
-    def _failed(self, model: str, action: Action, intent_id: int, error: str) -> None:
-        self.save(replace(self.statuses[model], last_error=error))
-        self.journal.record(ActionFailed(intent_id, model, action.name, error))
-        self.metrics.action(model, action.name, "failure")
-        self.alerts.failed(model, action.name, error)
-        log.error("model %s: %s failed: %s", model, action.name, error)
+    def _failed(self, model: str, action: str, intent_id: int, error: str) -> None:
+        status = self.statuses.get(model)
+        if status is not None:
+            self.save(replace(status, last_error=error))
+        self.journal.record(ActionFailed(intent_id, model, action, error))
+        self.metrics.action(model, action, "failure")
+        self.alerts.failed(model, action, error)
+        log.error("model %s: %s failed: %s", model, action, error)
 
     async def settle(self) -> None:
         """Wait for the actions the policy loop started (tests, replays)."""
@@ -283,15 +317,17 @@ class LifecycleRunner:
         task.add_done_callback(self._tasks.discard)
 
     # -- configuration and shutdown --------------------------------------------------------
-    async def reconfigure(self, models: Mapping[str, ManagedModel]) -> None:
-        """New models are adopted or resumed; removed ones are left alone (their status stays
-        in the store); the others keep their status, approvals and any action in flight."""
+    def reconfigure(self, models: Mapping[str, ManagedModel]) -> list[str]:
+        """Take the new set of managed models: removed ones leave the loop (their status stays
+        in the store), the others keep status, approvals and any action in flight (an action
+        waiting for its turn runs against the new server and router). Returns the models to
+        (re)start: new ones, and those that could not start before."""
         added = [name for name in models if name not in self.models]
         for name in [n for n in self.models if n not in models]:
             self.statuses.pop(name, None)
             self.approvals.pop(name, None)
         self.models = dict(models)
-        await self.start(added)
+        return added + [name for name in self.unstarted() if name not in added]
 
     async def stop(self) -> None:
         if self.reoptimizer is not None:
@@ -305,3 +341,9 @@ class LifecycleRunner:
         approval = self.approvals.get(model)
         return {**status.to_json(), "awaiting_approval": approval.to_json() if approval else None,
                 "decisions": list(self.decisions.get(model, []))}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:500] if isinstance(exc, TfwardenError) \
+        else f"{type(exc).__name__}: {text[0] if text else ''}"[:500]

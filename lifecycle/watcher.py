@@ -23,6 +23,7 @@ class VersionWatcher:
 
     async def new_versions(self) -> None:
         runner = self.runner
+        await runner.retry_unstarted()
         for name, managed in list(runner.models.items()):
             status = runner.statuses.get(name)
             if (not managed.settings.auto_canary or status is None

@@ -26,7 +26,7 @@ from pydantic import Field
 from tfwarden.core.errors import CaptureError, CaptureRejected, ServingError
 from tfwarden.core.ports import CaptureMetrics, Row
 from tfwarden.core.settings import Settings
-from tfwarden.serving.tfserving.client import TFServingClient
+from tfwarden.serving.tfserving.client import ServingClient
 from tfwarden.serving.tfserving.rows import InputSpec, rows_from_predict_body, rows_from_samples
 
 
@@ -46,7 +46,7 @@ class CapturedModel:
     """A model whose inputs may be captured: where its signature comes from, and whether its
     drift checks want the newest rows."""
 
-    client: TFServingClient | None
+    client: ServingClient | None
     drift: bool = False
 
 

@@ -17,11 +17,11 @@ from typing import Any
 import grpc
 
 from tfwarden.core.clock import Clock, SystemClock
-from tfwarden.core.errors import GoldenConversionError, ServingRpcError
+from tfwarden.core.errors import GoldenConversionError, ServingError, ServingRpcError
 from tfwarden.core.types import Sample
 from tfwarden.probes.golden import DEFAULT_GOLDEN, GoldenRequest, matches
 from tfwarden.serving.tfserving import protos
-from tfwarden.serving.tfserving.client import TFServingClient
+from tfwarden.serving.tfserving.client import ServingClient
 
 SOURCE = "predict"
 # DataType -> TensorProto field
@@ -145,7 +145,7 @@ def response_json(response: Any, row: bool) -> dict[str, Any]:
 class GrpcPredictProbe:
     """Golden requests over gRPC Predict to one version or label."""
 
-    def __init__(self, client: TFServingClient, model: str, *, version: int | None = None,
+    def __init__(self, client: ServingClient, model: str, *, version: int | None = None,
                  label: str | None = None, golden: tuple[GoldenRequest, ...] = DEFAULT_GOLDEN,
                  timeout_seconds: float = 2.0, clock: Clock | None = None) -> None:
         self._client = client
@@ -183,6 +183,8 @@ class GrpcPredictProbe:
         except ServingRpcError as exc:  # reading the signature failed
             status = exc.code
             outcome = _classify(status, str(exc))
+        except ServingError as exc:  # the signature has no such name
+            outcome, status = "error", f"signature: {exc}"[:200]
         except GoldenConversionError as exc:
             outcome, status = "error", f"golden: {exc}"
         elapsed_ms = (time.monotonic() - started) * 1000

@@ -13,14 +13,14 @@ from typing import Any
 from tfwarden.core.clock import Clock, SystemClock
 from tfwarden.core.errors import ServingError
 from tfwarden.core.types import STATE_NUMBERS, ProbeResult, Sample
-from tfwarden.serving.tfserving.client import TFServingClient
+from tfwarden.serving.tfserving.client import ServingClient
 from tfwarden.serving.tfserving.modelconfig import labels as config_labels
 
 
 class StatusProbe:
     """GetModelStatus for each model of one TF Serving endpoint."""
 
-    def __init__(self, endpoint: str, client: TFServingClient, models: list[str], *,
+    def __init__(self, endpoint: str, client: ServingClient, models: list[str], *,
                  model_config_file: Path | None = None, clock: Clock | None = None) -> None:
         self.name = f"status:{endpoint}"
         self.endpoint, self.client, self.models = endpoint, client, models

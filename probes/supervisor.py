@@ -10,10 +10,11 @@ probes running).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import statistics
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from tfwarden.probes.promql import PromQLProbe
 from tfwarden.probes.serving_metrics import ServingMetricsProbe
 from tfwarden.probes.settings import MemoryTargetSettings, PredictProbeSettings, PromQLSettings
 from tfwarden.probes.status import StatusProbe
-from tfwarden.serving.tfserving.client import TFServingClient
+from tfwarden.serving.tfserving.client import ServingClient
 from tfwarden.serving.tfserving.settings import EndpointSettings
 
 log = logging.getLogger("tfwarden.probes")
@@ -48,7 +49,7 @@ class Endpoint:
     """A serving endpoint the probes watch: its settings and its client."""
 
     settings: EndpointSettings
-    client: TFServingClient
+    client: ServingClient
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,19 @@ class ProbeSupervisor:
         return {m.name: load_golden(m.golden_requests) if m.golden_requests else DEFAULT_GOLDEN
                 for m in settings.models if m.probe is not None}
 
-    async def reconfigure(self, settings: ProbeSettings) -> None:
-        golden = self.read_golden(settings)
+    async def reconfigure(self, settings: ProbeSettings,
+                          golden: dict[str, tuple[GoldenRequest, ...]] | None = None) -> None:
+        """Stop every probe and start those of ``settings`` (``golden``: the golden requests
+        already read with ``read_golden``, so nothing can fail half way)."""
+        golden = self.read_golden(settings) if golden is None else golden
         await self.stop()
         self.settings, self._golden = settings, golden
+        names = {m.name for m in settings.models}
+        self.versions = {m: d for m, d in self.versions.items() if m in names}
         self.start()
+        for results in (self._recent, self._failures):  # forget probes that are gone
+            for probe in [p for p in results if p not in self._job_names]:
+                del results[probe]
 
     def start(self) -> None:
         if not self._golden:
@@ -110,7 +119,7 @@ class ProbeSupervisor:
                 status = StatusProbe(name, endpoint.client, models,
                                      model_config_file=endpoint.settings.model_config_file,
                                      clock=self.clock)
-                self._add_job(status.name, lambda p=status: self._run_status(p),
+                self._add_job(status.name, functools.partial(self._run_status, status),
                               endpoint.settings.status_interval_seconds)
             if endpoint.settings.metrics_url is not None:
                 scraper = ServingMetricsProbe(name, str(endpoint.settings.metrics_url), self.http,
@@ -136,7 +145,7 @@ class ProbeSupervisor:
     def _add_probe(self, probe: Probe, interval: float) -> None:
         self._add_job(probe.name, lambda: self._run_generic(probe), interval)
 
-    def _add_job(self, name: str, func: Any, interval: float) -> None:
+    def _add_job(self, name: str, func: Callable[[], Awaitable[None]], interval: float) -> None:
         self.jobs.add(name, func, interval, run_now=True)  # first observation now, not in N s
         self._job_names.append(name)
 
@@ -144,10 +153,12 @@ class ProbeSupervisor:
         for name in self._job_names:
             self.jobs.remove(name)
         self._job_names.clear()
-        for task in self._loops.values():
-            task.cancel()
-        await asyncio.gather(*self._loops.values(), return_exceptions=True)
-        self._loops.clear()
+        while self._loops:  # a status run still going may start a loop while this waits
+            loops = list(self._loops.values())
+            self._loops.clear()
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
         self._probes.clear()
 
     # -- status and memory -----------------------------------------------------------------

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,9 @@ from typing import Any
 from tfwarden.core.clock import ManualClock
 from tfwarden.core.errors import RouterError, ServingError
 from tfwarden.core.ports import JournalEntry
+from tfwarden.core.types import VersionState
 from tfwarden.serving.tfserving.modelconfig import newest_version
+from tfwarden.serving.tfserving.rows import InputSpec, Row
 
 
 class FakeClock(ManualClock):
@@ -178,3 +180,43 @@ class RecordingScheduler:
 
     async def run(self, name: str) -> None:
         await self.jobs[name].func()
+
+
+@dataclass
+class FakeServingClient:
+    """A model server's client: ``versions`` (version -> state name) for GetModelStatus, one
+    float input ``x``, and ``functions`` (version -> f(x)) for predictions. Setting ``error``
+    makes every call raise ServingError with it; ``calls`` records them."""
+
+    versions: dict[int, str] = field(default_factory=lambda: {1: "AVAILABLE"})
+    functions: dict[int, Callable[[float], float]] = field(default_factory=dict)
+    name: str = "tfs"
+    grpc_address: str | None = "tfs:8500"
+    error: str | None = None
+    calls: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def _call(self, *call: Any) -> None:
+        self.calls.append(call)
+        if self.error is not None:
+            raise ServingError(f"{call[0]}({call[1]!r}): {self.error}")
+
+    async def model_status(self, model: str) -> list[VersionState]:
+        self._call("model_status", model)
+        return [VersionState(v, state) for v, state in sorted(self.versions.items())]
+
+    async def inputs(self, model: str, version: int | None = None, label: str | None = None,
+                     signature: str = "") -> list[InputSpec]:
+        self._call("inputs", model)
+        return [InputSpec("x", 1, (-1,))]
+
+    def cached_inputs(self, model: str) -> list[InputSpec]:
+        return [InputSpec("x", 1, (-1,))]
+
+    def predictions(self) -> Any:
+        raise NotImplementedError("FakeServingClient has no gRPC Predict")
+
+    async def predict_rows(self, model: str, version: int, rows: Sequence[Row],
+                           specs: Sequence[InputSpec]) -> tuple[list[str], list[Row]]:
+        self._call("predict_rows", model, version, len(rows))
+        f = self.functions[version]
+        return ["output"], [[f(float(row[0]))] for row in rows]

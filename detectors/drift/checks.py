@@ -31,7 +31,7 @@ from tfwarden.detectors.disagreement import Disagreement
 from tfwarden.detectors.drift.client import DriftWorkerClient
 from tfwarden.detectors.drift.settings import DriftSettings
 from tfwarden.detectors.drift.windows import InputWindows
-from tfwarden.serving.tfserving.client import TFServingClient
+from tfwarden.serving.tfserving.client import ServingClient
 
 log = logging.getLogger("tfwarden.drift")
 MAX_PENDING_WINDOWS = 4
@@ -43,7 +43,7 @@ class DriftedModel:
 
     name: str
     settings: DriftSettings
-    client: TFServingClient
+    client: ServingClient
 
 
 @dataclass
@@ -153,7 +153,7 @@ class DriftChecks:
             checked = window
         if state.inputs is None:
             pending = len(state.windows.pending)
-            self.findings.publish(("drift", name, "inputs"), Finding(
+            self._publish(state, ("drift", name, "inputs"), Finding(
                 "drift", INCONCLUSIVE, now, model=name, target="inputs",
                 reason=f"{pending} of {state.settings.window_rows} rows for the first check",
                 evidence={"samples": pending}))
@@ -211,7 +211,7 @@ class DriftChecks:
         report["t"] = now
         state.inputs = report
         finding = state.windows.record(name, report, now)
-        self.findings.publish(("drift", name, "inputs"), finding)
+        self._publish(state, ("drift", name, "inputs"), finding)
         self.metrics.drift_report(name, report, drifted=finding.verdict == REGRESSION)
 
     async def _observe(self, name: str, state: _State, rows: list[Row], now: float) -> None:
@@ -220,7 +220,7 @@ class DriftChecks:
         if result["online"] != "ready":
             reason = "online detector calibrating" if result["online"] == "calibrating" else \
                 f"online calibration failed: {result.get('error_detail')}"
-            self.findings.publish(("drift", name, "online"), Finding(
+            self._publish(state, ("drift", name, "online"), Finding(
                 "drift", INCONCLUSIVE, now, model=name, target="online", reason=reason))
             return
         state.online["calibration_seconds"] = result["calibration_seconds"]
@@ -234,7 +234,7 @@ class DriftChecks:
         recent = state.last_detection_row is not None and \
             state.rows_seen - state.last_detection_row <= hold
         last = state.online.get("detections", [{}])[-1] if recent else {}
-        self.findings.publish(("drift", name, "online"), Finding(
+        self._publish(state, ("drift", name, "online"), Finding(
             "drift", REGRESSION if recent else OK, now, model=name, target="online",
             reason=(f"online drift in {', '.join(last.get('features', [])) or 'inputs'} after "
                     f"{last.get('run_rows')} rows" if recent else
@@ -269,7 +269,7 @@ class DriftChecks:
             report = await self.worker.check(name, "outputs", answers[version])
             report["t"] = now
             state.outputs[version] = report
-            self.findings.publish(("drift", name, f"outputs:{role}"),
+            self._publish(state, ("drift", name, f"outputs:{role}"),
                                   _output_finding(name, version, stable, report, len(rows), now))
         if canary is None:
             state.disagreement = None
@@ -279,7 +279,7 @@ class DriftChecks:
             state.disagreement = Disagreement(name, stable, canary, s)
         state.disagreement.add(answers[stable], answers[canary])
         finding = state.disagreement.evaluate(now)
-        self.findings.publish(("drift", name, "disagreement"), finding)
+        self._publish(state, ("drift", name, "disagreement"), finding)
         self.metrics.drift_disagreement(name, canary, finding.effect["disagreement"])
 
     def _all_inconclusive(self, name: str, state: _State, reason: str, now: float) -> None:
@@ -295,9 +295,15 @@ class DriftChecks:
             if canary is not None:
                 parts.append(("disagreement", "disagreement", canary))
         for key, target, version in parts:
-            self.findings.publish(("drift", name, key), Finding(
+            self._publish(state, ("drift", name, key), Finding(
                 "drift", INCONCLUSIVE, now, model=name, version=version, target=target,
                 reason=reason))
+
+    def _publish(self, state: _State, key: tuple[str, str, str], finding: Finding) -> None:
+        """Publish unless a reload removed or replaced the model's checks while this one ran
+        (its finding would outlive them: no detector stands behind a drift finding)."""
+        if self.states.get(state.model.name) is state:
+            self.findings.publish(key, finding)
 
     # -- API ------------------------------------------------------------------------------------
     def report(self, name: str) -> dict[str, Any] | None:

@@ -29,11 +29,11 @@ class AlertmanagerNotifier:
     def __init__(self, url: str, client: httpx.AsyncClient, timeout_seconds: float = 5.0) -> None:
         self.name = "alertmanager"
         self.url = url.rstrip("/") + "/api/v2/alerts"
-        self._client, self._timeout = client, timeout_seconds
+        self._client, self.timeout_seconds = client, timeout_seconds
 
     async def send(self, alerts: list[Alert]) -> None:
         response = await self._client.post(self.url, json=alertmanager_body(alerts),
-                                           timeout=self._timeout)
+                                           timeout=self.timeout_seconds)
         response.raise_for_status()
 
 
@@ -43,9 +43,9 @@ class WebhookNotifier:
     def __init__(self, url: str, client: httpx.AsyncClient, timeout_seconds: float = 5.0) -> None:
         self.url = url
         self.name = f"webhook:{url}"
-        self._client, self._timeout = client, timeout_seconds
+        self._client, self.timeout_seconds = client, timeout_seconds
 
     async def send(self, alerts: list[Alert]) -> None:
         response = await self._client.post(self.url, json={"alerts": alertmanager_body(alerts)},
-                                           timeout=self._timeout)
+                                           timeout=self.timeout_seconds)
         response.raise_for_status()

@@ -22,6 +22,8 @@ class Notifier(Protocol):
     """Delivers alerts. ``send`` raises on a failed delivery (the caller retries with backoff)."""
 
     name: str
+    url: str  # where it delivers ("" when nowhere)
+    timeout_seconds: float
 
     async def send(self, alerts: list[Alert]) -> None: ...
 
@@ -30,6 +32,8 @@ class NopNotifier:
     """Keeps the last alerts in memory (tests) and sends nothing."""
 
     name = "nop"
+    url = ""
+    timeout_seconds = 0.0
 
     def __init__(self) -> None:
         self.sent: list[Alert] = []

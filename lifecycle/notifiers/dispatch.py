@@ -88,4 +88,5 @@ class Dispatcher:
 
 
 def _identity(notifier: Notifier) -> str:
-    return f"{notifier.name} {getattr(notifier, 'url', '')}"
+    """Kind, URL and timeout: a notifier whose settings changed is a new one."""
+    return f"{notifier.name} {notifier.url} {notifier.timeout_seconds}"

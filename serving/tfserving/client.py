@@ -8,9 +8,10 @@ probe of the daemon); REST predict calls through the daemon's one httpx client. 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import httpx
@@ -28,6 +29,7 @@ class Channels:
 
     def __init__(self) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def get(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
@@ -39,6 +41,44 @@ class Channels:
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
             await channel.close()
+
+    def keep(self, addresses: set[str | None]) -> None:
+        """Close (in the background) the channels of addresses no longer configured."""
+        for address in [a for a in self._channels if a not in addresses]:
+            task = asyncio.get_running_loop().create_task(self._channels.pop(address).close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+
+class ServingClient(Protocol):
+    """What the stages ask of a model server's client (``TFServingClient``;
+    ``tests/fakes.FakeServingClient``). Calls raise ServingError (ServingRpcError with the
+    gRPC code when the server answered with one)."""
+
+    name: str
+    grpc_address: str | None
+
+    async def model_status(self, model: str) -> list[VersionState]:
+        """Every version the server knows of ``model``, with its state."""
+        ...
+
+    async def inputs(self, model: str, version: int | None = None, label: str | None = None,
+                     signature: str = "") -> list[InputSpec]:
+        """The inputs of a signature (``serving_default`` when empty), sorted by name."""
+        ...
+
+    def cached_inputs(self, model: str) -> list[InputSpec]:
+        """The last signature read for ``model``, or []."""
+        ...
+
+    def predictions(self) -> Any:
+        """The PredictionService stub (gRPC Predict)."""
+        ...
+
+    async def predict_rows(self, model: str, version: int, rows: Sequence[Row],
+                           specs: Sequence[InputSpec]) -> tuple[list[str], list[Row]]:
+        """Predict feature rows on one version; output names and one output row per row."""
+        ...
 
 
 class TFServingClient:

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.fakes import FakeClock, MemoryStateStore
-from tfwarden.core.errors import ServingError, WorkerDown, WorkerFailed
+from tests.fakes import FakeClock, FakeServingClient, MemoryStateStore
+from tfwarden.core.errors import WorkerDown, WorkerFailed
 from tfwarden.core.ports import Row
 from tfwarden.core.series import SeriesWindows
 from tfwarden.core.types import Finding
@@ -25,7 +25,6 @@ from tfwarden.detectors.drift.checks import MAX_PENDING_WINDOWS, DriftChecks, Dr
 from tfwarden.detectors.drift.settings import DriftSettings, OutputDriftSettings
 from tfwarden.detectors.drift.worker import Worker
 from tfwarden.detectors.roster import DetectionSettings, ModelObjectives, Roster
-from tfwarden.serving.tfserving.rows import InputSpec
 
 INTERVAL = 10.0
 WINDOW = 50
@@ -111,26 +110,6 @@ class Roles:
         return self.pair
 
 
-class Serving:
-    """A model server with one float input ``x``; each version predicts ``functions[v](x)``."""
-
-    def __init__(self, functions: dict[int, Callable[[float], float]]) -> None:
-        self.functions = functions
-        self.fail = False
-        self.predicted: list[tuple[int, int]] = []  # (version, rows)
-
-    async def inputs(self, model: str) -> list[InputSpec]:
-        if self.fail:
-            raise ServingError(f"GetModelMetadata {model!r}: UNAVAILABLE: connection refused")
-        return [InputSpec("x", 1, (-1,))]
-
-    async def predict_rows(self, model: str, version: int, rows: Sequence[Row],
-                           specs: Sequence[InputSpec]) -> tuple[list[str], list[Row]]:
-        assert [s.name for s in specs] == ["x"]
-        self.predicted.append((version, len(rows)))
-        f = self.functions[version]
-        return ["output"], [[f(float(row[0]))] for row in rows]
-
 
 def stable_fn(x: float) -> float:
     return x / 2 + 2
@@ -165,18 +144,18 @@ class Harness:
                  state_dir: Path | None = None) -> None:
         self.state_dir = state_dir or tmp_path / "state"
         self.clock, self.metrics = FakeClock(), Recorder()
-        self.roster = Roster(DetectionSettings(), {"m": ModelObjectives()}, [], SeriesWindows(),
+        self.roster = Roster(DetectionSettings(), {"m": ModelObjectives()}, {}, SeriesWindows(),
                              self.clock, EventJournal(MemoryStateStore(), self.clock, Recorder()),
                              self.metrics)
         self.worker = InProcessDriftWorker(self.state_dir)
         self.captured, self.roles = Captured(), roles or Roles()
-        self.serving = Serving(functions or {1: stable_fn})
+        self.serving = FakeServingClient(functions=functions or {1: stable_fn})
         self.checks = DriftChecks(
             {"m": self.model(drift)}, self.state_dir, self.worker,  # type: ignore[arg-type]
             self.captured, self.roles, self.roster, self.metrics, self.clock)
 
-    def model(self, drift: DriftSettings, client: Serving | None = None) -> DriftedModel:
-        return DriftedModel("m", drift, client or self.serving)  # type: ignore[arg-type]
+    def model(self, drift: DriftSettings, client: FakeServingClient | None = None) -> DriftedModel:
+        return DriftedModel("m", drift, client or self.serving)
 
     def tick(self) -> None:
         asyncio.run(self.checks.tick())
@@ -293,7 +272,8 @@ def test_a_canary_whose_outputs_differ_regresses(tmp_path: Path) -> None:
     assert disagreement.evidence == {"samples": WINDOW, "disagreeing": WINDOW, "stable_version": 1}
     assert h.metric("tfwarden_drift_disagreement_ratio", model="m", version="2") == 1.0
     # the output reference: stable's predictions on 50 reference rows, then each version's window
-    assert h.serving.predicted == [(1, 50), (1, WINDOW), (2, WINDOW)]
+    assert [c[2:] for c in h.serving.calls if c[0] == "predict_rows"] == \
+        [(1, 50), (1, WINDOW), (2, WINDOW)]
 
 
 def test_a_canary_that_agrees_is_ok_once_enough_rows_were_compared(tmp_path: Path) -> None:
@@ -352,15 +332,14 @@ def test_a_down_worker_makes_every_finding_inconclusive_and_rows_wait(tmp_path: 
 def test_an_unreadable_signature_leaves_the_captured_rows_queued(tmp_path: Path) -> None:
     h = Harness(tmp_path, settings())
     h.collect_reference()
-    h.serving.fail = True
+    h.serving.error = "UNAVAILABLE: connection refused"
     h.captured.feed(1, normal(40, WINDOW))
     h.tick()
     finding = h.finding()
     assert finding.verdict == "inconclusive"
-    assert finding.reason == ("drift check: GetModelMetadata 'm': UNAVAILABLE: connection "
-                              "refused")
+    assert finding.reason == "drift check: inputs('m'): UNAVAILABLE: connection refused"
     assert len(h.captured.queued["m"]) == WINDOW
-    h.serving.fail = False
+    h.serving.error = None
     h.tick()
     assert h.finding().verdict == "ok" and "m" not in h.captured.queued
 
@@ -373,7 +352,7 @@ def test_reconfigure_keeps_the_state_of_unchanged_settings(tmp_path: Path) -> No
     state = h.checks.states["m"]
     assert state.windows.windows == 1 and len(state.windows.pending) == 10
 
-    new_client = Serving({1: stable_fn})
+    new_client = FakeServingClient(functions={1: stable_fn})
     h.checks.reconfigure({"m": h.model(settings(), new_client)})
     assert h.checks.states["m"] is state and state.model.client is new_client  # type: ignore[comparison-overlap]
 

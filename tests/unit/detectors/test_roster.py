@@ -57,7 +57,7 @@ def test_roles_from_deploy_events() -> None:
 def roster(settings: DetectionSettings | None = None, **objectives: ModelObjectives) -> Roster:
     clock, store = FakeClock(), MemoryStateStore()
     return Roster(settings or DetectionSettings(), objectives or {"m": ModelObjectives()},
-                  ["serving-0"], SeriesWindows(), clock, EventJournal(store, clock, Recorder()),
+                  {"serving-0": "pid 1"}, SeriesWindows(), clock, EventJournal(store, clock, Recorder()),
                   Recorder())
 
 
@@ -102,14 +102,34 @@ def test_reconfigure_keeps_evidence_unless_the_settings_changed() -> None:
     canary_m, canary_n = r.detectors[("latency", "m", "canary")], r.detectors[("latency", "n", "canary")]
     r.publish(("drift", "n", "inputs"), Finding("drift", "ok", 0.0, model="n", target="inputs"))
     r.reconfigure(DetectionSettings(), {"m": ModelObjectives(), "n": ModelObjectives()},
-                  ["serving-0"], drift_models=["n"])
+                  {"serving-0": "pid 1"}, drift_models=["n"])
     assert r.detectors[("latency", "m", "canary")] is canary_m  # same settings: same evidence
     assert r.detectors[("latency", "n", "canary")] is canary_n
     assert ("drift", "n", "inputs") in r.latest
     r.reconfigure(DetectionSettings(latency=LatencySettings(effect_floor=0.2)),
-                  {"m": ModelObjectives()}, [], drift_models=[])
+                  {"m": ModelObjectives()}, {}, drift_models=[])
     rebuilt = r.detectors[("latency", "m", "canary")]
     assert rebuilt is not canary_m and isinstance(rebuilt, CanaryLatency)
     assert rebuilt.settings.effect_floor == 0.2
     assert not [k for k in r.detectors if k[1] in ("n", "serving-0")]  # gone with the config
     assert ("drift", "n", "inputs") not in r.latest
+
+
+def test_a_memory_target_pointed_elsewhere_starts_a_new_leak_detector() -> None:
+    r = roster()
+    leak = r.detectors[("memory", "serving-0", None)]
+    r.reconfigure(DetectionSettings(), {"m": ModelObjectives()}, {"serving-0": "pid 1"}, [])
+    assert r.detectors[("memory", "serving-0", None)] is leak
+    r.reconfigure(DetectionSettings(), {"m": ModelObjectives()}, {"serving-0": "pid 2"}, [])
+    assert r.detectors[("memory", "serving-0", None)] is not leak
+
+
+def test_a_model_no_longer_managed_follows_the_server_again() -> None:
+    roles, heard = RoleTracker(), Recorded()
+    roles.subscribe(heard)
+    roles.status_changed(ModelStatus("m", stable_version=1))
+    roles.versions_seen("m", AVAILABLE, {"stable": 2})
+    assert roles.roles("m") == (1, None)
+    roles.forget("m")  # a reload took the model out of the lifecycle
+    roles.versions_seen("m", AVAILABLE, {"stable": 2})
+    assert roles.roles("m") == (2, None) and heard.changes[-1] == ("m", (None, None), (2, None))

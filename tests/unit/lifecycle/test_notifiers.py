@@ -35,7 +35,7 @@ def test_alertmanager_v2_body_with_resolution() -> None:
 
 
 class Flaky:
-    name = "flaky"
+    name, url, timeout_seconds = "flaky", "", 1.0
 
     def __init__(self, failures: int) -> None:
         self.failures, self.attempts, self.delivered = failures, 0, []

@@ -18,7 +18,7 @@ from tfwarden.core.types import Finding
 from tfwarden.daemon.recorder import Recorder
 from tfwarden.daemon.state import EventJournal
 from tfwarden.detectors.roles import RoleTracker
-from tfwarden.lifecycle.actions import Promote
+from tfwarden.lifecycle.actions import Promote, SetWeight
 from tfwarden.lifecycle.alerts import AlertBook
 from tfwarden.lifecycle.notifiers.base import Alert
 from tfwarden.lifecycle.runner import LifecycleRunner, ManagedModel, pending_key, status_key
@@ -268,12 +268,102 @@ def test_reconfigure_keeps_statuses_approvals_and_policy_memory(tmp_path: Path) 
         fired = dict(memory.last_fired)
         other = FakeServer(tmp_path / "n", versions={4: "AVAILABLE"})
         other.add_version_dir(4)
-        await h.runner.reconfigure({
+        to_start = h.runner.reconfigure({
             "m": ManagedModel("m", LifecycleSettings(auto_canary=False), h.server, h.router),
             "n": ManagedModel("n", LifecycleSettings(), other, RecordingRouter())})
+        assert to_start == ["n"]
+        await h.runner.start(to_start)
         h.runner.policy.reconfigure(h.runner.policy.ruleset, dry_run=False)  # type: ignore[attr-defined]
         assert h.runner.policy.memory is memory and memory.last_fired == fired  # type: ignore[attr-defined]
         assert "m" in h.runner.approvals and h.status.weight == 100
         assert h.runner.statuses["n"].stable_version == 4
 
     run(scenario)
+
+
+def test_a_refused_request_touches_nothing_and_says_why(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.server.model_labels = {"stable": 1}
+
+    async def scenario() -> None:
+        await h.runner.start()
+        h.runner.save(ModelStatus("m", Phase.ROLLING_BACK, stable_version=1))  # a move in flight
+        with pytest.raises(ActionRefused, match="cannot go from rolling_back to paused"):
+            await h.runner.manual("m", "pause")
+
+    run(scenario)
+    assert [c[0] for c in h.server.calls if c[0] != "states"] == [] and h.router.applied == []
+    assert "action_intent" not in h.kinds()
+
+
+def test_a_promoted_version_is_rolled_back_after_a_rejected_canary(tmp_path: Path) -> None:
+    h = Harness(tmp_path)  # promoted v2 over v1, then a canary v3 was rolled back
+    h.store.put(status_key("m"), ModelStatus(
+        "m", Phase.ROLLED_BACK, stable_version=2, previous_good=1, rejected=(3,)).to_json(), 0.0)
+    h.server.model_labels = {"stable": 2}
+
+    async def scenario() -> None:
+        await h.runner.start()
+        await h.runner.manual("m", "rollback")
+
+    run(scenario)
+    assert (h.status.phase, h.status.stable_version, h.status.rejected) == \
+        (Phase.STABLE, 1, (3, 2))
+    assert h.server.model_labels == {"stable": 1}
+
+
+def test_a_model_that_could_not_start_is_tried_again(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.server.fail_on.add("states")  # the server is down: nothing to adopt
+
+    async def scenario() -> None:
+        await h.runner.start()
+        assert h.status.stable_version is None and "states refused" in h.status.last_error
+        await h.watcher.new_versions()
+        assert h.status.stable_version is None
+        h.server.fail_on.clear()
+        await h.watcher.new_versions()  # the version poll retries the adoption
+
+    run(scenario)
+    assert (h.status.phase, h.status.stable_version, h.status.last_error) == (Phase.STABLE, 2, "")
+
+
+def test_an_unexpected_error_fails_the_action_and_leaves_nothing_pending(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.server.model_labels = {"stable": 1, "canary": 2}
+
+    async def broken(model: str, version: int) -> None:
+        raise RuntimeError("config file parse error")
+
+    async def scenario() -> None:
+        await h.runner.start()
+        h.server.promote = broken  # type: ignore[method-assign]
+        await h.runner.run("m", Promote(2), "test")
+
+    run(scenario)
+    assert h.status.last_error == "RuntimeError: config file parse error"
+    assert h.kinds()[-2:] == ["action_failed", "alert"]
+    assert h.store.get(pending_key("m")) is None
+
+
+def test_an_unreadable_pending_intent_is_failed_once_and_the_model_starts(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.server.model_labels = {"stable": 1}
+    h.store.put(pending_key("m"), {"action": "teleport", "params": {}, "origin": "old",
+                                   "intent_id": 7}, 0.0)
+    run(h.runner.start)
+    assert h.status.stable_version == 1 and h.store.get(pending_key("m")) is None
+    failed = [e for e in h.store.entries(limit=50) if e.kind == "action_failed"]
+    assert len(failed) == 1 and failed[0].payload["intent_id"] == 7
+
+
+def test_a_step_without_a_canary_is_refused_before_any_routing(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.server.model_labels = {"stable": 1}
+
+    async def scenario() -> None:
+        await h.runner.start()
+        await h.runner.run("m", SetWeight(50), "test")
+
+    run(scenario)
+    assert h.router.applied == [] and "no canary to send traffic to" in h.status.last_error

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fakes import FakeClock, RecordingScheduler
-from tfwarden.core.errors import ConfigError, ServingError
+from tests.fakes import FakeClock, FakeServingClient, RecordingScheduler
+from tfwarden.core.errors import ConfigError
 from tfwarden.core.series import SeriesWindows
 from tfwarden.core.types import Sample, VersionState
 from tfwarden.daemon.recorder import Recorder
@@ -36,23 +36,6 @@ MODEL_CONFIG = """model_config_list {
 """
 GOLDEN = {"request": {"instances": [2.0]}, "expected": {"predictions": [3.0]}}
 
-
-class StatusServer:
-    """What the status probe asks of a TF Serving client: ``model_status``."""
-
-    name = "tfs"
-    grpc_address = "tfs:8500"
-
-    def __init__(self, versions: Mapping[int, str]) -> None:
-        self.versions = dict(versions)
-        self.error: str | None = None
-        self.calls: list[str] = []
-
-    async def model_status(self, model: str) -> list[VersionState]:
-        self.calls.append(model)
-        if self.error is not None:
-            raise ServingError(f"GetModelStatus {model!r}: {self.error}")
-        return [VersionState(v, state) for v, state in sorted(self.versions.items())]
 
 
 class PredictServer:
@@ -107,7 +90,8 @@ class Harness:
         self.endpoint_settings = EndpointSettings(
             kind="tfserving", rest_url="http://tfs:8501", grpc_address="tfs:8500",
             model_config_file=model_config, status_interval_seconds=5.0)
-        self.status = StatusServer(versions if versions is not None else {1: "AVAILABLE"})
+        self.status = FakeServingClient(dict(versions) if versions is not None
+                                        else {1: "AVAILABLE"})
         self.predict = PredictServer(failing)
         golden = tmp_path / "golden.jsonl"
         golden.write_text(json.dumps(GOLDEN) + "\n")
@@ -121,7 +105,7 @@ class Harness:
             self.seen, self.metrics, self.clock)
 
     def settings(self, model: ProbedModel) -> ProbeSettings:
-        endpoint = Endpoint(self.endpoint_settings, self.status)  # type: ignore[arg-type]
+        endpoint = Endpoint(self.endpoint_settings, self.status)
         return ProbeSettings({"tfs": endpoint}, [model])
 
     def metric(self, name: str, **labels: str) -> float | None:
@@ -164,7 +148,7 @@ def test_the_status_job_reports_versions_and_the_config_files_labels(tmp_path: P
         await h.jobs.run(STATUS_JOB)
 
     run(h, scenario)
-    assert h.status.calls == ["m"]
+    assert h.status.calls == [("model_status", "m")]
     assert h.seen.calls == [("m", [VersionState(1, "AVAILABLE"), VersionState(2, "LOADING")],
                              {"stable": 1, "canary": 2})]
     assert h.supervisor.versions["m"]["labels"] == {"stable": 1, "canary": 2}
