@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo
 
@@ -23,6 +23,11 @@ class Settings(BaseModel):
     """Frozen, strict: an unknown field is an error naming the allowed ones."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def default(settings: type[Settings], field: str) -> Any:
+    """The default of a settings field, for a constructor that takes the value loose."""
+    return settings.model_fields[field].default
 
 
 def split_host_port(value: str) -> tuple[str, int]:

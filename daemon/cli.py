@@ -17,6 +17,9 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import NoReturn
 
 from tfwarden.core.errors import ConfigError, OptimizeError, TfwardenError
+from tfwarden.core.settings import default
+from tfwarden.optimizers.gate import Tolerances
+from tfwarden.optimizers.settings import OptimizeSettings
 
 log = logging.getLogger("tfwarden")
 
@@ -72,10 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="publish under this base path (default: MODEL_DIR's parent)")
     optimize.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                           help="method parameter, e.g. sparsity=0.8, clusters=16, io=int8")
-    optimize.add_argument("--min-top1-agreement", type=float, default=0.97)
-    optimize.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS")
+    optimize.add_argument("--min-top1-agreement", type=float,
+                          default=default(Tolerances, "min_top1_agreement"))
+    optimize.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
+                          default=default(Tolerances, "max_accuracy_drop_points"))
     optimize.add_argument("--max-abs-error", type=float, default=None)
-    optimize.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS")
+    optimize.add_argument("--timeout", type=float, metavar="SECONDS",
+                          default=default(OptimizeSettings, "timeout_seconds"))
 
     demo = sub.add_parser("demo", help="start tfwarden on an embedded default and show it work")
     demo.add_argument("--duration", type=float, default=None, metavar="SECONDS",
@@ -158,7 +164,6 @@ def _param(text: str) -> tuple[str, float | int | str]:
 def cmd_optimize(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tfwarden.optimizers.gate import Tolerances
     from tfwarden.optimizers.pipeline import Request, optimize
 
     try:

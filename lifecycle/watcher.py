@@ -12,9 +12,11 @@ from dataclasses import replace
 
 from tfwarden.core.errors import ServingError
 from tfwarden.core.events import NewVersionFound, PreviousUnloaded
+from tfwarden.core.settings import default
 from tfwarden.core.status import Phase
 from tfwarden.lifecycle.actions import StageCanary
 from tfwarden.lifecycle.runner import LifecycleRunner
+from tfwarden.lifecycle.settings import LifecycleSettings
 
 
 class VersionWatcher:
@@ -57,4 +59,4 @@ class VersionWatcher:
     @property
     def interval(self) -> float:
         return min((m.settings.version_poll_seconds for m in self.runner.models.values()),
-                   default=5.0)
+                   default=default(LifecycleSettings, "version_poll_seconds"))

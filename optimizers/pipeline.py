@@ -20,10 +20,12 @@ from typing import Any
 
 from tfwarden.core import trace
 from tfwarden.core.errors import OptimizeError, WorkerDown, WorkerFailed
+from tfwarden.core.settings import default
 from tfwarden.core.workers import WorkerProcess
 from tfwarden.optimizers.gate import Tolerances, judge, latency_reasons
 from tfwarden.optimizers.methods import METHODS
 from tfwarden.optimizers.publish import publish, work_dir
+from tfwarden.optimizers.settings import OptimizeSettings
 
 WORKER = [sys.executable, "-m", "tfwarden.optimizers.worker"]
 
@@ -38,7 +40,7 @@ class Request:
     train: Path | None = None
     params: dict[str, Any] = field(default_factory=dict)
     tolerances: Tolerances = Tolerances()
-    timeout_seconds: float = 600.0
+    timeout_seconds: float = default(OptimizeSettings, "timeout_seconds")
     latency_runs: int = 200
 
 

@@ -18,8 +18,10 @@ import grpc
 
 from tfwarden.core.clock import Clock, SystemClock
 from tfwarden.core.errors import GoldenConversionError, ServingError, ServingRpcError
+from tfwarden.core.settings import default
 from tfwarden.core.types import Sample
 from tfwarden.probes.golden import DEFAULT_GOLDEN, GoldenRequest, matches
+from tfwarden.probes.settings import PredictProbeSettings
 from tfwarden.serving.tfserving import protos
 from tfwarden.serving.tfserving.client import ServingClient
 
@@ -147,7 +149,8 @@ class GrpcPredictProbe:
 
     def __init__(self, client: ServingClient, model: str, *, version: int | None = None,
                  label: str | None = None, golden: tuple[GoldenRequest, ...] = DEFAULT_GOLDEN,
-                 timeout_seconds: float = 2.0, clock: Clock | None = None) -> None:
+                 timeout_seconds: float = default(PredictProbeSettings, "timeout_seconds"),
+                 clock: Clock | None = None) -> None:
         self._client = client
         self._predictions = client.predictions()
         self.model, self.version, self.label = model, version, label

@@ -17,8 +17,10 @@ from urllib.parse import quote
 import httpx
 
 from tfwarden.core.clock import Clock, SystemClock
+from tfwarden.core.settings import default
 from tfwarden.core.types import Sample
 from tfwarden.probes.golden import DEFAULT_GOLDEN, GoldenRequest, matches
+from tfwarden.probes.settings import PredictProbeSettings
 
 SOURCE = "predict"
 
@@ -28,7 +30,8 @@ class RestPredictProbe:
 
     def __init__(self, client: httpx.AsyncClient, rest_url: str, model: str, *,
                  version: int | None = None, label: str | None = None,
-                 golden: tuple[GoldenRequest, ...] = DEFAULT_GOLDEN, timeout_seconds: float = 2.0,
+                 golden: tuple[GoldenRequest, ...] = DEFAULT_GOLDEN,
+                 timeout_seconds: float = default(PredictProbeSettings, "timeout_seconds"),
                  clock: Clock | None = None) -> None:
         address = (f"/versions/{version}" if version is not None
                    else f"/labels/{quote(label, safe='')}" if label else "")

@@ -16,14 +16,17 @@ from typing import Any
 import httpx
 
 from tfwarden.core.clock import Clock, SystemClock
+from tfwarden.core.settings import default
 from tfwarden.core.types import ProbeResult, Sample
+from tfwarden.probes.settings import PromQLSettings
 
 SOURCE = "promql"
 
 
 class PromQLProbe:
     def __init__(self, name: str, base_url: str, query: str, metric: str, client: httpx.AsyncClient,
-                 *, target_label: str = "", model: str = "", timeout_seconds: float = 5.0,
+                 *, target_label: str = "", model: str = "",
+                 timeout_seconds: float = default(PromQLSettings, "timeout_seconds"),
                  clock: Clock | None = None) -> None:
         self.name = f"promql:{name}"
         self.query_name, self.query, self.metric = name, query, metric

@@ -20,7 +20,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tfwarden.core.clock import Clock, SystemClock
+from tfwarden.core.settings import default
 from tfwarden.core.types import ProbeResult, Sample
+from tfwarden.serving.tfserving.settings import EndpointSettings
 
 REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"
@@ -84,7 +86,8 @@ class ServingMetricsProbe:
     """Scrapes one TF Serving endpoint's metrics page."""
 
     def __init__(self, endpoint: str, url: str, client: httpx.AsyncClient, *,
-                 timeout_seconds: float = 5.0, clock: Clock | None = None) -> None:
+                 timeout_seconds: float = default(EndpointSettings, "timeout_seconds"),
+                 clock: Clock | None = None) -> None:
         self.name = f"serving_metrics:{endpoint}"
         self.endpoint, self.url = endpoint, url
         self._client = client

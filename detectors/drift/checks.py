@@ -26,6 +26,7 @@ from tfwarden.core import trace
 from tfwarden.core.clock import Clock
 from tfwarden.core.errors import ServingError, WorkerDown, WorkerFailed
 from tfwarden.core.ports import CapturedRows, DriftMetrics, FindingSink, Roles, Row
+from tfwarden.core.settings import default
 from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Finding
 from tfwarden.detectors.disagreement import Disagreement
 from tfwarden.detectors.drift.client import DriftWorkerClient
@@ -103,7 +104,8 @@ class DriftChecks:
 
     @property
     def interval(self) -> float:
-        return min((s.settings.interval_seconds for s in self.states.values()), default=10.0)
+        return min((s.settings.interval_seconds for s in self.states.values()),
+                   default=default(DriftSettings, "interval_seconds"))
 
     async def tick(self) -> None:
         now = self.clock.now()

@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 
 import httpx
 
+from tfwarden.core.settings import default
 from tfwarden.lifecycle.notifiers.base import Alert
+from tfwarden.lifecycle.settings import AlertmanagerSettings, WebhookSettings
 
 
 def _iso(t: float) -> str:
@@ -26,7 +28,8 @@ def alertmanager_body(alerts: list[Alert]) -> list[dict[str, object]]:
 
 
 class AlertmanagerNotifier:
-    def __init__(self, url: str, client: httpx.AsyncClient, timeout_seconds: float = 5.0) -> None:
+    def __init__(self, url: str, client: httpx.AsyncClient,
+                 timeout_seconds: float = default(AlertmanagerSettings, "timeout_seconds")) -> None:
         self.name = "alertmanager"
         self.url = url.rstrip("/") + "/api/v2/alerts"
         self._client, self.timeout_seconds = client, timeout_seconds
@@ -40,7 +43,8 @@ class AlertmanagerNotifier:
 class WebhookNotifier:
     """POSTs ``{"alerts": [...]}`` in Alertmanager's alert shape to any URL."""
 
-    def __init__(self, url: str, client: httpx.AsyncClient, timeout_seconds: float = 5.0) -> None:
+    def __init__(self, url: str, client: httpx.AsyncClient,
+                 timeout_seconds: float = default(WebhookSettings, "timeout_seconds")) -> None:
         self.url = url
         self.name = f"webhook:{url}"
         self._client, self.timeout_seconds = client, timeout_seconds

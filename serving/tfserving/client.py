@@ -17,9 +17,11 @@ import grpc
 import httpx
 
 from tfwarden.core.errors import ServingError, ServingRpcError
+from tfwarden.core.settings import default
 from tfwarden.core.types import STATE_NAMES, VersionState
 from tfwarden.serving.tfserving import protos
 from tfwarden.serving.tfserving.rows import InputSpec, Row, flatten_prediction, rows_to_instances
+from tfwarden.serving.tfserving.settings import EndpointSettings
 
 PREDICT_BATCH = 100
 
@@ -86,7 +88,7 @@ class TFServingClient:
 
     def __init__(self, name: str, *, grpc_address: str | None, rest_url: str | None,
                  channels: Channels, http: httpx.AsyncClient | None = None,
-                 timeout_seconds: float = 5.0,
+                 timeout_seconds: float = default(EndpointSettings, "timeout_seconds"),
                  signature_ttl_seconds: float = 60.0) -> None:
         self.name, self.grpc_address = name, grpc_address
         self.rest_url = rest_url.rstrip("/") if rest_url else None
