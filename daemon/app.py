@@ -28,7 +28,7 @@ from tfwarden.core.errors import ConfigError, StartupError
 from tfwarden.core.events import ConfigLoaded, ConfigReloadFailed, DaemonStarting, DaemonStopped, Event
 from tfwarden.core.ports import StateStore
 from tfwarden.daemon import build, tracing
-from tfwarden.daemon.config import Config, load_config, read_bearer_token
+from tfwarden.daemon.config import Config, load_config, read_bearer_token, read_ingest_tokens
 from tfwarden.daemon.http import create_app
 from tfwarden.daemon.jobs import JobRunner
 from tfwarden.daemon.logs import set_level
@@ -86,6 +86,7 @@ class Daemon:
         self.process: build.Process | None = None
         self.pipeline: build.Pipeline | None = None
         self._token: str | None = None
+        self._ingest_tokens: tuple[str, ...] = ()
         self._ready = False
         self._stopping = False
         self._stop = asyncio.Event()
@@ -112,6 +113,9 @@ class Daemon:
 
     def bearer_token(self) -> str | None:
         return self._token
+
+    def ingest_tokens(self) -> tuple[str, ...]:
+        return self._ingest_tokens
 
     def findings(self) -> list[dict[str, Any]]:
         return self.pipeline.roster.to_json() if self.pipeline is not None else []
@@ -183,7 +187,7 @@ class Daemon:
             old = self.config
             try:
                 new = load_config(self.config_path)
-                token = read_bearer_token(new)
+                token, ingest = read_bearer_token(new), read_ingest_tokens(new)
                 assert self.pipeline is not None and self.process is not None
                 await build.reconfigure(self.pipeline, new, self.process)
             except ConfigError as exc:
@@ -192,13 +196,14 @@ class Daemon:
             for field in self._pending_restart:
                 log.warning("%s changed in %s; it takes effect after a restart", field,
                             self.config_path)
-            self._loaded(new, token, trigger)
+            self._loaded(new, token, ingest, trigger)
             log.info("configuration reloaded (%s): generation %d", trigger, self.generation)
             self.notifier.status(self._status_line())
             return {"ok": True, "generation": self.generation}
 
-    def _loaded(self, config: Config, token: str | None, trigger: str) -> None:
-        self.config, self._token = config, token
+    def _loaded(self, config: Config, token: str | None, ingest: tuple[str, ...],
+                trigger: str) -> None:
+        self.config, self._token, self._ingest_tokens = config, token, ingest
         self.generation += 1
         set_level(config.logging.level)
         now = self.clock.now()
@@ -227,12 +232,12 @@ class Daemon:
         self.recorder.started(self._started_at)
         self._install_signal_handlers()
         config = load_config(self.config_path)
-        token = read_bearer_token(config)
+        token, ingest = read_bearer_token(config), read_ingest_tokens(config)
         self.process = build.Process(self.clock, self.recorder,
                                      self._store_factory(config.state_dir), self.jobs)
         tracing.setup(config.tracing, self.version)
         self._journal(DaemonStarting(os.getpid(), self.version))
-        self._loaded(config, token, "start")
+        self._loaded(config, token, ingest, "start")
         protos.load()
         sock = _bind(config.server.host, config.server.port)
         self.jobs.start()

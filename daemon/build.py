@@ -25,7 +25,7 @@ import httpx
 from tfwarden.core.clock import Clock
 from tfwarden.core.ports import Scheduler, StateStore
 from tfwarden.core.series import SeriesWindows
-from tfwarden.daemon.config import Config
+from tfwarden.daemon.config import Config, read_ingest_tokens
 from tfwarden.daemon.recorder import Recorder
 from tfwarden.daemon.state import EventJournal
 from tfwarden.detectors.alerts import ReceiveRule
@@ -198,10 +198,12 @@ def router_of(config: Config, kind: str, endpoint: EndpointSettings) -> Router:
     if kind == "nginx":
         nginx = config.nginx
         assert nginx is not None and endpoint.rest_url is not None
+        tokens = read_ingest_tokens(config)
         return NginxRouter(include_dir=nginx.include_dir, conf=nginx.conf, prefix=nginx.prefix,
                            upstream=str(endpoint.rest_url), binary=nginx.binary,
                            mirror_url=str(nginx.mirror_url) if nginx.mirror_url else None,
-                           mirror_percent=nginx.mirror_percent)
+                           mirror_percent=nginx.mirror_percent,
+                           mirror_token=tokens[0] if tokens else None)
     return ShadowRouter() if kind == "shadow" else LabelsRouter()
 
 

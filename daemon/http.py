@@ -7,6 +7,7 @@ Errors are always JSON ``{"error": "..."}`` with a 4xx/5xx status. Write endpoin
 from __future__ import annotations
 
 import hmac
+import json
 from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Request
@@ -35,6 +36,11 @@ class DaemonControl(Protocol):
 
     def bearer_token(self) -> str | None: ...
 
+    def ingest_tokens(self) -> tuple[str, ...]:
+        """Tokens accepted by the capture endpoints (the ingest token and the operators'
+        token); empty when neither is configured."""
+        ...
+
     def status(self) -> dict[str, Any]: ...
 
     def probes_debug(self) -> dict[str, Any]: ...
@@ -62,19 +68,66 @@ class DaemonControl(Protocol):
     async def reload(self, trigger: str) -> dict[str, Any]: ...
 
 
-def _require_token(daemon: DaemonControl, request: Request) -> None:
-    expected = daemon.bearer_token()
-    if expected is None:
+MAX_JSON_DEPTH = 64
+WEBHOOK_MAX_BYTES = 1024 * 1024  # Alertmanager batches stay far below this
+
+
+def _require_token(daemon: DaemonControl, request: Request,
+                   accepted: tuple[str, ...] | None = None) -> None:
+    """The request must carry one of the ``accepted`` tokens (default: the operators' token);
+    none configured: open. Refusals are counted by route, never by the path asked for."""
+    if accepted is None:
+        token = daemon.bearer_token()
+        accepted = (token,) if token is not None else ()
+    if not accepted:
         return
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
+    route = getattr(request.scope.get("route"), "path", "other")
     if scheme.lower() != "bearer" or not given:
-        daemon.recorder.unauthorized(request.url.path)
+        daemon.recorder.unauthorized(route)
         raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)",
                        {"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        daemon.recorder.unauthorized(request.url.path)
+    if not any(hmac.compare_digest(given.strip().encode(), t.encode()) for t in accepted):
+        daemon.recorder.unauthorized(route)
         raise ApiError(403, "bearer token is not valid")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, read as it streams in: 413 as soon as it passes ``limit`` bytes, whether or
+    not a Content-Length was sent (a chunked body is never read whole first)."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise ApiError(413, f"body of {length} bytes is over {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"body is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes, expected: str) -> Any:
+    """JSON of at most ``MAX_JSON_DEPTH`` levels, or a 400 saying what was ``expected``."""
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ApiError(400, f"body is not JSON (expected {expected})") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"body is nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _depth(value: Any) -> int:
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            return depth
+        level = [v for item in level if isinstance(item, dict | list)
+                 for v in (item.values() if isinstance(item, dict) else item)]
+    return depth - 1
 
 
 def create_app(daemon: DaemonControl) -> FastAPI:
@@ -187,11 +240,8 @@ def _model_routes(daemon: DaemonControl) -> APIRouter:
     @routes.post("/api/v1/alertmanager")
     async def alertmanager(request: Request) -> dict[str, Any]:
         _require_token(daemon, request)
-        try:
-            payload = await request.json()
-        except ValueError:
-            raise ApiError(400, "body is not JSON (expected Alertmanager's webhook payload)") \
-                from None
+        payload = parse_json(await read_body(request, WEBHOOK_MAX_BYTES),
+                             "Alertmanager's webhook payload")
         if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
             raise ApiError(400, "expected Alertmanager's webhook payload with an 'alerts' list")
         return daemon.receive_alerts(payload)
@@ -205,12 +255,9 @@ def _capture_routes(daemon: DaemonControl) -> APIRouter:
 
     async def _capture(kind: str, model: str, request: Request,
                        version: int | None) -> dict[str, Any]:
-        length = request.headers.get("content-length")
-        limit = daemon.max_body_bytes
-        if limit is not None and length and length.isdigit() and int(length) > limit:
-            raise ApiError(413, f"body of {length} bytes is over {limit}")
+        _require_token(daemon, request, daemon.ingest_tokens())
         client = request.client.host if request.client else "unknown"
-        body = await request.body()
+        body = await read_body(request, daemon.max_body_bytes or WEBHOOK_MAX_BYTES)
         try:
             return await daemon.capture(model, body, client, kind, version)
         except Refused as exc:

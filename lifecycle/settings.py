@@ -21,6 +21,9 @@ class LifecycleSettings(Settings):
     version_poll_seconds: float = Field(5.0, ge=1, le=3600)
     keep_previous_seconds: float = Field(
         3600.0, ge=0, description="Keep the previous version loaded this long after a promotion.")
+    max_auto_stagings_per_hour: int = Field(
+        6, ge=1, le=120, description="Automatic canary stagings (new version directories) per "
+        "hour at most; a version that fails to stage is tried again with a doubling backoff.")
     router: Literal["labels", "nginx", "shadow"] = Field(
         "labels", description="labels: clients pick stable/canary; nginx: weighted split; "
         "shadow: no live traffic to the canary, judged on replayed golden requests.")

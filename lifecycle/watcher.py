@@ -1,13 +1,16 @@
 """Jobs that follow the model servers' version directories.
 
 - ``new_versions``: a new numeric version directory under a model's base path (newer than
-  stable, complete, never rolled back) starts a canary (``lifecycle.auto_canary``);
+  stable, complete, never rolled back) starts a canary (``lifecycle.auto_canary``); a version
+  that fails to stage is tried again after a doubling backoff (poll interval x 2^failures, at
+  most an hour), and at most ``max_auto_stagings_per_hour`` stagings start per model;
 - ``unload_previous``: ``keep_previous_seconds`` after a promotion the previous version, kept
   loaded for an instant rollback, is unloaded.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import replace
 
 from tfwarden.core.errors import ServingError
@@ -15,13 +18,17 @@ from tfwarden.core.events import NewVersionFound, PreviousUnloaded
 from tfwarden.core.settings import default
 from tfwarden.core.status import Phase
 from tfwarden.lifecycle.actions import StageCanary
-from tfwarden.lifecycle.runner import LifecycleRunner
+from tfwarden.lifecycle.runner import LifecycleRunner, ManagedModel
 from tfwarden.lifecycle.settings import LifecycleSettings
+
+MAX_BACKOFF_SECONDS = 3600.0
 
 
 class VersionWatcher:
     def __init__(self, runner: LifecycleRunner) -> None:
         self.runner = runner
+        self._failed: dict[tuple[str, int], tuple[int, float]] = {}  # -> (failures, next try)
+        self._attempts: dict[str, deque[float]] = {}  # model -> automatic stagings, last hour
 
     async def new_versions(self) -> None:
         runner = self.runner
@@ -37,9 +44,31 @@ class VersionWatcher:
             except (ServingError, OSError):
                 continue
             if newest is not None and newest > status.stable_version and \
-                    newest not in status.rejected:
-                runner.journal.record(NewVersionFound(name, newest))
-                await runner.run(name, StageCanary(newest), "new version directory")
+                    newest not in status.rejected and self._may_stage(name, newest, managed):
+                await self._stage(name, newest, managed)
+
+    def _may_stage(self, name: str, version: int, managed: ManagedModel) -> bool:
+        """Not while a failed version backs off, nor past the hourly limit."""
+        now = self.runner.clock.now()
+        failures, next_try = self._failed.get((name, version), (0, 0.0))
+        recent = self._attempts.setdefault(name, deque())
+        while recent and recent[0] <= now - 3600:
+            recent.popleft()
+        return now >= next_try and len(recent) < managed.settings.max_auto_stagings_per_hour
+
+    async def _stage(self, name: str, version: int, managed: ManagedModel) -> None:
+        runner, now = self.runner, self.runner.clock.now()
+        self._attempts[name].append(now)
+        if (name, version) not in self._failed:
+            runner.journal.record(NewVersionFound(name, version))
+        await runner.run(name, StageCanary(version), "new version directory")
+        if runner.statuses[name].canary_version == version:
+            self._failed.pop((name, version), None)
+            return
+        failures = self._failed.get((name, version), (0, 0.0))[0] + 1
+        delay = min(MAX_BACKOFF_SECONDS,
+                    managed.settings.version_poll_seconds * 2 ** failures)
+        self._failed[(name, version)] = (failures, now + delay)
 
     async def unload_previous(self) -> None:
         runner, now = self.runner, self.runner.clock.now()

@@ -11,6 +11,8 @@ versions also an edge ``manifest.json``.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -85,11 +87,9 @@ def publish(candidate: Path, base: Path, provenance: dict[str, Any],
         version = (max(versions(base), default=0)) + 1
         target = base / str(version)
         try:
-            os.rename(candidate, target)  # fails if a version appeared meanwhile
-        except OSError:
-            if target.exists():
-                continue
-            raise
+            rename_noreplace(candidate, target)  # fails if a version appeared meanwhile
+        except FileExistsError:
+            continue
         fd = os.open(base, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -97,6 +97,25 @@ def publish(candidate: Path, base: Path, provenance: dict[str, Any],
             os.close(fd)
         return version
     raise PublishError(f"{base}: no free version number after 100 tries")
+
+
+def rename_noreplace(source: Path, target: Path) -> None:
+    """Rename, refusing (FileExistsError) when ``target`` exists, even as an empty directory
+    (plain rename replaces one): Linux renameat2(RENAME_NOREPLACE); where the filesystem or
+    libc lacks it, a check then a rename."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is not None:
+        at_fdcwd, noreplace = -100, 1
+        if renameat2(at_fdcwd, bytes(source), at_fdcwd, bytes(target), noreplace) == 0:
+            return
+        error = ctypes.get_errno()
+        if error == errno.EEXIST:
+            raise FileExistsError(error, os.strerror(error), str(target))
+        if error not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(error, os.strerror(error), str(target))
+    if target.exists():
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+    os.rename(source, target)
 
 
 def provenance_of(version_dir: Path) -> dict[str, Any] | None:

@@ -29,6 +29,9 @@ from tfwarden.core.settings import Settings
 from tfwarden.serving.tfserving.client import ServingClient
 from tfwarden.serving.tfserving.rows import InputSpec, rows_from_predict_body, rows_from_samples
 
+BUCKET_IDLE_SECONDS = 300.0
+MAX_CLIENTS = 10_000
+
 
 class CaptureSettings(Settings):
     """Input capture (POST /api/v1/capture/{model}, /api/v1/samples/{model})."""
@@ -93,6 +96,7 @@ class CaptureService:
         self.reservoirs: dict[tuple[str, int | None], Reservoir] = {}
         self.recent: dict[str, deque[tuple[int | None, Row]]] = {}
         self._buckets: dict[str, _Bucket] = {}
+        self._versions: dict[str, tuple[float, set[int]]] = {}
 
     async def specs(self, model: str) -> list[InputSpec]:
         """The model's signature inputs (CaptureRejected 404/409/503 when unknown/unreadable)."""
@@ -110,6 +114,8 @@ class CaptureService:
     def _admit(self, client: str, rows: int) -> None:
         rate = self.settings.client_rows_per_second
         now = time.monotonic()
+        if client not in self._buckets:
+            self._evict(now)
         bucket = self._buckets.setdefault(client, _Bucket(rate, now))
         bucket.tokens = min(rate, bucket.tokens + (now - bucket.updated) * rate)
         bucket.updated = now
@@ -117,15 +123,28 @@ class CaptureService:
             raise CaptureRejected(429, f"client {client} is over {rate} rows/s; retry later")
         bucket.tokens -= rows
 
+    def _evict(self, now: float) -> None:
+        """Forget clients idle for BUCKET_IDLE_SECONDS (a full bucket again anyway), and the
+        longest idle ones beyond MAX_CLIENTS: a flood of addresses cannot grow this."""
+        for client in [c for c, b in self._buckets.items() if now - b.updated > BUCKET_IDLE_SECONDS]:
+            del self._buckets[client]
+        if len(self._buckets) >= MAX_CLIENTS:
+            by_age = sorted(self._buckets, key=lambda c: self._buckets[c].updated)
+            for client in by_age[:len(self._buckets) - MAX_CLIENTS + 1]:
+                del self._buckets[client]
+
     async def receive(self, model: str, body: bytes, client: str, kind: str,
                       version: int | None = None) -> dict[str, Any]:
         """Validate and keep one body (``kind`` capture or samples); CaptureRejected says why
         not, with the HTTP status."""
         try:
             rows, version = await self._parse(model, body, kind, version)
+            if version is not None:
+                await self._known_version(model, version)
             self._admit(client, len(rows))
-        except CaptureRejected as exc:
-            self.metrics.captured(model, "rejected", exc.status, 1)
+        except CaptureRejected as exc:  # a model nobody configured gets no metric series
+            self.metrics.captured(model if model in self.models else "", "rejected",
+                                  exc.status, 1)
             raise
         reservoir = self.reservoirs.setdefault(
             (model, version), Reservoir(self.settings.reservoir_rows, seed=len(self.reservoirs)))
@@ -149,6 +168,8 @@ class CaptureService:
             document = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CaptureRejected(400, f"body is not JSON: {exc}") from None
+        except RecursionError:
+            raise CaptureRejected(400, "body is nested too deeply") from None
         specs = await self.specs(model)
         try:
             if kind == "capture":
@@ -156,6 +177,26 @@ class CaptureService:
             return rows_from_samples(document, specs)
         except CaptureError as exc:
             raise CaptureRejected(400, str(exc)) from None
+        except RecursionError:
+            raise CaptureRejected(400, "body is nested too deeply for the signature") from None
+
+    async def _known_version(self, model: str, version: int) -> None:
+        """Reservoirs only for versions the server has (read with GetModelStatus, cached)."""
+        cached = self._versions.get(model)
+        now = time.monotonic()
+        if cached is None or now - cached[0] > self.settings.signature_ttl_seconds or \
+                version not in cached[1]:
+            client = self.models[model].client
+            assert client is not None  # specs() refused the body otherwise
+            try:
+                known = {v.version for v in await client.model_status(model)}
+            except ServingError as exc:
+                raise CaptureRejected(503, f"cannot read the versions of {model!r}: {exc}") \
+                    from None
+            cached = self._versions[model] = (now, known)
+        if version not in cached[1]:
+            raise CaptureRejected(404, f"model {model!r} has no version {version} on its server "
+                                       f"(it has {sorted(cached[1])})")
 
     # -- core.ports.CapturedRows ---------------------------------------------------------------
     def take_new(self, model: str) -> list[tuple[int | None, Row]]:
@@ -187,6 +228,7 @@ class CaptureService:
     def reconfigure(self, settings: CaptureSettings, models: Mapping[str, CapturedModel]) -> None:
         """New limits and models; the rows kept so far stay (cut to the new sizes)."""
         self.settings, self.models = settings, dict(models)
+        self._versions.clear()
         for reservoir in self.reservoirs.values():
             reservoir.shrink(settings.reservoir_rows)
         for model, recent in list(self.recent.items()):

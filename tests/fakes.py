@@ -128,8 +128,8 @@ class FakeServer:
     async def rollback(self, model: str, to_version: int) -> None:
         self._call("rollback", model, to_version)
         self._load([to_version])
-        self.model_labels = {"stable": to_version}
-        self._keep_only([to_version])
+        self.model_labels = {**self._foreign(), "stable": to_version}
+        self._keep_only(self.model_labels.values())
 
     async def set_labels(self, model: str, labels: dict[str, int],
                          keep: tuple[int, ...] = ()) -> None:
@@ -137,8 +137,12 @@ class FakeServer:
         missing = [v for v in labels.values() if self.versions.get(v) != "AVAILABLE"]
         if missing:
             raise ServingError(f"labels may only point at AVAILABLE versions: {missing}")
-        self.model_labels = dict(labels)
-        self._keep_only({*labels.values(), *keep})
+        self.model_labels = {**self._foreign(), **labels}
+        self._keep_only({*self.model_labels.values(), *keep})
+
+    def _foreign(self) -> dict[str, int]:
+        """Labels tfwarden does not own stay, as the real controller keeps them."""
+        return {k: v for k, v in self.model_labels.items() if k not in ("stable", "canary")}
 
     async def states(self, model: str) -> dict[int, tuple[str, str]]:
         self._call("states", model)

@@ -29,7 +29,7 @@ from tfwarden.daemon.config.yamlfile import format_path, line_of, read_yaml
 
 __all__ = ["AlertingConfig", "Config", "ConfigError", "DetectionConfig", "LoggingConfig",
            "ModelConfig", "ServerConfig", "TracingConfig", "config_json_schema", "load_config",
-           "read_bearer_token", "validate_config"]
+           "read_bearer_token", "read_ingest_tokens", "validate_config"]
 
 
 def load_config(path: str | Path) -> Config:
@@ -107,15 +107,25 @@ def _parse_path(path: str) -> list[str | int]:
 
 def read_bearer_token(config: Config) -> str | None:
     """The configured bearer token, stripped, or None when write endpoints are open."""
-    token_file = config.server.bearer_token_file
+    return _read_token(config.server.bearer_token_file, "server.bearer_token_file")
+
+
+def read_ingest_tokens(config: Config) -> tuple[str, ...]:
+    """The tokens the capture endpoints accept (ingest token, then the operators'); empty:
+    they are open."""
+    tokens = (_read_token(config.server.ingest_token_file, "server.ingest_token_file"),
+              read_bearer_token(config))
+    return tuple(t for t in tokens if t is not None)
+
+
+def _read_token(token_file: Path | None, where: str) -> str | None:
     if token_file is None:
         return None
     try:
-        token = token_file.read_text(encoding="utf-8").strip()
+        return token_file.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(str(token_file), [ConfigProblem(
-            "server.bearer_token_file", f"cannot read: {exc}")]) from exc
-    return token
+        raise ConfigError(str(token_file), [ConfigProblem(where, f"cannot read: {exc}")]) \
+            from exc
 
 
 def config_json_schema() -> dict[str, Any]:

@@ -30,6 +30,9 @@ class ServerConfig(Settings):
     bearer_token_file: Path | None = Field(
         None, description="File holding the bearer token required by write endpoints."
     )
+    ingest_token_file: Path | None = Field(
+        None, description="File holding a token the capture endpoints accept besides the "
+                          "operators' (for mirrors and devices, which are not operators).")
     shutdown_grace_seconds: float = Field(
         5.0, gt=0, le=8, description="How long in-flight jobs may run after SIGTERM."
     )
@@ -40,16 +43,18 @@ class ServerConfig(Settings):
         split_host_port(value)
         return value
 
-    @field_validator("bearer_token_file")
+    @field_validator("bearer_token_file", "ingest_token_file")
     @classmethod
     def _check_token_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is None:
             return None
+        what = "bearer token file" if info.field_name == "bearer_token_file" else \
+            "ingest token file"
         value = resolve_path(value, info)
         if not value.is_file():
-            raise ValueError(f"bearer token file {str(value)!r} does not exist")
+            raise ValueError(f"{what} {str(value)!r} does not exist")
         if not value.read_text(encoding="utf-8").strip():
-            raise ValueError(f"bearer token file {str(value)!r} is empty")
+            raise ValueError(f"{what} {str(value)!r} is empty")
         return value
 
     @property

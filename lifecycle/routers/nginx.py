@@ -7,7 +7,8 @@ For each model tfwarden writes two include files into ``include_dir``:
   ``:predict`` calls go to ``/labels/$label``; unaddressed ``:classify``/``:regress`` and metadata
   calls go to ``/labels/stable`` (never silently to a canary); explicitly addressed
   versions/labels pass through unchanged; with ``mirror_url`` a sampled copy of predict bodies
-  goes to tfwarden's capture endpoint.
+  goes to tfwarden's capture endpoint (with the ingest token when one is configured; the
+  include files are written readable by their owner only).
 Each change is written atomically, validated with ``nginx -t`` (on failure the previous files are
 restored and RouterError raised) and applied with ``nginx -s reload``. Example: deploy/nginx/.
 """
@@ -37,7 +38,8 @@ def http_conf(model: str, weight: int) -> str:
     return "\n".join(lines)
 
 
-def server_conf(model: str, upstream: str, mirror_url: str | None) -> str:
+def server_conf(model: str, upstream: str, mirror_url: str | None,
+                mirror_token: str | None = None) -> str:
     quoted = re.escape(model)
     variable = _variable(model)
     upstream = upstream.rstrip("/")
@@ -47,6 +49,8 @@ def server_conf(model: str, upstream: str, mirror_url: str | None) -> str:
         sample = f"$tfwarden_{re.sub(r'[^A-Za-z0-9_]', '_', model)}_mirror"
         lines += [f"location = /_tfwarden_capture/{model} {{", "    internal;",
                   f'    if ({sample} = "") {{ return 204; }}',
+                  *([f'    proxy_set_header Authorization "Bearer {mirror_token}";']
+                    if mirror_token else []),
                   f"    proxy_pass {mirror_url.rstrip('/')}/{model};", "}"]
         # the sampling variable is a split_clients in the http-level file
         mirror = f"    mirror /_tfwarden_capture/{model};\n    mirror_request_body on;\n"
@@ -84,17 +88,19 @@ class NginxRouter:
 
     def __init__(self, *, include_dir: Path, conf: Path, prefix: Path, upstream: str,
                  binary: str = "nginx", mirror_url: str | None = None,
+                 mirror_token: str | None = None,
                  mirror_percent: int = 10) -> None:
         self.include_dir, self.conf, self.prefix = include_dir, conf, prefix
         self.upstream, self.binary = upstream, binary
         self.mirror_url, self.mirror_percent = mirror_url, mirror_percent
+        self.mirror_token = mirror_token  # sent to tfwarden's capture endpoint
 
     async def apply(self, model: str, weight: int) -> None:
         if not 0 <= weight <= 100:
             raise RouterError(f"weight must be 0..100, got {weight}")
         files = {self.include_dir / f"{model}.http.conf": self._http(model, weight),
                  self.include_dir / f"{model}.server.conf": server_conf(
-                     model, self.upstream, self.mirror_url)}
+                     model, self.upstream, self.mirror_url, self.mirror_token)}
         previous: dict[Path, str | None] = {p: p.read_text() if p.exists() else None
                                             for p in files}
         for path, text in files.items():

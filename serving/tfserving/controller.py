@@ -31,6 +31,7 @@ from tfwarden.serving.tfserving.modelconfig import (
 )
 
 POLL_SECONDS = 0.2
+OWNED_LABELS = ("stable", "canary")  # the labels tfwarden moves; any other is left alone
 
 
 class TFServingController:
@@ -45,14 +46,19 @@ class TFServingController:
 
     # -- primitives ------------------------------------------------------------------------
     async def apply(self, model: str, plan: ModelPlan) -> None:
-        """Write the whole config with ``model``'s new plan and deliver it."""
-        config = with_plan(read_config(self.config_file), model, plan)
+        """Write the whole config with ``model``'s new plan and deliver it; when the server
+        refuses the reload, the file is put back as it was (it must keep saying what the
+        server serves: a later restart of the server reads it)."""
+        previous = read_config(self.config_file)
+        config = with_plan(previous, model, plan)
         write_config_atomically(self.config_file, config)
         if self.delivery == "grpc":
             try:
                 await self.client.reload_config(config)
             except ServingError as exc:
-                raise ServingError(f"model {model!r}: {exc}") from exc
+                write_config_atomically(self.config_file, previous)
+                raise ServingError(f"model {model!r}: {exc}; model config file restored") \
+                    from exc
 
     async def states(self, model: str) -> dict[int, tuple[str, str]]:
         """version -> (state name, error message); empty when the server knows no version."""
@@ -110,12 +116,15 @@ class TFServingController:
 
     async def set_labels(self, model: str, labels: dict[str, int],
                          keep: tuple[int, ...] = ()) -> ModelPlan:
-        """Step 2: point labels (every target already AVAILABLE), keep ``keep`` plus every
-        labelled version loaded, drop the rest."""
+        """Step 2: point tfwarden's labels (``stable``, ``canary``; every target already
+        AVAILABLE), keep ``keep`` plus every labelled version loaded, drop the rest. Labels
+        tfwarden does not own stay as they are, with their versions."""
         for version in labels.values():
             await self.wait_available(model, version)
+        foreign = {k: v for k, v in self.plan(model).labels.items() if k not in OWNED_LABELS}
+        labels = {**foreign, **labels}
         versions = tuple(sorted({*labels.values(), *keep}))
-        plan = ModelPlan(versions, dict(labels))
+        plan = ModelPlan(versions, labels)
         await self.apply(model, plan)
         for label, version in labels.items():
             await self.wait_label(model, label, version)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -17,6 +18,8 @@ class FakeDaemon:
         self.registry = CollectorRegistry()
         self.recorder = Recorder(self.registry, version="test")
         self.token = token
+        self.ingest_token: str | None = None
+        self.captured: list[bytes] = []
         self.ready = False
         self.stopping = False
         self.max_body_bytes = 1024
@@ -25,6 +28,9 @@ class FakeDaemon:
 
     def bearer_token(self) -> str | None:
         return self.token
+
+    def ingest_tokens(self) -> tuple[str, ...]:
+        return tuple(t for t in (self.ingest_token, self.token) if t is not None)
 
     def status(self) -> dict[str, Any]:
         return {"ready": self.ready, "config": {"generation": 1}}
@@ -55,6 +61,7 @@ class FakeDaemon:
 
     async def capture(self, model: str, body: bytes, client: str, kind: str,
                       version: int | None) -> dict[str, Any]:
+        self.captured.append(body)
         return {"accepted_rows": 1}
 
     def drift_report(self, name: str) -> dict[str, Any] | None:
@@ -164,3 +171,48 @@ def test_alertmanager_webhook_validates_its_payload() -> None:
     assert call(daemon, "GET", "/api/v1/journal?limit=5000").status_code == 400
     assert call(daemon, "GET", "/api/v1/journal?after=7&kind=decision").json() == {
         "entries": [{"id": 8, "kind": "decision"}]}
+
+
+def test_capture_takes_the_ingest_or_the_operator_token_when_one_is_configured() -> None:
+    open_daemon = FakeDaemon()
+    assert call(open_daemon, "POST", "/api/v1/capture/m", json={"instances": [1]}).status_code \
+        == 200
+    daemon = FakeDaemon(token="ops")
+    daemon.ingest_token = "mirror"
+    for path in ("/api/v1/capture/m", "/api/v1/samples/m"):
+        assert call(daemon, "POST", path, json={"rows": [[1]]}).status_code == 401
+        assert call(daemon, "POST", path, json={"rows": [[1]]},
+                    headers={"Authorization": "Bearer nope"}).status_code == 403
+        for token in ("mirror", "ops"):
+            assert call(daemon, "POST", path, json={"rows": [[1]]},
+                        headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert len(daemon.captured) == 4
+    refused = daemon.registry.get_sample_value(  # counted by route, not by the path asked for
+        "tfwarden_http_unauthorized_requests_total", {"path": "/api/v1/capture/{model}"})
+    assert refused == 2
+
+
+def test_bodies_are_limited_while_they_stream_in() -> None:
+    daemon = FakeDaemon()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(100):  # no Content-Length: chunked, 100 KiB in all
+            yield b"[" * 1024
+
+    big = call(daemon, "POST", "/api/v1/capture/m", content=chunks())
+    assert big.status_code == 413 and big.json() == {"error": "body is over 1024 bytes"}
+    assert daemon.captured == []
+    webhook = call(daemon, "POST", "/api/v1/alertmanager", content=b" " * (2 * 1024 * 1024))
+    assert webhook.status_code == 413
+
+
+def test_deeply_nested_json_is_a_400_not_a_500() -> None:
+    daemon = FakeDaemon()
+    for depth in (65, 100_000):
+        body = b"[" * depth + b"]" * depth
+        response = call(daemon, "POST", "/api/v1/alertmanager", content=body)
+        assert response.status_code == 400, depth
+        assert "nested deeper" in response.json()["error"] or "not JSON" in \
+            response.json()["error"]
+    labels = call(daemon, "POST", "/api/v1/alertmanager", json={"alerts": [{"labels": "x"}]})
+    assert labels.status_code == 200

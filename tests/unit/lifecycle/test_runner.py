@@ -367,3 +367,28 @@ def test_a_step_without_a_canary_is_refused_before_any_routing(tmp_path: Path) -
 
     run(scenario)
     assert h.router.applied == [] and "no canary to send traffic to" in h.status.last_error
+
+
+def test_a_version_that_fails_to_stage_backs_off_and_the_hour_has_a_limit(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.server.model_labels = {"stable": 1}
+    h.server.fail_on.add("stage_canary")
+
+    async def polls(seconds: float, every: float = 5.0) -> None:
+        for _ in range(int(seconds / every)):
+            await h.watcher.new_versions()
+            h.clock.advance(every)
+
+    async def scenario() -> None:
+        await h.runner.start()
+        h.server.add_version_dir(3)
+        await polls(60)  # tries at 0, 10 and 30 s (backoff 10, 20, then 40 s)
+
+    run(scenario)
+    staged = [c for c in h.server.calls if c[0] == "stage_canary"]
+    assert len(staged) == 3 and h.kinds().count("new_version") == 1
+    assert h.kinds().count("action_failed") == 3
+    # the backoff allows tries at 70, 150, 310, 630, 1270, 2550 s; the hourly limit (6) holds
+    # back those at 630-2550 s until the try at 0 s is an hour old: 7 tries by 3660 s
+    run(lambda: polls(3600, every=10))
+    assert len([c for c in h.server.calls if c[0] == "stage_canary"]) == 7

@@ -4,6 +4,8 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
+
 from tfwarden.optimizers.gate import Tolerances, judge, latency_reasons
 from tfwarden.optimizers.publish import PROVENANCE, optimized_from, publish, versions, work_dir
 
@@ -61,3 +63,17 @@ def test_gate_reasons() -> None:
     assert latency_reasons({"p50_ms": 1.0}, {"p50_ms": 3.0}, Tolerances(max_latency_ratio=2)) \
         == ["p50 latency 3.00x the source's (max 2x)"]
     assert latency_reasons({"p50_ms": 1.0}, {"p50_ms": 3.0}, Tolerances()) == []
+
+
+def test_publish_never_replaces_a_version_directory_that_appeared_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tfwarden.optimizers.publish as publishing
+
+    base = tmp_path / "m"
+    (base / "1").mkdir(parents=True)
+    (base / "2").mkdir()  # made by someone else after we listed the versions: still empty
+    listed = iter([[1], [1, 2]])
+    monkeypatch.setattr(publishing, "versions", lambda _: next(listed))
+    version = publish(build(base), base, {"method": "test", "source_version": 1})
+    assert version == 3 and not any((base / "2").iterdir())
+    assert (base / "3" / "saved_model.pb").is_file()
