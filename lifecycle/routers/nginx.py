@@ -85,6 +85,7 @@ def _restore(previous: dict[Path, str | None]) -> None:
 
 class NginxRouter:
     name = "nginx"
+    timeout_seconds = 30.0
 
     def __init__(self, *, include_dir: Path, conf: Path, prefix: Path, upstream: str,
                  binary: str = "nginx", mirror_url: str | None = None,
@@ -125,8 +126,15 @@ class NginxRouter:
         return text
 
     async def _nginx(self, *args: str) -> tuple[bool, str]:
+        """Run nginx; a run that does not finish in ``timeout_seconds`` is killed and counts
+        as refused (the caller then restores the previous files)."""
         process = await asyncio.create_subprocess_exec(
             self.binary, *args, "-c", str(self.conf), "-p", str(self.prefix),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+        try:
+            output, _ = await asyncio.wait_for(process.communicate(), self.timeout_seconds)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            return False, f"nginx {' '.join(args)} did not finish in {self.timeout_seconds:g} s"
         return process.returncode == 0, output.decode(errors="replace")

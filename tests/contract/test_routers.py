@@ -292,6 +292,25 @@ def test_nginx_reload_refused_keeps_the_previous_files_for_the_next_reload(
 
 
 @pytest.mark.integration
+def test_nginx_that_hangs_is_killed_and_the_previous_files_kept(nginx_stack: NginxStack,
+                                                                 tmp_path: Path) -> None:
+    _clean(nginx_stack)
+    apply(nginx_stack.router(), MODEL, 0)
+    before = nginx_stack.include_files()
+    script = tmp_path / "nginx-hanging"
+    script.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid\nexec sleep 60\n")
+    script.chmod(0o755)
+    hanging = nginx_stack.router(binary=str(script))
+    hanging.timeout_seconds = 0.5
+    with pytest.raises(RouterError, match="did not finish in 0.5 s"):
+        apply(hanging, MODEL, 100)
+    assert nginx_stack.include_files() == before
+    pid = int((tmp_path / "pid").read_text())
+    assert not Path(f"/proc/{pid}").exists() or \
+        Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"  # killed (a zombie at most)
+
+
+@pytest.mark.integration
 def test_nginx_refused_for_a_new_model_leaves_no_files(nginx_stack: NginxStack,
                                                        tmp_path: Path) -> None:
     _clean(nginx_stack)
