@@ -34,7 +34,7 @@ from tfwarden.detectors.drift.checks import DriftChecks, DriftedModel
 from tfwarden.detectors.drift.client import DriftWorkerClient
 from tfwarden.detectors.drift.settings import DriftSettings
 from tfwarden.detectors.roles import RoleTracker
-from tfwarden.detectors.roster import Roster
+from tfwarden.detectors.roster import ModelObjectives, Roster
 from tfwarden.lifecycle.alerts import AlertBook
 from tfwarden.lifecycle.notifiers.alertmanager import AlertmanagerNotifier, WebhookNotifier
 from tfwarden.lifecycle.notifiers.base import Notifier
@@ -49,6 +49,7 @@ from tfwarden.optimizers.settings import OptimizeSettings
 from tfwarden.policies.engine import PolicyEngine
 from tfwarden.policies.rules import load_ruleset
 from tfwarden.probes.capture import CapturedModel, CaptureService
+from tfwarden.probes.settings import MemoryTargetSettings
 from tfwarden.probes.supervisor import Endpoint, ProbedModel, ProbeSettings, ProbeSupervisor
 from tfwarden.serving.tfserving.client import Channels, TFServingClient
 from tfwarden.serving.tfserving.controller import TFServingController
@@ -94,7 +95,6 @@ class ServingEndpoint:
 class Pipeline:
     """The running stages of one daemon."""
 
-    config: Config
     endpoints: dict[str, ServingEndpoint]
     windows: SeriesWindows
     roles: RoleTracker
@@ -117,8 +117,8 @@ def build(config: Config, process: Process) -> Pipeline:
     """Every object of ``config`` (nothing runs yet); raises ConfigError for bad golden files."""
     p, endpoints = process, endpoints_of(config, process, {})
     windows, roles = SeriesWindows(), RoleTracker()
-    roster = Roster(config.detection, {m.name: m.slo for m in config.models},
-                    {t.name: t for t in config.memory}, windows, p.clock, p.journal, p.recorder)
+    roster = Roster(config.detection, objectives_of(config), memory_targets_of(config), windows,
+                    p.clock, p.journal, p.recorder)
     roles.subscribe(roster)
     capture = CaptureService(config.capture, captured_models(config, endpoints), p.recorder)
     drift_worker = DriftWorkerClient(config.state_dir, config.detection.drift_worker, p.recorder)
@@ -126,7 +126,6 @@ def build(config: Config, process: Process) -> Pipeline:
                         roles, roster, p.recorder, p.clock)
     probes = ProbeSupervisor(probe_settings(config, endpoints), p.jobs, p.probe_http, windows,
                              roster, roles, p.recorder, p.clock)
-    ProbeSupervisor.read_golden(probes.settings)
     policy = PolicyEngine(load_ruleset(config.policies.ruleset), config.policies.dry_run)
     dispatcher = Dispatcher(notifiers_of(config, p.http), on_result=p.recorder.notified)
     alerts = AlertBook(dispatcher, p.journal, p.clock, config.alerting.labels)
@@ -135,7 +134,7 @@ def build(config: Config, process: Process) -> Pipeline:
     runner = LifecycleRunner(managed_models(config, endpoints), store=p.store, journal=p.journal,
                              clock=p.clock, metrics=p.recorder, policy=policy, findings=roster,
                              alerts=alerts, listener=roles, reoptimizer=reoptimizer)
-    return Pipeline(config, endpoints, windows, roles, roster, capture, drift_worker, drift,
+    return Pipeline(endpoints, windows, roles, roster, capture, drift_worker, drift,
                     probes, policy, dispatcher, alerts, reoptimizer, runner, VersionWatcher(runner),
                     list(config.alerting.receive))
 
@@ -161,6 +160,14 @@ def endpoints_of(config: Config, process: Process,
                 timeout_seconds=settings.timeout_seconds,
                 signature_ttl_seconds=config.capture.signature_ttl_seconds))
     return endpoints
+
+
+def objectives_of(config: Config) -> dict[str, ModelObjectives]:
+    return {m.name: m.slo for m in config.models}
+
+
+def memory_targets_of(config: Config) -> dict[str, MemoryTargetSettings]:
+    return {t.name: t for t in config.memory}
 
 
 def probe_settings(config: Config, endpoints: dict[str, ServingEndpoint]) -> ProbeSettings:
@@ -272,13 +279,12 @@ async def reconfigure(p: Pipeline, config: Config, process: Process) -> None:
     probes = probe_settings(config, endpoints)
     golden = ProbeSupervisor.read_golden(probes)
     ruleset = load_ruleset(config.policies.ruleset)
-    p.config, p.endpoints = config, endpoints
+    p.endpoints = endpoints
     process.channels.keep({e.settings.grpc_address for e in endpoints.values()})
     managed = managed_models(config, endpoints)
     for model in [m for m in p.runner.models if m not in managed]:
         p.roles.forget(model)  # the server's labels speak for it again
-    p.roster.reconfigure(config.detection, {m.name: m.slo for m in config.models},
-                         {t.name: t for t in config.memory},
+    p.roster.reconfigure(config.detection, objectives_of(config), memory_targets_of(config),
                          [m.name for m in config.models if m.drift is not None])
     p.capture.reconfigure(config.capture, captured_models(config, endpoints))
     p.drift_worker.reconfigure(config.detection.drift_worker)
@@ -289,7 +295,7 @@ async def reconfigure(p: Pipeline, config: Config, process: Process) -> None:
     await p.probes.reconfigure(probes, golden)
     p.policy.reconfigure(ruleset, config.policies.dry_run)
     await p.dispatcher.reconfigure(notifiers_of(config, process.http))
-    p.alerts.reconfigure(p.dispatcher, config.alerting.labels)
+    p.alerts.reconfigure(config.alerting.labels)
     p.reoptimizer.reconfigure(optimize_settings(config))
     p.alert_rules = list(config.alerting.receive)
     _spawn(p, _restart_lifecycle(p, p.runner.reconfigure(managed)))

@@ -32,8 +32,8 @@ class AlertBook:
         self.labels = dict(labels or {})  # added to every alert (``alerting.labels``)
         self.active: dict[tuple[str, str], Alert] = {}  # (model, rule) -> firing decision alert
 
-    def reconfigure(self, sink: AlertSink, labels: Mapping[str, str]) -> None:
-        self.sink, self.labels = sink, dict(labels)
+    def reconfigure(self, labels: Mapping[str, str]) -> None:
+        self.labels = dict(labels)
 
     def decided(self, decision: Decision, canary: int | None) -> None:
         """A rule with ``alert`` decided; its alert replaces the model's other rules' alerts."""

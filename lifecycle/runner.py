@@ -344,6 +344,7 @@ class LifecycleRunner:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:500] if isinstance(exc, TfwardenError) \
-        else f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+    """Our own errors say what failed; anything else is named by its type too."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    line = first if isinstance(exc, TfwardenError) and first else f"{type(exc).__name__}: {first}"
+    return line[:500]

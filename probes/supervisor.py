@@ -81,7 +81,7 @@ class ProbeSupervisor:
                  metrics: ProbeMetrics, clock: Clock) -> None:
         self.settings, self.jobs, self.http, self.windows = settings, jobs, http, windows
         self.samples, self.version_sink, self.metrics, self.clock = samples, versions, metrics, clock
-        self._golden: dict[str, tuple[GoldenRequest, ...]] = {}
+        self._golden = self.read_golden(settings)  # ConfigError now, not when probes start
         self._loops: dict[TargetKey, asyncio.Task[None]] = {}
         self._probes: dict[TargetKey, RestPredictProbe | GrpcPredictProbe] = {}
         self._recent: dict[str, deque[dict[str, Any]]] = {}
@@ -111,8 +111,6 @@ class ProbeSupervisor:
                 del results[probe]
 
     def start(self) -> None:
-        if not self._golden:
-            self._golden = self.read_golden(self.settings)
         for name, endpoint in self.settings.endpoints.items():
             models = [m.name for m in self.settings.models if m.serving == name]
             if endpoint.settings.grpc_address and models:
