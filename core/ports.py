@@ -9,6 +9,7 @@ Implementations live with their stage (``tfwarden.daemon.state.SQLiteStateStore`
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,8 +39,10 @@ class StateStore(Protocol):
 
     ``append`` adds an event to the append-only journal and returns its id; ``entries`` reads
     events after ``after_id`` in id order, optionally filtered by kind and model; ``put``/``get``
-    store JSON-serialisable values by key (``get`` returns None when absent). Methods raise
-    StateError when the store cannot be used.
+    store JSON-serialisable values by key (``get`` returns None when absent); what is written
+    inside ``transaction()`` commits together or not at all; ``prune`` applies the journal's
+    retention (the oldest entries only) and returns how many went. Methods raise StateError
+    when the store cannot be used.
     """
 
     def append(self, t: float, kind: str, payload: dict[str, Any], model: str | None = None) -> int:
@@ -52,17 +55,24 @@ class StateStore(Protocol):
 
     def get(self, key: str) -> Any: ...
 
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+    def prune(self, now: float, max_age_seconds: float, max_bytes: int) -> int: ...
+
     def checkpoint(self) -> None: ...
 
     def close(self) -> None: ...
 
 
 class KeyValueStore(Protocol):
-    """The part of the state store a stage keeps its own state in."""
+    """The part of the state store a stage keeps its own state in; a ``transaction`` also
+    takes in what the journal appends meanwhile (both live in one store)."""
 
     def put(self, key: str, value: Any, t: float) -> None: ...
 
     def get(self, key: str) -> Any: ...
+
+    def transaction(self) -> AbstractContextManager[None]: ...
 
 
 class Journal(Protocol):

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -28,12 +29,18 @@ from tfwarden.core.errors import ConfigError, StartupError
 from tfwarden.core.events import ConfigLoaded, ConfigReloadFailed, DaemonStarting, DaemonStopped, Event
 from tfwarden.core.ports import StateStore
 from tfwarden.daemon import build, tracing
-from tfwarden.daemon.config import Config, load_config, read_bearer_token, read_ingest_tokens
+from tfwarden.daemon.config import (
+    Config,
+    load_config,
+    read_bearer_token,
+    read_ingest_tokens,
+    tls_context,
+)
 from tfwarden.daemon.http import create_app
 from tfwarden.daemon.jobs import JobRunner
 from tfwarden.daemon.logs import set_level
 from tfwarden.daemon.recorder import Recorder
-from tfwarden.daemon.sdnotify import SystemdNotifier, watchdog_loop
+from tfwarden.daemon.sdnotify import SystemdNotifier, lag_monitor, watchdog_loop
 from tfwarden.daemon.state import SQLiteStateStore
 from tfwarden.detectors.alerts import receive
 from tfwarden.serving.tfserving import protos
@@ -44,8 +51,10 @@ HEAVY_MODULES = ("tensorflow.python", "alibi_detect", "tensorflow_model_optimiza
                  "tf_keras", "torch")
 HEARTBEAT_SECONDS = 1.0
 CHECKPOINT_SECONDS = 300.0
+RETENTION_SECONDS = 3600.0
+LAG_SAMPLE_SECONDS = 0.1
 HTTP_STOP_SECONDS = 1.0
-RESTART_ONLY_FIELDS = (("server", "listen"), ("state_dir",), ("tracing",))
+RESTART_ONLY_FIELDS = (("server", "listen"), ("server", "tls"), ("state_dir",), ("tracing",))
 
 
 def heavy_modules_loaded() -> list[str]:
@@ -86,6 +95,7 @@ class Daemon:
         self.process: build.Process | None = None
         self.pipeline: build.Pipeline | None = None
         self._token: str | None = None
+        self._tls: ssl.SSLContext | None = None
         self._ingest_tokens: tuple[str, ...] = ()
         self._ready = False
         self._stopping = False
@@ -188,6 +198,8 @@ class Daemon:
             try:
                 new = load_config(self.config_path)
                 token, ingest = read_bearer_token(new), read_ingest_tokens(new)
+                if self._tls is not None and new.server.tls:
+                    tls_context(new, live=self._tls)
                 assert self.pipeline is not None and self.process is not None
                 await build.reconfigure(self.pipeline, new, self.process)
             except ConfigError as exc:
@@ -233,6 +245,7 @@ class Daemon:
         self._install_signal_handlers()
         config = load_config(self.config_path)
         token, ingest = read_bearer_token(config), read_ingest_tokens(config)
+        self._tls = tls_context(config)
         self.process = build.Process(self.clock, self.recorder,
                                      self._store_factory(config.state_dir), self.jobs)
         tracing.setup(config.tracing, self.version)
@@ -244,10 +257,13 @@ class Daemon:
         self._add_jobs()
         self.pipeline = build.build(config, self.process)
         await build.start(self.pipeline, self.jobs, self.clock)
-        server = _EmbeddedServer(uvicorn.Config(
+        http_config = uvicorn.Config(
             create_app(self), log_config=None, access_log=False, lifespan="off",
             timeout_graceful_shutdown=int(HTTP_STOP_SECONDS), server_header=False,
-        ))
+        )
+        http_config.load()
+        http_config.ssl = self._tls  # ours, so that a reload can load a renewed certificate
+        server = _EmbeddedServer(http_config)
         serve_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
         while not server.started:
             if serve_task.done():
@@ -312,13 +328,27 @@ class Daemon:
     def _add_jobs(self) -> None:
         self.jobs.add("heartbeat", self._heartbeat, HEARTBEAT_SECONDS)
         self.jobs.add("state-checkpoint", self._checkpoint, CHECKPOINT_SECONDS, jitter=10)
+        self.jobs.add("journal-retention", self._retention, RETENTION_SECONDS, jitter=60,
+                      run_now=True)
+        self._spawn(lambda: lag_monitor(LAG_SAMPLE_SECONDS, self.recorder.loop_lag))
 
     async def _heartbeat(self) -> None:
         self._last_heartbeat = time.monotonic()
 
-    async def _checkpoint(self) -> None:
+    async def _checkpoint(self) -> None:  # SQLite and its fsyncs work in a thread, not the loop
         if self.process is not None:
-            self.process.store.checkpoint()
+            await asyncio.to_thread(self.process.store.checkpoint)
+
+    async def _retention(self) -> None:
+        if self.process is None or self.config is None:
+            return
+        keep = self.config.journal
+        pruned = await asyncio.to_thread(self.process.store.prune, self.clock.now(),
+                                         keep.max_age_days * 86400,
+                                         int(keep.max_size_mb * 1024 * 1024))
+        self.recorder.journal_pruned(pruned)
+        if pruned:
+            log.info("journal retention: %d oldest entries deleted", pruned)
 
     def _start_watchdog(self) -> None:
         usec = self.notifier.watchdog_usec
@@ -328,7 +358,7 @@ class Daemon:
         self._spawn(lambda: watchdog_loop(
             self.notifier, interval, max_lag_seconds=interval / 2,
             is_progressing=self._scheduler_progressing,
-            on_ping=self.recorder.watchdog_pinged, on_lag=self.recorder.loop_lag,
+            on_ping=self.recorder.watchdog_pinged,
         ))
         log.info("systemd watchdog: pinging every %.2fs", interval)
 
@@ -365,7 +395,9 @@ def _restart_only_changes(old: Config, new: Config) -> list[str]:
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose proto
+    # says TCP; without it every answer on a kept-alive connection waits ~40 ms (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

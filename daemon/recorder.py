@@ -22,6 +22,7 @@ from prometheus_client import (
 disable_created_metrics()  # type: ignore[no-untyped-call] # *_created series double the page and no alert uses them
 
 JOB_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 PROBE_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
                          0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10)
 
@@ -71,10 +72,13 @@ class Recorder:
         self._job_last_success = Gauge(
             "tfwarden_job_last_success_timestamp_seconds",
             "Unix time a job last finished without error.", ["job"], registry=r)
-        self._loop_lag = Gauge(
+        self._loop_lag = Histogram(
             "tfwarden_event_loop_lag_seconds",
-            "How late the event loop ran the last heartbeat; high values mean a blocked loop.",
-            registry=r)
+            "How late the event loop woke up (sampled every 0.1 s); high values mean work "
+            "blocking the loop.", buckets=LOOP_LAG_BUCKETS, registry=r)
+        self._journal_pruned = Counter(
+            "tfwarden_journal_pruned_entries_total",
+            "Journal entries deleted by retention (the oldest first).", registry=r)
         self._watchdog_pings = Counter(
             "tfwarden_watchdog_pings_total", "WATCHDOG=1 notifications sent to systemd.",
             registry=r)
@@ -194,7 +198,10 @@ class Recorder:
             self._job_last_success.labels(job=job).set(t)
 
     def loop_lag(self, seconds: float) -> None:
-        self._loop_lag.set(seconds)
+        self._loop_lag.observe(seconds)
+
+    def journal_pruned(self, entries: int) -> None:
+        self._journal_pruned.inc(entries)
 
     def watchdog_pinged(self) -> None:
         self._watchdog_pings.inc()

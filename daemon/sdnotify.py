@@ -99,3 +99,12 @@ async def watchdog_loop(
             log.warning("scheduler is not making progress; withholding WATCHDOG=1")
         elif notifier.notify("WATCHDOG=1"):
             on_ping()
+
+
+async def lag_monitor(interval_seconds: float, on_lag: Callable[[float], None]) -> None:
+    """Measure how late the event loop wakes up, every ``interval_seconds``, for as long as
+    the daemon runs (``tfwarden_event_loop_lag_seconds``)."""
+    while True:
+        expected = time.monotonic() + interval_seconds
+        await asyncio.sleep(interval_seconds)
+        on_lag(max(0.0, time.monotonic() - expected))

@@ -11,7 +11,8 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,29 @@ MIGRATIONS: Sequence[str] = (
         updated_t  REAL NOT NULL
     );
     """,
+    # Retention: rows below ``floor_id`` may be deleted (oldest first); every row at or above it
+    # stays append-only, and the floor never moves down.
+    """
+    CREATE TABLE journal_floor (
+        one      INTEGER PRIMARY KEY CHECK (one = 1),
+        floor_id INTEGER NOT NULL
+    );
+    INSERT INTO journal_floor (one, floor_id) VALUES (1, 0);
+    CREATE TRIGGER journal_floor_no_lowering BEFORE UPDATE ON journal_floor
+        WHEN NEW.floor_id < OLD.floor_id
+        BEGIN SELECT RAISE(ABORT, 'the journal floor never moves down'); END;
+    CREATE TRIGGER journal_floor_no_delete BEFORE DELETE ON journal_floor
+        BEGIN SELECT RAISE(ABORT, 'the journal floor stays'); END;
+    DROP TRIGGER journal_no_delete;
+    CREATE TRIGGER journal_no_delete BEFORE DELETE ON journal
+        WHEN OLD.id >= (SELECT floor_id FROM journal_floor)
+        BEGIN SELECT RAISE(ABORT, 'journal is append-only'); END;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+# A row's share of the database file beyond its payload (ids, time, kind, model, indexes).
+ROW_OVERHEAD_BYTES = 96
+PRUNE_BATCH = 2000  # rows deleted per transaction
 
 
 
@@ -68,7 +90,8 @@ class SQLiteStateStore:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = Path(state_dir) / DB_NAME
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._depth = 0
         _check_state_dir(Path(state_dir))
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -133,6 +156,66 @@ class SQLiteStateStore:
         with self._lock:
             row = self._run("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything written inside commits together or not at all (nests; the outermost
+        commits). Other threads wait for it to end."""
+        with self._lock:
+            self._depth += 1
+            try:
+                if self._depth == 1:
+                    self._run("BEGIN IMMEDIATE", ())
+                yield
+            except BaseException:
+                if self._depth == 1 and self._db.in_transaction:
+                    self._db.rollback()
+                raise
+            else:
+                if self._depth == 1:
+                    self._run("COMMIT", ())
+            finally:
+                self._depth -= 1
+
+    def prune(self, now: float, max_age_seconds: float, max_bytes: int) -> int:
+        """Journal retention: delete the oldest entries that are older than ``max_age_seconds``
+        or beyond the newest ``max_bytes`` (payloads plus a fixed row overhead), by raising the
+        floor below which deletion is allowed. The floor is found on a reading connection of
+        its own and the rows go in short transactions of ``PRUNE_BATCH``, so writers wait for
+        milliseconds, not for the whole pruning. Returns how many entries went."""
+        target = self._retention_floor(now, max_age_seconds, max_bytes)
+        pruned = 0
+        while True:
+            with self.transaction():
+                current = int(self._run("SELECT floor_id FROM journal_floor", ()).fetchone()[0])
+                if current >= target:
+                    return pruned
+                floor = min(target, max(current, self._oldest_id()) + PRUNE_BATCH)
+                self._run("UPDATE journal_floor SET floor_id = ?", (floor,))
+                pruned += int(self._run("DELETE FROM journal WHERE id < ?", (floor,)).rowcount)
+
+    def _oldest_id(self) -> int:
+        return int(self._run("SELECT COALESCE(MIN(id), 0) FROM journal", ()).fetchone()[0])
+
+    def _retention_floor(self, now: float, max_age_seconds: float, max_bytes: int) -> int:
+        """The lowest id retention keeps (read without holding the writers' lock)."""
+        try:
+            reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            raise StateError(_explain(self.path, exc)) from exc
+        try:
+            by_age = reader.execute(
+                "SELECT COALESCE(MIN(id), (SELECT COALESCE(MAX(id), 0) + 1 FROM journal)) "
+                "FROM journal WHERE t >= ?", (now - max_age_seconds,)).fetchone()[0]
+            over = reader.execute(
+                "SELECT id FROM (SELECT id, SUM(length(payload) + ?) OVER (ORDER BY id DESC) "
+                "AS kept FROM journal WHERE id >= ?) WHERE kept > ? ORDER BY id DESC LIMIT 1",
+                (ROW_OVERHEAD_BYTES, by_age, max_bytes)).fetchone()
+        except sqlite3.Error as exc:
+            raise StateError(_explain(self.path, exc)) from exc
+        finally:
+            reader.close()
+        return max(int(by_age), int(over[0]) + 1 if over is not None else 0)
 
     def checkpoint(self) -> None:
         """Fold the WAL back into the database file so it does not grow without bound."""

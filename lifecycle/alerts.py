@@ -67,8 +67,8 @@ class AlertBook:
             self._resolve(self.active.pop(key))
 
     def _fire(self, alert: Alert) -> None:
+        self.sink.submit([alert])  # first: a page goes out even when the journal cannot grow
         self.journal.record(AlertFired(alert.labels, alert.annotations.get("summary", "")))
-        self.sink.submit([alert])
 
     def _resolve(self, alert: Alert) -> None:
         self.journal.record(AlertResolved(alert.labels))

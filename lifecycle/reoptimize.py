@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 from tfwarden.core import trace
 from tfwarden.core.errors import OptimizeError, ServingError
 from tfwarden.core.events import (
+    Event,
     Reoptimized,
     ReoptimizeFailed,
     ReoptimizeRefused,
@@ -24,7 +26,7 @@ from tfwarden.core.events import (
     ReoptimizeSkipped,
     ReoptimizeStarted,
 )
-from tfwarden.core.ports import CalibrationSource, CapturedRows, Journal, Row
+from tfwarden.core.ports import CalibrationSource, CapturedRows, Journal, KeyValueStore, Row
 from tfwarden.optimizers.methods import METHODS
 from tfwarden.optimizers.pipeline import Request, Runner, optimize
 from tfwarden.optimizers.publish import optimized_from
@@ -32,6 +34,10 @@ from tfwarden.optimizers.settings import OptimizeSettings
 
 log = logging.getLogger("tfwarden.lifecycle")
 MIN_CAPTURED_ROWS = 100
+
+
+def pending_key(model: str) -> str:
+    return f"reoptimize/{model}/pending"
 
 
 class HasBasePath(Protocol):
@@ -58,8 +64,10 @@ def calibration_csv(path: Path, features: list[str], rows: list[Row]) -> Path | 
 class Reoptimizer:
     def __init__(self, models: Mapping[str, OptimizeSettings], work_dir: Path, journal: Journal,
                  alerts: FailureAlerts, captured: CapturedRows | None = None,
-                 calibration: CalibrationSource | None = None, runner: Runner | None = None) -> None:
+                 calibration: CalibrationSource | None = None, runner: Runner | None = None,
+                 store: KeyValueStore | None = None) -> None:
         self.models, self.work_dir, self.journal, self.alerts = dict(models), work_dir, journal, alerts
+        self.store = store
         self.captured, self.calibration = captured, calibration
         self.runner = runner or Runner()  # one optimizer worker at a time, killed on stop
         self._running: set[str] = set()
@@ -87,33 +95,75 @@ class Reoptimizer:
             return
         self._running.add(model)
         assert stable is not None
-        intent = self.journal.record(ReoptimizeStarted(model, method, stable, origin))
+        intent: int | None = None
         try:
+            intent = self._start(model, method, stable, origin)
             with trace.span("optimize", model=model, method=method, source_version=stable,
                             origin=origin) as current:
                 try:
                     report = await optimize(request, self.runner, {"origin": origin})
-                except OptimizeError as exc:
+                except Exception as exc:
                     current.fail(str(exc))
                     raise
                 current.set(accepted=report.accepted, version=report.version,
                             reasons=report.reasons)
-        except OptimizeError as exc:
-            self.journal.record(ReoptimizeFailed(intent, model, str(exc)))
-            self.alerts.failed(model, f"reoptimize ({method})", str(exc), "ticket")
+        except Exception as exc:  # whatever failed is an outcome (a stop leaves it pending)
+            error = str(exc) if isinstance(exc, OptimizeError) else f"{type(exc).__name__}: {exc}"
+            if intent is not None:
+                self._outcome(model, ReoptimizeFailed(intent, model, error[:500]))
+            self.alerts.failed(model, f"reoptimize ({method})", error[:500], "ticket")
             return
         finally:
             self._running.discard(model)
         if report.accepted:
-            self.journal.record(Reoptimized(intent, model, report.to_json()))
+            self._outcome(model, Reoptimized(intent, model, report.to_json()))
             log.info("model %s: %s of v%s published as version %s", model, method, stable,
                      report.version)
             return
-        self.journal.record(ReoptimizeRejected(intent, model, report.to_json()))
+        self._outcome(model, ReoptimizeRejected(intent, model, report.to_json()))
         log.warning("model %s: %s candidate of v%s rejected: %s", model, method, stable,
                     "; ".join(report.reasons))
         self.alerts.failed(model, f"reoptimize ({method})",
                            "candidate rejected: " + "; ".join(report.reasons), "ticket")
+
+    def _start(self, model: str, method: str, stable: int, origin: str) -> int:
+        """Journal the start and keep it pending, in one transaction."""
+        if self.store is None:
+            return self.journal.record(ReoptimizeStarted(model, method, stable, origin))
+        with self.store.transaction():
+            intent = self.journal.record(ReoptimizeStarted(model, method, stable, origin))
+            self.store.put(pending_key(model), {"intent_id": intent, "method": method,
+                                                "source_version": stable}, time.time())
+        return intent
+
+    def _outcome(self, model: str, event: Event) -> None:
+        """Journal the outcome and clear the pending start, in one transaction."""
+        if self.store is None:
+            self.journal.record(event)
+            return
+        with self.store.transaction():
+            self.journal.record(event)
+            self.store.put(pending_key(model), None, time.time())
+
+    def resume(self, model: str, server: HasBasePath) -> None:
+        """A reoptimization a stop or crash interrupted gets its one outcome: the variant it
+        published (publishing is one atomic rename), else failed (run it again)."""
+        pending = self.store.get(pending_key(model)) if self.store is not None else None
+        if pending is None:
+            return
+        intent, method, stable = pending["intent_id"], pending["method"], pending["source_version"]
+        try:
+            published = optimized_from(server.base_path(model), stable, method)
+        except ServingError:
+            published = None
+        if published is not None:
+            self._outcome(model, Reoptimized(intent, model, {
+                "method": method, "source_version": stable, "version": published,
+                "accepted": True, "note": "published before a restart; the gate's report is lost"}))
+            return
+        error = "interrupted by a stop or crash before anything was published; run it again"
+        self._outcome(model, ReoptimizeFailed(intent, model, error))
+        self.alerts.failed(model, f"reoptimize ({method})", error, "ticket")
 
     def _request(self, model: str, stable: int | None, server: HasBasePath,
                  settings: OptimizeSettings, method: str,

@@ -5,10 +5,11 @@ Per managed model (a model config file on its endpoint and ``lifecycle.enabled``
   change is told to the listener (the detectors' role tracker) at once;
 - every ``POLICY_SECONDS`` the policy decides on the current findings; actions run one at a time
   per model (a lock), unless they are dry runs or wait for an approval;
-- before an action runs, its intent is journaled and kept as ``pending``; after it, the outcome
-  is journaled and the pending intent cleared. A daemon killed (or stopped) in between finds the
-  pending intent at start-up and completes it (every action drives the server to a target plan,
-  so running it again is safe), journaling the outcome once.
+- before an action runs, its intent is journaled and kept as ``pending`` (one transaction);
+  after it, the outcome is journaled, the status saved and the pending intent cleared (one
+  transaction). A daemon killed (or stopped) in between finds the pending intent at start-up and
+  completes it (every action drives the server to a target plan, so running it again is safe),
+  journaling the outcome once.
 ``reconfigure`` keeps statuses, pending approvals, decision history and in-flight actions.
 """
 
@@ -23,7 +24,13 @@ from typing import Any
 
 from tfwarden.core import trace
 from tfwarden.core.clock import Clock
-from tfwarden.core.errors import ActionRefused, LifecycleError, ServingError, TfwardenError
+from tfwarden.core.errors import (
+    ActionRefused,
+    LifecycleError,
+    ServingError,
+    StateError,
+    TfwardenError,
+)
 from tfwarden.core.events import (
     ActionDone,
     ActionFailed,
@@ -120,6 +127,8 @@ class LifecycleRunner:
         stored = self.store.get(status_key(name))
         self.save(ModelStatus.from_json(stored) if stored is not None else await self._adopt(
             self.models[name]))
+        if self.reoptimizer is not None:
+            self.reoptimizer.resume(name, self.models[name].server)
         pending = self.store.get(pending_key(name))
         if pending is None:
             await self.apply_routing(name)
@@ -128,8 +137,9 @@ class LifecycleRunner:
         try:
             action = action_from(pending["action"], pending["params"])
         except ActionRefused as exc:  # a pending record this version cannot read: say so once
-            self._failed(name, pending["action"], pending["intent_id"], str(exc))
-            self.store.put(pending_key(name), None, self.clock.now())
+            with self.store.transaction():
+                self._failed(name, pending["action"], pending["intent_id"], str(exc))
+                self.store.put(pending_key(name), None, self.clock.now())
             return
         await self.run(name, action, pending["origin"], intent_id=pending["intent_id"])
 
@@ -267,11 +277,7 @@ class LifecycleRunner:
                             action.name)
                 return
             if intent_id is None:
-                intent_id = self.journal.record(ActionIntended(model, action.name, action.params,
-                                                               origin, status))
-                self.store.put(pending_key(model), {
-                    "model": model, "action": action.name, "params": action.params,
-                    "origin": origin, "from": status.to_json(), "intent_id": intent_id}, started)
+                intent_id = self._intend(model, action, origin, status, started)
             with trace.span(f"lifecycle.{action.name}", model=model, origin=origin,
                             params=action.params, intent_id=intent_id) as current:
                 try:  # the table is asked first: nothing moves for an action it refuses
@@ -280,13 +286,35 @@ class LifecycleRunner:
                     await carry_out(action, status, managed.server, managed.router)
                 except Exception as exc:  # whatever failed is journaled, alerted, not pending
                     current.fail(str(exc))
-                    self._failed(model, action.name, intent_id, _one_line(exc))
+                    with self.store.transaction():  # the outcome and the cleared marker, at once
+                        self._failed(model, action.name, intent_id, _one_line(exc))
+                        self.store.put(pending_key(model), None, self.clock.now())
                 else:
                     current.set(phase=new.phase.value, weight=new.weight,
                                 stable_version=new.stable_version,
                                 canary_version=new.canary_version)
-                    self._done(model, action, intent_id, started, new, origin)
-            self.store.put(pending_key(model), None, self.clock.now())
+                    with self.store.transaction():
+                        self._done(model, action, intent_id, started, new, origin)
+                        self.store.put(pending_key(model), None, self.clock.now())
+
+    def _intend(self, model: str, action: Action, origin: str, status: ModelStatus,
+                started: float) -> int:
+        """Journal the intent and keep it pending, in one transaction (a crash leaves both or
+        neither). A store that cannot take them (a full disk) refuses the action before it
+        starts: alerted, and raised to the caller."""
+        try:
+            with self.store.transaction():
+                intent_id = self.journal.record(ActionIntended(model, action.name, action.params,
+                                                               origin, status))
+                self.store.put(pending_key(model), {
+                    "model": model, "action": action.name, "params": action.params,
+                    "origin": origin, "from": status.to_json(), "intent_id": intent_id}, started)
+        except StateError as exc:
+            self.metrics.action(model, action.name, "failure")
+            self.alerts.failed(model, action.name, f"not started: {exc}")
+            log.error("model %s: %s not started: %s", model, action.name, exc)
+            raise
+        return intent_id
 
     def _done(self, model: str, action: Action, intent_id: int, started: float,
               status: ModelStatus, origin: str) -> None:
@@ -314,7 +342,12 @@ class LifecycleRunner:
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("lifecycle task ended with %s", _one_line(exc))  # already alerted
 
     # -- configuration and shutdown --------------------------------------------------------
     def reconfigure(self, models: Mapping[str, ManagedModel]) -> list[str]:

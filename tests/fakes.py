@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,11 @@ class MemoryStateStore:
     def __init__(self) -> None:
         self._journal: list[JournalEntry] = []
         self._kv: dict[str, str] = {}
+        self._last_id = 0
 
     def append(self, t: float, kind: str, payload: dict[str, Any], model: str | None = None) -> int:
-        entry = JournalEntry(len(self._journal) + 1, t, kind, model,
-                             json.loads(json.dumps(payload)))
+        self._last_id += 1
+        entry = JournalEntry(self._last_id, t, kind, model, json.loads(json.dumps(payload)))
         self._journal.append(entry)
         return entry.id
 
@@ -57,6 +59,26 @@ class MemoryStateStore:
     def get(self, key: str) -> Any:
         raw = self._kv.get(key)
         return None if raw is None else json.loads(raw)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        journal, kv, last_id = list(self._journal), dict(self._kv), self._last_id
+        try:
+            yield
+        except BaseException:
+            self._journal[:], self._kv, self._last_id = journal, kv, last_id
+            raise
+
+    def prune(self, now: float, max_age_seconds: float, max_bytes: int) -> int:
+        kept, size = [], 0
+        for entry in reversed(self._journal):
+            size += len(json.dumps(entry.payload, sort_keys=True)) + 96
+            if entry.t < now - max_age_seconds or size > max_bytes:
+                break
+            kept.append(entry)
+        gone = len(self._journal) - len(kept)
+        self._journal[:] = list(reversed(kept))
+        return gone
 
     def checkpoint(self) -> None:
         pass

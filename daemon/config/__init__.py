@@ -9,6 +9,7 @@ are resolved against the directory of the file. The sections are the stages' own
 from __future__ import annotations
 
 import re
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,27 @@ def read_ingest_tokens(config: Config) -> tuple[str, ...]:
     tokens = (_read_token(config.server.ingest_token_file, "server.ingest_token_file"),
               read_bearer_token(config))
     return tuple(t for t in tokens if t is not None)
+
+
+def tls_context(config: Config, live: ssl.SSLContext | None = None) -> ssl.SSLContext | None:
+    """The HTTPS server's TLS context (None without ``server.tls_cert_file``). With ``live``,
+    the files are first loaded into a new context, then into ``live``: handshakes from now on
+    use the new certificate, and a pair that does not load leaves ``live`` as it was."""
+    server = config.server
+    if server.tls_cert_file is None or server.tls_key_file is None:
+        return None
+    fresh = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    fresh.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        fresh.load_cert_chain(server.tls_cert_file, server.tls_key_file)
+        if live is not None:
+            live.load_cert_chain(server.tls_cert_file, server.tls_key_file)
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(str(server.tls_cert_file), [ConfigProblem(
+            "server.tls_cert_file", f"certificate and key do not load as a PEM pair: {reason}")]) \
+            from exc
+    return live or fresh
 
 
 def _read_token(token_file: Path | None, where: str) -> str | None:

@@ -7,7 +7,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, Field, ValidationInfo, field_validator
+from pydantic import AnyHttpUrl, Field, ValidationInfo, field_validator, model_validator
 
 from tfwarden.core.settings import NAME, Name, Settings, existing_file, resolve_path, split_host_port
 from tfwarden.detectors.alerts import ReceiveRule
@@ -36,6 +36,10 @@ class ServerConfig(Settings):
     shutdown_grace_seconds: float = Field(
         5.0, gt=0, le=8, description="How long in-flight jobs may run after SIGTERM."
     )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain) to serve HTTPS with; read again on reload.")
+    tls_key_file: Path | None = Field(
+        None, description="PEM private key of tls_cert_file; read again on reload.")
 
     @field_validator("listen")
     @classmethod
@@ -57,6 +61,22 @@ class ServerConfig(Settings):
             raise ValueError(f"{what} {str(value)!r} is empty")
         return value
 
+    @field_validator("tls_cert_file", "tls_key_file")
+    @classmethod
+    def _check_tls_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        what = "TLS certificate file" if info.field_name == "tls_cert_file" else "TLS key file"
+        return existing_file(value, info, what)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
     @property
     def host(self) -> str:
         return split_host_port(self.listen)[0]
@@ -72,6 +92,16 @@ class ServerConfig(Settings):
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+
+class JournalConfig(Settings):
+    """Retention of the state journal (docs/operations.md): the oldest entries go first, once
+    older than ``max_age_days`` or beyond the newest ``max_size_mb``; what is kept stays
+    append-only."""
+
+    max_age_days: float = Field(90.0, gt=0, description="Entries older than this are deleted.")
+    max_size_mb: float = Field(
+        256.0, ge=1, description="Payload size (plus a fixed overhead per entry) kept at most.")
 
 
 class LoggingConfig(Settings):
@@ -131,6 +161,7 @@ class Config(Settings):
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
     state_dir: Path = Field(description="Directory of the SQLite state (journal, lifecycle).")
+    journal: JournalConfig = JournalConfig()
     serving: dict[Annotated[str, Field(pattern=NAME)], EndpointSettings] = {}
     models: list[ModelConfig] = []
     memory: list[MemoryTargetSettings] = []

@@ -178,3 +178,54 @@ def test_close_does_not_raise(open_store: Callable[[], StateStore]) -> None:
     opened.put("k", 1, 1.0)
     opened.checkpoint()
     opened.close()
+
+
+def test_a_transaction_commits_the_journal_and_values_together(store: StateStore) -> None:
+    with store.transaction():
+        entry_id = store.append(1.0, "action_intended", {"action": "rollback"}, model="m")
+        store.put("pending", {"intent_id": entry_id}, 1.0)
+    assert store.get("pending") == {"intent_id": entry_id}
+    assert [e.id for e in store.entries()] == [entry_id]
+
+
+def test_a_failed_transaction_keeps_neither_the_entry_nor_the_value(store: StateStore) -> None:
+    store.put("pending", "before", 0.0)
+    with pytest.raises(RuntimeError), store.transaction():
+        store.append(1.0, "action_intended", {}, model="m")
+        store.put("pending", "after", 1.0)
+        raise RuntimeError("crash between the two writes")
+    assert store.entries() == []
+    assert store.get("pending") == "before"
+    later = store.append(2.0, "daemon_started", {})
+    assert [e.id for e in store.entries()] == [later]
+
+
+def test_transactions_nest_and_the_outermost_decides(store: StateStore) -> None:
+    with pytest.raises(RuntimeError), store.transaction():
+        with store.transaction():
+            store.put("k", 1, 1.0)
+        raise RuntimeError("outer fails")
+    assert store.get("k") is None
+
+
+def test_prune_drops_only_the_oldest_entries_by_age(store: StateStore) -> None:
+    ids = [store.append(float(t), "tick", {"t": t}) for t in range(10)]
+    assert store.prune(now=10.0, max_age_seconds=5.0, max_bytes=10**9) == 5
+    assert [e.id for e in store.entries()] == ids[5:]
+    assert store.prune(now=10.0, max_age_seconds=5.0, max_bytes=10**9) == 0
+    assert store.append(11.0, "tick", {}) > ids[-1]  # ids are never reused
+
+
+def test_prune_keeps_the_newest_entries_within_the_size(store: StateStore) -> None:
+    ids = [store.append(float(t), "tick", {"pad": "x" * 900}) for t in range(10)]
+    assert store.prune(now=10.0, max_age_seconds=10**9, max_bytes=3 * 1024) == 7
+    assert [e.id for e in store.entries()] == ids[7:]
+
+
+def test_prune_of_everything_old_leaves_an_empty_journal_that_grows_again(
+        store: StateStore) -> None:
+    for t in range(3):
+        store.append(float(t), "tick", {})
+    assert store.prune(now=1000.0, max_age_seconds=1.0, max_bytes=10**9) == 3
+    assert store.entries() == []
+    assert store.append(1001.0, "tick", {}) > 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import socket
 import sqlite3
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -141,3 +142,68 @@ def test_metrics_pass_promtool_lint(daemon_factory: Factory) -> None:
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
+
+
+def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    import subprocess
+
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def _trusting(ca: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca))
+
+
+def _served_by(port: int, ca: Path) -> bool:
+    """A new TLS connection to the daemon verifies against ``ca`` (and answers /-/healthy)."""
+    import httpx
+
+    try:
+        with httpx.Client(verify=_trusting(ca), timeout=5.0) as client:
+            return client.get(f"https://127.0.0.1:{port}/-/healthy").status_code == 200
+    except httpx.ConnectError:
+        return False
+
+
+def test_tls_serves_https_and_a_reload_loads_a_renewed_certificate(tmp_path: Path) -> None:
+    import shutil
+
+    import httpx
+
+    first, second = _self_signed(tmp_path, "first"), _self_signed(tmp_path, "second")
+    shutil.copy(first[0], tmp_path / "tls.crt")
+    shutil.copy(first[1], tmp_path / "tls.key")
+    (tmp_path / "token").write_text("t0ken\n")
+    port = free_port()
+    config = tmp_path / "tfwarden.yaml"
+    config.write_text(f"server:\n  listen: 127.0.0.1:{port}\n  bearer_token_file: token\n"
+                      f"  tls_cert_file: tls.crt\n  tls_key_file: tls.key\n"
+                      f"state_dir: {tmp_path / 'state'}\n")
+    daemon = DaemonProcess(config, port)
+    daemon.client = httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=_trusting(first[0]),
+                                 timeout=5.0)
+    try:
+        daemon.wait_ready()
+        with pytest.raises(httpx.TransportError):  # plain HTTP gets no answer from a TLS port
+            httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=5.0)
+        assert _served_by(port, first[0]) and not _served_by(port, second[0])
+
+        shutil.copy(second[0], tmp_path / "tls.crt")  # renewed: a reload takes it
+        shutil.copy(second[1], tmp_path / "tls.key")
+        token = {"Authorization": "Bearer t0ken"}
+        assert daemon.client.post("/-/reload", headers=token).status_code == 200
+        assert _served_by(port, second[0]) and not _served_by(port, first[0])
+
+        (tmp_path / "tls.crt").write_text("not a certificate\n")  # broken: refused, kept
+        with httpx.Client(verify=_trusting(second[0]), timeout=5.0) as client:
+            refused = client.post(f"https://127.0.0.1:{port}/-/reload", headers=token)
+        assert refused.status_code == 400, refused.text
+        assert "server.tls_cert_file" in refused.json()["error"]
+        assert _served_by(port, second[0])
+    finally:
+        daemon.close()

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.fakes import FakeClock, FakeServer, MemoryStateStore, RecordingRouter
-from tfwarden.core.errors import ActionRefused
+from tfwarden.core.errors import ActionRefused, StateError
 from tfwarden.core.status import ModelStatus, Phase
 from tfwarden.core.types import Finding
 from tfwarden.daemon.recorder import Recorder
@@ -392,3 +392,94 @@ def test_a_version_that_fails_to_stage_backs_off_and_the_hour_has_a_limit(tmp_pa
     # back those at 630-2550 s until the try at 0 s is an hour old: 7 tries by 3660 s
     run(lambda: polls(3600, every=10))
     assert len([c for c in h.server.calls if c[0] == "stage_canary"]) == 7
+
+
+class FullDiskStore(MemoryStateStore):
+    """A store whose writes fail (ENOSPC) once ``full`` is set, as SQLite's would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full = False
+
+    def put(self, key: str, value: Any, t: float) -> None:
+        if self.full:
+            raise StateError("state.db: database or disk is full")
+        super().put(key, value, t)
+
+
+def test_a_full_disk_refuses_the_action_before_anything_moves(tmp_path: Path) -> None:
+    store = FullDiskStore()
+    h = Harness(tmp_path, store=store)
+    h.server.model_labels = {"stable": 1, "canary": 2}
+
+    async def scenario() -> None:
+        await h.runner.start()
+        store.full = True
+        with pytest.raises(StateError, match="disk is full"):
+            await h.runner.run("m", Promote(2), "test")
+
+    run(scenario)
+    assert "action_intent" not in h.kinds()  # the intent went with its pending marker
+    assert h.server.model_labels == {"stable": 1, "canary": 2} and h.router.applied == []
+    assert not [call for call in h.server.calls if call[0] == "promote"]
+    assert [a.labels["alertname"] for a in h.sent.alerts] == ["TfwardenActionFailed"]
+    store.full = False
+    assert h.store.get(pending_key("m")) is None
+
+
+def test_an_outcome_that_cannot_be_kept_leaves_the_intent_pending_for_one_outcome(
+        tmp_path: Path) -> None:
+    store = FullDiskStore()
+    h = Harness(tmp_path, store=store)
+    h.server.model_labels = {"stable": 1, "canary": 2}
+
+    async def scenario() -> None:
+        await h.runner.start()
+        promote = h.server.promote
+
+        async def promote_then_fill_the_disk(model: str, version: int) -> None:
+            await promote(model, version)
+            store.full = True
+
+        h.server.promote = promote_then_fill_the_disk  # type: ignore[method-assign]
+        with pytest.raises(StateError):
+            await h.runner.run("m", Promote(2), "test")
+
+    run(scenario)
+    assert "action_done" not in h.kinds()  # not journaled without its cleared marker
+    store.full = False
+    pending = h.store.get(pending_key("m"))
+    assert pending is not None and pending["action"] == "promote"
+    restarted = Harness(tmp_path, store=store)
+    restarted.server.model_labels = dict(h.server.model_labels)
+    run(restarted.runner.start)
+    outcomes = [e for e in store.entries(limit=100) if e.kind == "action_done"]
+    assert len(outcomes) == 1 and outcomes[0].payload["intent_id"] == pending["intent_id"]
+    assert restarted.status.stable_version == 2 and store.get(pending_key("m")) is None
+
+
+def test_a_pause_waits_for_the_running_action_and_is_not_overwritten(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.server.model_labels = {"stable": 1, "canary": 2}
+
+    async def scenario() -> None:
+        await h.runner.start()
+        release = asyncio.Event()
+        apply = h.router.apply
+
+        async def slow_apply(model: str, weight: int) -> None:
+            await release.wait()
+            await apply(model, weight)
+
+        h.router.apply = slow_apply  # type: ignore[method-assign]
+        step = asyncio.get_running_loop().create_task(h.runner.run("m", SetWeight(50), "rule"))
+        await asyncio.sleep(0.01)
+        pause = asyncio.get_running_loop().create_task(h.runner.manual("m", "pause"))
+        await asyncio.sleep(0.01)
+        assert not pause.done()  # the operator's request waits for the model's lock
+        release.set()
+        await asyncio.gather(step, pause)
+
+    run(scenario)
+    assert (h.status.phase, h.status.weight) == (Phase.PAUSED, 50)
+    assert h.store.get(status_key("m"))["phase"] == "paused"
