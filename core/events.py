@@ -169,13 +169,6 @@ class OperatorActed(Event):
 
 
 @dataclass(frozen=True)
-class PreviousUnloaded(Event):
-    kind: ClassVar[str] = "previous_unloaded"
-    model: str
-    version: int
-
-
-@dataclass(frozen=True)
 class _AlertEvent(Event):
     kind: ClassVar[str] = "alert"
     labels: Mapping[str, str]
@@ -276,6 +269,6 @@ class ReoptimizeRejected(Event):
 EVENTS: tuple[type[Event], ...] = (
     DaemonStarting, DaemonStopped, ConfigLoaded, ConfigReloadFailed, VerdictChanged,
     DecisionTaken, ApprovalRequested, ModelAdopted, NewVersionFound, ActionIntended, ActionDone,
-    ActionFailed, OperatorActed, PreviousUnloaded, AlertFired, AlertResolved, ReoptimizeRefused,
+    ActionFailed, OperatorActed, AlertFired, AlertResolved, ReoptimizeRefused,
     ReoptimizeSkipped, ReoptimizeStarted, ReoptimizeFailed, Reoptimized, ReoptimizeRejected)
 KINDS = frozenset(e.kind for e in EVENTS)

@@ -59,6 +59,15 @@ class Rollback(Action):
 
 
 @dataclass(frozen=True)
+class UnloadPrevious(Action):
+    """Unload ``version``, the previous good one kept loaded after a promotion for an instant
+    rollback (``keep_previous_seconds`` later)."""
+
+    name: ClassVar[str] = "unload_previous"
+    version: int
+
+
+@dataclass(frozen=True)
 class Pause(Action):
     """Stop automation for the model until resumed (an operator's request)."""
 
@@ -71,7 +80,7 @@ class Resume(Action):
 
 
 ACTIONS: dict[str, type[Action]] = {a.name: a for a in (StageCanary, SetWeight, Promote,
-                                                        Rollback, Pause, Resume)}
+                                                        Rollback, UnloadPrevious, Pause, Resume)}
 
 
 def action_from(name: str, params: Mapping[str, Any]) -> Action:
@@ -86,6 +95,8 @@ def action_from(name: str, params: Mapping[str, Any]) -> Action:
             return SetWeight(int(params["weight"]))
         if kind is Promote:
             return Promote(int(params["version"]))
+        if kind is UnloadPrevious:
+            return UnloadPrevious(int(params["version"]))
         if kind is Rollback:
             return Rollback(_int(params.get("to_version")), _int(params.get("from_version")))
     except (KeyError, TypeError, ValueError) as exc:

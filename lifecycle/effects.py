@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tfwarden.core.status import ModelStatus
-from tfwarden.lifecycle.actions import Action, Promote, Rollback, SetWeight, StageCanary
+from tfwarden.lifecycle.actions import Action, Promote, Rollback, SetWeight, StageCanary, UnloadPrevious
 from tfwarden.lifecycle.reconcile import rollback_target
 from tfwarden.lifecycle.routers.base import Router
 
@@ -69,3 +69,6 @@ async def carry_out(action: Action, status: ModelStatus, server: ModelServer,
         target = rollback_target(action, status)
         await router.apply(model, 0)  # traffic off the canary first
         await server.rollback(model, target)
+    elif isinstance(action, UnloadPrevious):
+        assert status.stable_version is not None  # reconcile.outcome refused it otherwise
+        await server.set_labels(model, {"stable": status.stable_version}, keep=())

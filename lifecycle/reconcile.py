@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tfwarden.core.errors import ActionRefused
 from tfwarden.core.status import ModelStatus, Phase, transition
 from tfwarden.core.types import Decision
@@ -21,6 +23,7 @@ from tfwarden.lifecycle.actions import (
     Rollback,
     SetWeight,
     StageCanary,
+    UnloadPrevious,
     action_from,
 )
 
@@ -93,6 +96,11 @@ def outcome(action: Action, status: ModelStatus, now: float, *,
         return transition(rolling, Phase.STABLE, now, stable_version=rollback_target(action, status),
                           previous_good=None, promoted_at=None, last_error="",
                           rejected=(*status.rejected, bad) if bad is not None else status.rejected)
+    if isinstance(action, UnloadPrevious):
+        if status.phase != Phase.STABLE or status.previous_good != action.version:
+            raise ActionRefused(f"model {status.model!r}: version {action.version} is not the "
+                                f"previous good version of a stable model")
+        return replace(status, previous_good=None)
     if isinstance(action, Pause):
         return transition(status, Phase.PAUSED, now, paused_from=status.phase)
     if isinstance(action, Resume):

@@ -5,19 +5,18 @@
   that fails to stage is tried again after a doubling backoff (poll interval x 2^failures, at
   most an hour), and at most ``max_auto_stagings_per_hour`` stagings start per model;
 - ``unload_previous``: ``keep_previous_seconds`` after a promotion the previous version, kept
-  loaded for an instant rollback, is unloaded.
+  loaded for an instant rollback, is unloaded (an action: intent, then outcome).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import replace
 
 from tfwarden.core.errors import ServingError
-from tfwarden.core.events import NewVersionFound, PreviousUnloaded
+from tfwarden.core.events import NewVersionFound
 from tfwarden.core.settings import default
 from tfwarden.core.status import Phase
-from tfwarden.lifecycle.actions import StageCanary
+from tfwarden.lifecycle.actions import StageCanary, UnloadPrevious
 from tfwarden.lifecycle.runner import LifecycleRunner, ManagedModel
 from tfwarden.lifecycle.settings import LifecycleSettings
 
@@ -78,12 +77,8 @@ class VersionWatcher:
                     or status.previous_good is None or runner.busy(name)
                     or now - status.promoted_at < managed.settings.keep_previous_seconds):
                 continue
-            async with runner.lock(name):
-                stable = status.stable_version
-                assert stable is not None
-                await managed.server.set_labels(name, {"stable": stable}, keep=())
-                runner.save(replace(status, previous_good=None))
-                runner.journal.record(PreviousUnloaded(name, status.previous_good))
+            await runner.run(name, UnloadPrevious(status.previous_good),
+                             "keep_previous_seconds elapsed")
 
     @property
     def interval(self) -> float:

@@ -229,16 +229,17 @@ def test_a_cancelled_action_stays_pending_and_a_restart_finishes_it_once(tmp_pat
 
     async def stopped_mid_promotion() -> None:
         await h.runner.start()
-        blocked = asyncio.Event()
+        moving, blocked = asyncio.Event(), asyncio.Event()
         promote = h.server.promote
 
         async def hang(model: str, version: int) -> None:
+            moving.set()
             await blocked.wait()
             await promote(model, version)
 
         h.server.promote = hang  # type: ignore[method-assign]
         task = asyncio.get_running_loop().create_task(h.runner.run("m", Promote(2), "test"))
-        await asyncio.sleep(0.01)
+        await asyncio.wait_for(moving.wait(), 30)
         task.cancel()  # SIGTERM during the label move
         await asyncio.gather(task, return_exceptions=True)
 
@@ -483,3 +484,25 @@ def test_a_pause_waits_for_the_running_action_and_is_not_overwritten(tmp_path: P
     run(scenario)
     assert (h.status.phase, h.status.weight) == (Phase.PAUSED, 50)
     assert h.store.get(status_key("m"))["phase"] == "paused"
+
+
+def test_the_previous_version_is_unloaded_once_as_an_action_after_the_keep_time(
+        tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.server.model_labels = {"stable": 1, "canary": 2}
+
+    async def scenario() -> None:
+        await h.runner.start()
+        await h.runner.manual("m", "promote")
+        await h.watcher.unload_previous()  # too early: version 1 stays for a rollback
+        assert h.server.versions.get(1) == "AVAILABLE" and h.status.previous_good == 1
+        h.clock.advance(LifecycleSettings().keep_previous_seconds + 1)
+        await h.watcher.unload_previous()
+        await h.watcher.unload_previous()  # nothing left to unload
+
+    run(scenario)
+    assert h.server.versions[1] == "END" and h.server.model_labels == {"stable": 2}
+    assert [c[0] for c in h.server.calls].count("set_labels") == 1
+    assert h.status.previous_good is None and h.store.get(pending_key("m")) is None
+    unloads = [e for e in h.store.entries(limit=100) if e.payload.get("action") == "unload_previous"]
+    assert [e.kind for e in unloads] == ["action_intent", "action_done"]
