@@ -24,8 +24,9 @@ from typing import Any
 
 import uvicorn
 
+from tfwarden.core import failpoints
 from tfwarden.core.clock import Clock, SystemClock
-from tfwarden.core.errors import ConfigError, StartupError
+from tfwarden.core.errors import ApiError, ConfigError, StartupError, StateError
 from tfwarden.core.events import ConfigLoaded, ConfigReloadFailed, DaemonStarting, DaemonStopped, Event
 from tfwarden.core.ports import StateStore
 from tfwarden.daemon import build, tracing
@@ -149,7 +150,10 @@ class Daemon:
 
     async def manual_action(self, model: str, action: str) -> dict[str, Any]:
         assert self.pipeline is not None
-        return await self.pipeline.runner.manual(model, action)
+        try:
+            return await self.pipeline.runner.manual(model, action)
+        except StateError as exc:  # a full disk: nothing started, or the outcome is pending
+            raise ApiError(503, f"the state store cannot take the action: {exc}") from None
 
     async def capture(self, model: str, body: bytes, client: str, kind: str,
                       version: int | None) -> dict[str, Any]:
@@ -246,6 +250,7 @@ class Daemon:
         config = load_config(self.config_path)
         token, ingest = read_bearer_token(config), read_ingest_tokens(config)
         self._tls = tls_context(config)
+        failpoints.arm(config.state_dir)
         self.process = build.Process(self.clock, self.recorder,
                                      self._store_factory(config.state_dir), self.jobs)
         tracing.setup(config.tracing, self.version)

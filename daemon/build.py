@@ -247,7 +247,9 @@ async def _start_lifecycle(p: Pipeline, jobs: Scheduler) -> None:
 
 def _schedule_watcher(p: Pipeline, jobs: Scheduler) -> None:
     jobs.add("new-versions", p.watcher.new_versions, p.watcher.interval)
-    jobs.add("unload-previous", p.watcher.unload_previous, UNLOAD_PREVIOUS_SECONDS)
+    keep = [m.settings.keep_previous_seconds for m in p.runner.models.values()]
+    jobs.add("unload-previous", p.watcher.unload_previous,  # on time for short keep times too
+             max(1.0, min([UNLOAD_PREVIOUS_SECONDS, *keep])))
 
 
 async def _restart_lifecycle(p: Pipeline, names: list[str]) -> None:

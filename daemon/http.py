@@ -6,6 +6,7 @@ Errors are always JSON ``{"error": "..."}`` with a 4xx/5xx status. Write endpoin
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from typing import Any, Protocol
@@ -70,6 +71,7 @@ class DaemonControl(Protocol):
 
 MAX_JSON_DEPTH = 64
 WEBHOOK_MAX_BYTES = 1024 * 1024  # Alertmanager batches stay far below this
+MAX_JOURNAL_ID = 2**63 - 1  # SQLite's largest INTEGER; a larger one cannot even be compared
 
 
 def _require_token(daemon: DaemonControl, request: Request,
@@ -159,6 +161,12 @@ def _errors_as_json(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first["loc"])
         return JSONResponse({"error": f"{where}: {first['msg']}"}, 422)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # a bug, not bad input: still JSON; the traceback goes to the log as before
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}) on {request.method} "
+                                      f"{request.url.path}; the daemon's log has the traceback"}, 500)
+
 
 def _process_routes(daemon: DaemonControl) -> APIRouter:
     """Metrics, health, readiness, reload, status and probe debugging."""
@@ -235,7 +243,10 @@ def _model_routes(daemon: DaemonControl) -> APIRouter:
                       model: str | None = None) -> dict[str, Any]:
         if not 1 <= limit <= 1000:
             raise ApiError(400, "limit must be between 1 and 1000")
-        return {"entries": daemon.journal(after, limit, kind, model)}
+        if not 0 <= after <= MAX_JOURNAL_ID:
+            raise ApiError(400, f"after must be a journal entry id between 0 and {MAX_JOURNAL_ID}")
+        # a read of up to 1,000 entries: SQLite in a thread, not on the event loop
+        return {"entries": await asyncio.to_thread(daemon.journal, after, limit, kind, model)}
 
     @routes.post("/api/v1/alertmanager")
     async def alertmanager(request: Request) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from tfwarden.core import trace
+from tfwarden.core import failpoints, trace
 from tfwarden.core.errors import OptimizeError, ServingError
 from tfwarden.core.events import (
     Event,
@@ -98,6 +98,7 @@ class Reoptimizer:
         intent: int | None = None
         try:
             intent = self._start(model, method, stable, origin)
+            failpoints.reached("reoptimize.after_intent")
             with trace.span("optimize", model=model, method=method, source_version=stable,
                             origin=origin) as current:
                 try:
@@ -107,6 +108,7 @@ class Reoptimizer:
                     raise
                 current.set(accepted=report.accepted, version=report.version,
                             reasons=report.reasons)
+            failpoints.reached("reoptimize.before_outcome")
         except Exception as exc:  # whatever failed is an outcome (a stop leaves it pending)
             error = str(exc) if isinstance(exc, OptimizeError) else f"{type(exc).__name__}: {exc}"
             if intent is not None:

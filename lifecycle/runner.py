@@ -22,7 +22,7 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tfwarden.core import trace
+from tfwarden.core import failpoints, trace
 from tfwarden.core.clock import Clock
 from tfwarden.core.errors import (
     ActionRefused,
@@ -283,7 +283,9 @@ class LifecycleRunner:
                 try:  # the table is asked first: nothing moves for an action it refuses
                     new = reconcile.outcome(action, status, started,
                                             shadow=managed.router.name == "shadow")
+                    failpoints.reached(f"{action.name}.after_intent")
                     await carry_out(action, status, managed.server, managed.router)
+                    failpoints.reached(f"{action.name}.before_outcome")
                 except Exception as exc:  # whatever failed is journaled, alerted, not pending
                     current.fail(str(exc))
                     with self.store.transaction():  # the outcome and the cleared marker, at once

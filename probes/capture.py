@@ -233,10 +233,10 @@ def _decode(body: bytes, specs: list[InputSpec], kind: str,
     """A capture (predict request) or samples body as rows of the signature's features."""
     try:
         document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CaptureRejected(400, f"body is not JSON: {exc}") from None
     except RecursionError:
         raise CaptureRejected(400, "body is nested too deeply") from None
+    except ValueError as exc:  # not JSON, not UTF-8, or an integer of over 4,300 digits
+        raise CaptureRejected(400, f"body is not JSON: {exc}") from None
     try:
         if kind == "capture":
             return rows_from_predict_body(document, specs), version

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,6 +28,7 @@ from tfwarden.serving.devserver.status import CODE_NUMBER
 from tfwarden.serving.devserver.tensors import from_proto, to_proto
 
 RELOAD_WAIT_SECONDS = 300.0
+RELOAD_FAULT_FILE = "devserver-reload-fault.json"
 
 
 def _target(spec: Any) -> Target:
@@ -174,8 +177,27 @@ def _fill_classes(result: Any, classes: list[list[tuple[str, float]]]) -> None:
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer, _Counted):
-    def __init__(self, core: ServerCore) -> None:
+    def __init__(self, core: ServerCore, reload_fault: Path | None = None) -> None:
         _Counted.__init__(self, core)
+        self.reload_fault = reload_fault
+        self._reloads_seen: tuple[float, int] = (0.0, 0)  # (fault file mtime, reloads since)
+
+    def _injected_reload_fault(self) -> None:
+        """Fault injection (tests, the chaos suite): while ``devserver-reload-fault.json`` sits
+        next to --model_config_file, reloads after the first ``skip`` ones fail with ``code``:
+        ``{"code": "UNAVAILABLE", "message": "injected", "skip": 0}``."""
+        if self.reload_fault is None:
+            return
+        try:
+            mtime = self.reload_fault.stat().st_mtime
+            spec = json.loads(self.reload_fault.read_text())
+        except (OSError, ValueError):
+            return
+        seen = self._reloads_seen[1] if self._reloads_seen[0] == mtime else 0
+        self._reloads_seen = (mtime, seen + 1)
+        if seen >= int(spec.get("skip", 0)):
+            raise ServingStatus(str(spec.get("code", "UNAVAILABLE")),
+                                str(spec.get("message", "reload refused (injected fault)")))
 
     def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def run() -> Any:
@@ -194,6 +216,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer, _Counted):
     def HandleReloadConfigRequest(self, request: Any,  # noqa: N802
                                   context: grpc.ServicerContext) -> Any:
         def run() -> Any:
+            self._injected_reload_fault()
             self.core.reload_config(request.config, wait_for_new_models=RELOAD_WAIT_SECONDS)
             return model_management_pb2.ReloadConfigResponse()
 

@@ -52,7 +52,7 @@ async def _serve(flags: Any) -> int:
     from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
     from tfwarden.serving.devserver.core import ServerCore
-    from tfwarden.serving.devserver.grpcsvc import ModelService, PredictionService
+    from tfwarden.serving.devserver.grpcsvc import RELOAD_FAULT_FILE, ModelService, PredictionService
     from tfwarden.serving.devserver.inference import Inference
     from tfwarden.serving.devserver.monitoring import ServingMetrics, read_monitoring_config
     from tfwarden.serving.devserver.rest import RestApi
@@ -79,7 +79,10 @@ async def _serve(flags: Any) -> int:
                                            ("grpc.so_reuseport", 0)])
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(core, inference), grpc_server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), grpc_server)
+        reload_fault = Path(flags.model_config_file).parent / RELOAD_FAULT_FILE \
+            if flags.model_config_file else None
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelService(core, reload_fault), grpc_server)
         address = f"{_host(flags.bind_address)}:{flags.port}"
         if grpc_server.add_insecure_port(address) == 0:
             raise OSError(f"cannot listen for gRPC on {address}")

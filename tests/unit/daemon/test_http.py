@@ -173,6 +173,33 @@ def test_alertmanager_webhook_validates_its_payload() -> None:
         "entries": [{"id": 8, "kind": "decision"}]}
 
 
+def test_journal_after_is_an_id_the_store_can_compare() -> None:
+    daemon = FakeDaemon()
+    for after in ("-1", str(2**63), "9" * 30):  # 2**63 made SQLite raise OverflowError: a 500
+        response = call(daemon, "GET", f"/api/v1/journal?after={after}")
+        assert response.status_code == 400 and "after must be" in response.json()["error"]
+    assert call(daemon, "GET", f"/api/v1/journal?after={2**63 - 1}").status_code == 200
+
+
+def test_an_unexpected_error_is_still_a_json_500() -> None:
+    daemon = FakeDaemon()
+
+    def broken() -> list[dict[str, Any]]:
+        raise RuntimeError("a bug")
+
+    daemon.findings = broken  # type: ignore[method-assign]
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(daemon), raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.get("/api/v1/findings")
+
+    response = asyncio.run(go())
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error (RuntimeError) on GET /api/v1/findings; "
+                                        "the daemon's log has the traceback"}
+
+
 def test_capture_takes_the_ingest_or_the_operator_token_when_one_is_configured() -> None:
     open_daemon = FakeDaemon()
     assert call(open_daemon, "POST", "/api/v1/capture/m", json={"instances": [1]}).status_code \
