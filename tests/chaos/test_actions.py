@@ -215,9 +215,9 @@ class Case:
 class _Watcher(StableWatcher):
     """The suite's stable-label watcher, for one model name."""
 
-    def __init__(self, address: str, model: str) -> None:
+    def __init__(self, address: str, model: str, width: int | None = None) -> None:
         super().__init__(address)
-        self.model = model
+        self.model, self.width = model, width  # width: one row of that many features
 
     def run(self) -> None:
         from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -229,7 +229,11 @@ class _Watcher(StableWatcher):
             request.model_spec.version_label = "stable"
             request.inputs["x"].dtype = 1
             request.inputs["x"].tensor_shape.dim.add().size = 1
-            request.inputs["x"].float_val.append(2.0)
+            if self.width is None:
+                request.inputs["x"].float_val.append(2.0)
+            else:
+                request.inputs["x"].tensor_shape.dim.add().size = self.width
+                request.inputs["x"].float_val.extend([0.5] * self.width)
             while not self.stop.is_set():
                 try:
                     response = stub.Predict(request, timeout=5)

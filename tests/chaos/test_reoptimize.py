@@ -79,7 +79,7 @@ def test_an_interrupted_reoptimization_has_one_outcome(served: dict[str, Any], f
                  "optimize": {"method": "dynamic", "golden": str(work / "built" / "golden.npz")}}],
         policies={"ruleset": "rules.yaml"})
     what = {"disk": "fill" if mounted else "fsize"}.get(fault, fault)
-    watcher = _Watcher(dev.grpc_address, name)
+    watcher = _Watcher(dev.grpc_address, name, width=64)
     daemon = DaemonProcess(config, port, {"TFWARDEN_FAILPOINTS": f"reoptimize.{step}={what}"})
     try:
         daemon.wait_ready()
