@@ -263,7 +263,9 @@ async def _restart_lifecycle(p: Pipeline, names: list[str]) -> None:
 
 def _evaluate(p: Pipeline, clock: Clock) -> Callable[[], Awaitable[None]]:
     async def evaluate() -> None:
-        p.roster.evaluate(clock.now())
+        now = clock.now()
+        await p.roster.prepare(now)  # the bootstrap intervals, in a thread
+        p.roster.evaluate(now)
     return evaluate
 
 

@@ -23,6 +23,7 @@ subtracted so that the finite baseline does not bias the test upward.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from collections import deque
@@ -154,6 +155,8 @@ class CanaryLatency:
         self._tail_times: deque[tuple[int, float]] = deque(maxlen=5000)  # (tail index, t)
         self._points: tuple[int, dict[str, float]] | None = None
         self._last_verdict = ""
+        self._judging_at = math.nan
+        self._intervals: tuple[float, tuple[float, tuple[float, float]]] | None = None
 
     def observe(self, sample: Sample) -> None:
         if sample.metric != METRIC or sample.model != self.model or sample.version not in self.arms:
@@ -219,7 +222,10 @@ class CanaryLatency:
             ratio, ci = self.test.median_ratio()
             effect.update(median_ratio=round(ratio, 4),
                           median_ratio_ci=[round(ci[0], 4), round(ci[1], 4)])
-        p99, p99_ci = _p99_ratio(*self._tail_samples())
+        prepared = self._intervals
+        self._intervals = None
+        p99, p99_ci = prepared[1] if prepared is not None and prepared[0] == self._judging_at \
+            else _p99_ratio(*self._tail_samples())
         if not math.isnan(p99):
             effect.update(p99_ratio=round(p99, 4),
                           p99_ratio_ci=[round(p99_ci[0], 4), round(p99_ci[1], 4)])
@@ -235,10 +241,28 @@ class CanaryLatency:
             "stable_p99_ms": None if self._p99 is None else round(self._p99, 3),
         }
 
+    async def prepare(self, now: float) -> None:
+        """Run the p99 bootstrap that ``evaluate(now)`` is about to need in a thread (a few
+        hundred ms of Python on a full window: not on the daemon's event loop); ``evaluate``
+        without it computes the same interval itself (backtests, replays)."""
+        if self._data_problem(now) or not (self.test.detector.alarmed or self.tail.alarmed) \
+                or self._verdict_of(self._point_effect())[0] == self._last_verdict:
+            return
+        canary, stable = self._tail_samples()  # copies, taken on the loop
+        self._intervals = (now, await asyncio.to_thread(_p99_ratio, canary, stable))
+
     def evaluate(self, now: float) -> Finding:
+        self._judging_at = now
         finding = self._judge(now)
         self._last_verdict = finding.verdict
         return finding
+
+    def _verdict_of(self, points: dict[str, float]) -> tuple[str, bool, bool]:
+        """(verdict, median hit, tail hit) of an alarmed detector with these point effects."""
+        floor = 1 + self.settings.effect_floor
+        median_hit = self.test.detector.alarmed and points["median_ratio"] >= floor
+        tail_hit = self.tail.alarmed and points.get("p99_ratio", 0) >= floor
+        return (REGRESSION if (median_hit or tail_hit) else OK), median_hit, tail_hit
 
     def _judge(self, now: float) -> Finding:
         problem = self._data_problem(now)
@@ -251,10 +275,7 @@ class CanaryLatency:
         if not (median_alarm or tail_alarm):
             return Finding(self.name, OK, now, **base, evidence=self._evidence())
         points = self._point_effect()
-        floor = 1 + self.settings.effect_floor
-        median_hit = median_alarm and points["median_ratio"] >= floor
-        tail_hit = tail_alarm and points.get("p99_ratio", 0) >= floor
-        verdict = REGRESSION if (median_hit or tail_hit) else OK
+        verdict, median_hit, tail_hit = self._verdict_of(points)
         # confidence intervals (bootstrap) only when the verdict changes
         effect: dict[str, Any] = (self._effect() if verdict != self._last_verdict
                                   else {k: round(v, 4) for k, v in points.items()})

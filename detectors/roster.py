@@ -159,6 +159,13 @@ class Roster:
                 self._add(key, make())
 
     # -- findings ----------------------------------------------------------------------------
+    async def prepare(self, now: float) -> None:
+        """Let detectors with heavy work for ``evaluate(now)`` do it in a thread first."""
+        for key in list(self.detectors):
+            prepare = getattr(self.detectors.get(key), "prepare", None)
+            if prepare is not None:
+                await prepare(now)
+
     def evaluate(self, now: float, keys: Iterable[FindingKey] | None = None) -> list[Finding]:
         """Evaluate the detectors (all, or ``keys``); returns the findings whose verdict
         changed."""

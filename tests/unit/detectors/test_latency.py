@@ -3,9 +3,11 @@ from __future__ import annotations
 import math
 import random
 
+import pytest
+
 from bench.tracegen import CanaryScenario
 from tests.unit.detectors.conftest import feed_latency_trace
-from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Sample
+from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Finding, Sample
 from tfwarden.detectors.latency import BaselineLatency, CanaryLatency, LatencySettings
 
 
@@ -120,3 +122,43 @@ def test_latency_slo_follows_the_p99_confidence_interval() -> None:
     assert finding.verdict == "regression" and finding.target == "slo"
     assert finding.effect["ratio"] > 1.5
     assert slow.evaluate(400.0 + 601).verdict == "inconclusive"  # the samples got old
+
+
+def test_prepare_runs_the_bootstrap_in_a_thread_and_evaluate_then_gives_the_same_finding(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import threading
+
+    from tfwarden.detectors import latency
+
+    scenario = CanaryScenario(seconds=900, canary_tail_rate=0.03, canary_tail_factor=8, seed=4)
+    _, inline = first_regression(scenario)  # the bootstrap ran inside evaluate
+    assert inline.verdict == REGRESSION and "p99_ratio_ci" in inline.effect
+
+    detector, threads = CanaryLatency("m", 1, 2), []
+    real = latency._p99_ratio
+
+    def recorded(*args: object) -> object:
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(latency, "_p99_ratio", recorded)
+
+    async def daemon_like() -> Finding:
+        from bench.tracegen import latency_trace
+        finding = None
+        for event in latency_trace(scenario):
+            if event["type"] != "latency":
+                continue
+            detector.observe(Sample(t=event["t"], source="t", metric="latency_ms",
+                                    value=event["ms"], model="m", version=event["version"],
+                                    ok=event["ok"], labels={}))
+            await detector.prepare(event["t"])
+            finding = detector.evaluate(event["t"])
+            if finding.verdict == REGRESSION:
+                return finding
+        raise AssertionError("no regression")
+
+    prepared = asyncio.run(daemon_like())
+    assert threads and not any(threads)  # every bootstrap ran off the main (event loop) thread
+    assert prepared.effect == inline.effect and prepared.reason == inline.reason
