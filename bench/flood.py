@@ -92,6 +92,8 @@ models:
             series = sum(1 for line in httpx.get(f"{base}/metrics").text.splitlines()
                          if line and not line.startswith("#"))
             ready = httpx.get(f"{base}/-/ready").status_code
+            unauthorized = [line for line in httpx.get(f"{base}/metrics").text.splitlines()
+                            if line.startswith("tfwarden_http_unauthorized_requests_total")]
             for client in clients:
                 client.close()
         finally:
@@ -102,6 +104,7 @@ models:
         "statuses": dict(sorted(statuses.items())), "rss_mb_samples": samples,
         "rss_growth_mb_after_first_tenth": round(samples[-1] - samples[1], 1),
         "metric_series_after": series, "ready_after": ready,
+        "unauthorized_series": unauthorized,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus"}))
     return 0
 

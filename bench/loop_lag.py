@@ -2,14 +2,15 @@
 
 The capture benchmark's set-up (bench/capture.py: a [-1, 10] float model on the devserver, drift
 configured so rows also fill the drift buffer) plus a predict probe at ``--probe-rate``/s. Two
-clients post batches of rows to ``POST /api/v1/samples/m`` as fast as the daemon takes them for
-``--seconds``; the daemon's own ``tfwarden_event_loop_lag_seconds`` histogram (sampled every
+clients post batches of rows to ``POST /api/v1/samples/m`` for
+``--seconds`` at ``--rate`` rows/s in all (default: the rate bench/capture.py measured, about
+20,000 rows/s; 0: as fast as the daemon takes them); the daemon's own ``tfwarden_event_loop_lag_seconds`` histogram (sampled every
 0.1 s) and ``tfwarden_probe_requests_total`` are read before and after. Reports the loop lag
 p50/p99 (interpolated inside the histogram's buckets) and the share of samples at most 50 ms,
 probe requests sent against the schedule, and accepted rows/s. Goal (issue 11): p99 <= 50 ms and
 probes on schedule.
 
-    python bench/loop_lag.py [--seconds 30] [--batch 1000] [--clients 2]
+    python bench/loop_lag.py [--seconds 30] [--rate 20000] [--batch 1000] [--clients 2]
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--rate", type=float, default=20_000, help="rows/s in all; 0: unpaced")
     parser.add_argument("--probe-rate", type=float, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,10 +118,14 @@ capture: {{client_rows_per_second: 1000000, reservoir_rows: 5000, recent_rows: 2
             def post(index: int) -> None:
                 with httpx.Client(base_url=base, timeout=30,
                                   headers={"content-type": "application/json"}) as client:
+                    interval = args.batch * args.clients / args.rate if args.rate else 0.0
+                    due = time.monotonic()
                     while not stop.is_set():
                         answer = client.post("/api/v1/samples/m", content=bodies[rows[index] % 10])
                         assert answer.status_code == 200, answer.text
                         rows[index] += args.batch
+                        due += interval
+                        time.sleep(max(0.0, due - time.monotonic()))
 
             threads = [threading.Thread(target=post, args=(i,)) for i in range(args.clients)]
             started = time.monotonic()
@@ -140,6 +146,7 @@ capture: {{client_rows_per_second: 1000000, reservoir_rows: 5000, recent_rows: 2
     samples = lag[float("inf")]
     result = {
         "seconds": round(wall, 1), "clients": args.clients, "batch_rows": args.batch,
+        "target_rows_per_second": args.rate or "unpaced",
         "body_bytes": len(bodies[0]), "rows_per_second": round(sum(rows) / wall),
         "loop_lag_samples": int(samples),
         "loop_lag_p50_ms": round(quantile(lag, 0.5) * 1000, 1),

@@ -152,11 +152,15 @@ def rows_from_samples(body: Any, specs: Sequence[InputSpec]) -> tuple[list[list[
     version = body.get("version")
     if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
         raise CaptureError("version: expected an integer")
+    kinds = [s.dtype for s in specs for _ in s.feature_names()]
+    numeric = not any(kind in (STRING, BOOL) for kind in kinds)
     rows = []
     for i, row in enumerate(body["rows"]):
         if not isinstance(row, list) or len(row) != len(names):
             raise CaptureError(f"rows[{i}]: expected {len(names)} values ({', '.join(names)})"[:300])
-        kinds = [s.dtype for s in specs for _ in s.feature_names()]
+        if numeric and all(type(v) is float or type(v) is int for v in row):
+            rows.append([float(v) for v in row])  # the common case, as _scalar would convert it
+            continue
         rows.append([_scalar(v, kind, f"rows[{i}][{j}]")
                      for j, (v, kind) in enumerate(zip(row, kinds, strict=True))])
     return rows, version
