@@ -2,9 +2,9 @@
 
 The capture benchmark's set-up (bench/capture.py: a [-1, 10] float model on the devserver, drift
 configured so rows also fill the drift buffer) plus a predict probe at ``--probe-rate``/s. Two
-clients post batches of rows to ``POST /api/v1/samples/m`` for
-``--seconds`` at ``--rate`` rows/s in all (default: the rate bench/capture.py measured, about
-20,000 rows/s; 0: as fast as the daemon takes them); the daemon's own ``tfwarden_event_loop_lag_seconds`` histogram (sampled every
+clients post batches of rows to ``POST /api/v1/samples/m`` for ``--seconds`` at ``--rate``
+rows/s in all (default: the rate bench/capture.py measured, about 20,000 rows/s; 0: as fast as
+the daemon takes them). The daemon's own ``tfwarden_event_loop_lag_seconds`` (sampled every
 0.1 s) and ``tfwarden_probe_requests_total`` are read before and after. Reports the loop lag
 p50/p99 (interpolated inside the histogram's buckets) and the share of samples at most 50 ms,
 probe requests sent against the schedule, and accepted rows/s. Goal (issue 11): p99 <= 50 ms and
