@@ -154,7 +154,7 @@ def rows_from_samples(body: Any, specs: Sequence[InputSpec]) -> tuple[list[list[
         raise CaptureError("version: expected an integer")
     kinds = [s.dtype for s in specs for _ in s.feature_names()]
     numeric = not any(kind in (STRING, BOOL) for kind in kinds)
-    rows = []
+    rows: list[list[float | str]] = []
     for i, row in enumerate(body["rows"]):
         if not isinstance(row, list) or len(row) != len(names):
             raise CaptureError(f"rows[{i}]: expected {len(names)} values ({', '.join(names)})"[:300])
