@@ -162,9 +162,8 @@ def test_the_dispatcher_retries_a_failed_delivery_then_delivers(receiver: Receiv
                                 on_result=lambda name, ok: results.append((name, ok)))
         dispatcher.start()
         dispatcher.submit([FIRING])
-        for _ in range(200):
-            if results:
-                break
+        deadline = asyncio.get_running_loop().time() + 30  # a guard against a hang only
+        while not results and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
         await dispatcher.stop()
 

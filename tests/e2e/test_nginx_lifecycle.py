@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import httpx
@@ -55,11 +54,18 @@ def test_canary_weights_drive_nginx(tmp_path: Path) -> None:
             return status(daemon).get("stable_version") == 2
 
         wait_for(promoted, 90, "promotion", daemon)
-        time.sleep(0.5)
-        with httpx.Client(base_url=f"http://127.0.0.1:{nginx_port}", timeout=10) as client:
-            values = {client.post("/v1/models/m:predict", json={"instances": [2.0]}).json()[
-                "predictions"][0] for _ in range(30)}
-        assert values == {4.0}  # all unaddressed traffic now reaches version 2
+
+        def served_by_nginx() -> set[object]:
+            """The predictions (or the statuses) of 30 unaddressed calls through nginx."""
+            with httpx.Client(base_url=f"http://127.0.0.1:{nginx_port}", timeout=10) as client:
+                answers = [client.post("/v1/models/m:predict", json={"instances": [2.0]})
+                           for _ in range(30)]
+            return {a.json()["predictions"][0] if a.status_code == 200 else a.status_code
+                    for a in answers}
+
+        # all unaddressed traffic reaches version 2 once nginx's reload is in force (its old
+        # workers may serve for a moment longer: the wait guards against a hang only)
+        wait_for(lambda: served_by_nginx() == {4.0}, 30, "nginx routing to version 2", daemon)
         assert {"50 %", "100 %", "0 %"} <= weights_seen
     finally:
         daemon.terminate()

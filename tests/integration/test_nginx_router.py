@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -62,9 +63,30 @@ def outputs(url: str, n: int, path: str = "/v1/models/m:predict") -> list[float]
     return values
 
 
+def nginx_workers(work: Path) -> set[int]:
+    """The nginx master's worker processes, once it has any (it may still be starting)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            master = int((work / "nginx.pid").read_text())
+            children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        except (OSError, ValueError):  # no pid file yet
+            children = []
+        if children:
+            return {int(pid) for pid in children}
+        assert time.monotonic() < deadline, "nginx has no worker process"
+        time.sleep(0.02)
+
+
 def apply(stack: dict[str, Any], weight: int) -> None:
+    """Apply ``weight`` and wait until the workers of the previous configuration are gone (the
+    reload replaces them; how long that takes is up to the machine)."""
+    old = nginx_workers(stack["work"])
     asyncio.run(stack["router"].apply("m", weight))
-    time.sleep(0.5)  # nginx workers pick the reload up
+    deadline = time.monotonic() + 30
+    while nginx_workers(stack["work"]) & old:
+        assert time.monotonic() < deadline, f"nginx kept its old workers {old} after a reload"
+        time.sleep(0.02)
 
 
 def test_weighted_split_between_stable_and_canary(stack: dict[str, Any]) -> None:

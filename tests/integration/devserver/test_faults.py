@@ -52,17 +52,25 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_latency_fault_shifts_latency_by_the_configured_amount(server) -> None:  # type: ignore[no-untyped-def]
+def test_latency_fault_delays_every_request_until_removed(server) -> None:  # type: ignore[no-untyped-def]
     dev, version_dir = server
+    logged = len(dev.output())
     with httpx.Client(base_url=dev.rest_url, timeout=10) as client:
         set_faults(version_dir, None)
-        base = statistics.median(predict(client)[1] for _ in range(15))
+        base = [predict(client)[1] for _ in range(15)]
         set_faults(version_dir, {"latency": {"fixed_ms": 80}})
-        slow = statistics.median(predict(client)[1] for _ in range(15))
+        slow = [predict(client)[1] for _ in range(15)]
         set_faults(version_dir, None)
-        restored = statistics.median(predict(client)[1] for _ in range(15))
-    assert 70 <= slow - base <= 110, (base, slow)
-    assert restored < base + 20
+        restored = [predict(client)[1] for _ in range(15)]
+    # a sleep never ends early, so this lower bound holds however loaded the machine is (how
+    # close to +80 ms the shift is: bench/faults.py)
+    assert min(slow) >= 80, slow
+    assert statistics.median(base) < statistics.median(slow) > statistics.median(restored), \
+        (base, slow, restored)
+    changes = [line.split("tfwarden.devserver.faults: ")[1] for line in
+               dev.output()[logged:].splitlines() if "tfwarden.devserver.faults: " in line]
+    assert changes[-2:] == [f"faults active for {version_dir}: {{'latency': {{'fixed_ms': 80.0}}}}",
+                            f"faults removed for {version_dir}"]  # the restored requests had none
 
 
 def test_error_fault_rate_is_within_binomial_tolerance(server) -> None:  # type: ignore[no-untyped-def]

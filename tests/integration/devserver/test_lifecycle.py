@@ -13,6 +13,7 @@ import pytest
 from google.protobuf import text_format
 
 from tests.helpers import TESTDATA, DevServer
+from tests.integration.devserver.test_faults import rss_bytes
 
 pytestmark = pytest.mark.integration
 TFS = TESTDATA / "tfserving"
@@ -204,7 +205,11 @@ def test_unload_waits_for_requests_in_flight(served: Client, base: Path) -> None
     shutil.copytree(THREE, base / "124")
     served.reload(config_text(base, [123, 124]))
     served.wait_state(124, "AVAILABLE")
-    (base / "123" / "devserver-faults.json").write_text(json.dumps({"latency": {"fixed_ms": 1500}}))
+    # the fault's leak is allocated once a request holds its version, just before the delay:
+    # the devserver's RSS tells when the request is in (however long it took to get there)
+    leak = 64 * 2**20
+    (base / "123" / "devserver-faults.json").write_text(json.dumps(
+        {"latency": {"fixed_ms": 1500}, "leak": {"bytes_per_request": leak}}))
     time.sleep(0.7)  # the fault file is re-read at most every 0.5 s
     result: dict[str, object] = {}
 
@@ -214,9 +219,14 @@ def test_unload_waits_for_requests_in_flight(served: Client, base: Path) -> None
         except grpc.RpcError as exc:
             result["error"] = f"{exc.code().name}: {exc.details()}"
 
+    pid = served.server.proc.pid
+    before = rss_bytes(pid)
     thread = threading.Thread(target=slow_request)
     thread.start()
-    time.sleep(0.4)  # the request now holds version 123
+    deadline = time.monotonic() + 30
+    while rss_bytes(pid) < before + leak * 3 // 4:  # not yet holding version 123
+        assert thread.is_alive() and time.monotonic() < deadline, result
+        time.sleep(0.01)
     served.reload(config_text(base, [124]))  # drops 123 while the request runs
     thread.join(timeout=10)
     assert result == {"value": (3.0, 123)}  # TF Serving unloads only when handles are released

@@ -5,7 +5,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,23 +25,55 @@ def listener(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 class Collector(threading.Thread):
-    """Receives notifications as they arrive, stamping each with its arrival time."""
+    """Receives notifications as they arrive (a full datagram queue would block the sender)."""
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__(daemon=True)
-        self.sock, self.messages, self.done = sock, [], threading.Event()
+        self.sock, self.done = sock, threading.Event()
+        self.messages: list[str] = []
 
     def run(self) -> None:
-        while not self.done.is_set():
+        while True:
             try:
-                self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
+                self.messages.append(self.sock.recv(4096).decode())
             except TimeoutError:
-                continue
+                if self.done.is_set():  # everything sent before stop() has been read
+                    return
 
-    def stop(self) -> list[tuple[float, str]]:
+    def stop(self) -> list[str]:
         self.done.set()
         self.join()
         return self.messages
+
+
+class Watchdog:
+    """``watchdog_loop`` as a task, writing what it does into ``events`` beside the test's own
+    marks: "ping" for each WATCHDOG=1 sent, the lag (a float) of each wake-up."""
+
+    def __init__(self, path: str, **kwargs: Any) -> None:
+        self.events: list[str | float] = []
+        self.notifier, self.kwargs = SystemdNotifier(path, 100_000), kwargs
+
+    def start(self) -> asyncio.Task[None]:
+        return asyncio.create_task(watchdog_loop(
+            self.notifier, 0.05, max_lag_seconds=0.5, on_ping=lambda: self.events.append("ping"),
+            on_lag=self.events.append, **self.kwargs))
+
+    def mark(self, name: str) -> None:
+        self.events.append(name)
+
+    def after(self, mark: str) -> list[str | float]:
+        return self.events[self.events.index(mark) + 1:] if mark in self.events else []
+
+    def between(self, first: str, second: str) -> list[str | float]:
+        return self.events[self.events.index(first) + 1:self.events.index(second)]
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Let the loop run until ``condition`` holds (bounded: a guard against a hang only)."""
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < deadline, self.events
+            await asyncio.sleep(0.01)
 
 
 def test_from_environment_reads_and_clears_variables(
@@ -79,46 +113,53 @@ def test_abstract_socket_address() -> None:
 
 def test_watchdog_pings_stop_while_the_loop_is_blocked(listener) -> None:  # type: ignore[no-untyped-def]
     path, sock = listener
-    notifier = SystemdNotifier(path, 100_000)
+    watchdog = Watchdog(path)
 
-    async def scenario() -> tuple[float, float]:
-        task = asyncio.create_task(watchdog_loop(notifier, 0.05, max_lag_seconds=0.5))
-        await asyncio.sleep(0.3)
-        blocked_from = time.monotonic()
+    async def scenario() -> None:
+        task = watchdog.start()
+        await watchdog.until(lambda: watchdog.events.count("ping") >= 3)
+        watchdog.mark("blocked")
         time.sleep(0.6)  # the event loop is stuck: no coroutine runs
-        blocked_to = time.monotonic()
-        await asyncio.sleep(0.3)
+        watchdog.mark("unblocked")
+        await watchdog.until(lambda: watchdog.after("unblocked").count("ping") >= 2)
         task.cancel()
-        return blocked_from, blocked_to
+        await asyncio.gather(task, return_exceptions=True)
 
     collector = Collector(sock)
     collector.start()
-    blocked_from, blocked_to = asyncio.run(scenario())
-    pings = [t for t, m in collector.stop() if m == "WATCHDOG=1"]
-    assert len([t for t in pings if t < blocked_from]) >= 3
-    assert not [t for t in pings if blocked_from + 0.06 < t < blocked_to]
-    assert len([t for t in pings if t > blocked_to]) >= 2
+    asyncio.run(scenario())
+    received = collector.stop()
+    assert watchdog.between("blocked", "unblocked") == []  # nothing pings from outside the loop
+    # the wake-up that spanned the block was at least 0.6 - 0.05 s late (sleeps never end early),
+    # past max_lag_seconds: that round sent nothing; the next ones ping again
+    late, following = watchdog.after("unblocked")[:2]
+    assert isinstance(late, float) and late > 0.5 and following != "ping"
+    assert received.count("WATCHDOG=1") == watchdog.events.count("ping")
 
 
 def test_watchdog_withholds_pings_when_not_progressing(listener) -> None:  # type: ignore[no-untyped-def]
     path, sock = listener
-    notifier = SystemdNotifier(path, 100_000)
     progressing = {"ok": True}
+    watchdog = Watchdog(path, is_progressing=lambda: progressing["ok"])
+
+    def wake_ups_after(mark: str) -> int:
+        return sum(isinstance(e, float) for e in watchdog.after(mark))
 
     async def scenario() -> None:
-        task = asyncio.create_task(watchdog_loop(
-            notifier, 0.05, max_lag_seconds=0.5, is_progressing=lambda: progressing["ok"]))
-        await asyncio.sleep(0.3)
+        task = watchdog.start()
+        await watchdog.until(lambda: watchdog.events.count("ping") >= 3)
         progressing["ok"] = False
-        await asyncio.sleep(0.05)
-        drain_point.append(time.monotonic())
-        await asyncio.sleep(0.4)
+        watchdog.mark("stalled")
+        await watchdog.until(lambda: wake_ups_after("stalled") >= 5)
+        progressing["ok"] = True
+        watchdog.mark("progressing")
+        await watchdog.until(lambda: "ping" in watchdog.after("progressing"))
         task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
-    drain_point: list[float] = []
     collector = Collector(sock)
     collector.start()
     asyncio.run(scenario())
-    pings = [t for t, m in collector.stop() if m == "WATCHDOG=1"]
-    assert len(pings) >= 3
-    assert not [t for t in pings if t > drain_point[0]]
+    received = collector.stop()
+    assert "ping" not in watchdog.between("stalled", "progressing")  # five rounds, no ping
+    assert received.count("WATCHDOG=1") == watchdog.events.count("ping")

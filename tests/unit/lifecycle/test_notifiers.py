@@ -4,7 +4,9 @@ import asyncio
 import json
 
 import httpx
+import pytest
 
+from tests.unit import virtual_time
 from tfwarden.lifecycle.notifiers.alertmanager import AlertmanagerNotifier, WebhookNotifier
 from tfwarden.lifecycle.notifiers.base import Alert, NopNotifier
 from tfwarden.lifecycle.notifiers.dispatch import Dispatcher
@@ -38,35 +40,42 @@ class Flaky:
     name, url, timeout_seconds = "flaky", "", 1.0
 
     def __init__(self, failures: int) -> None:
-        self.failures, self.attempts, self.delivered = failures, 0, []
+        self.failures = failures
+        self.attempted_at: list[float] = []  # the loop's time of each attempt
+        self.delivered: list[Alert] = []
+
+    @property
+    def attempts(self) -> int:
+        return len(self.attempted_at)
 
     async def send(self, alerts: list[Alert]) -> None:
-        self.attempts += 1
+        self.attempted_at.append(asyncio.get_running_loop().time())
         if self.attempts <= self.failures:
             raise httpx.ConnectError("down")
         self.delivered.extend(alerts)
 
 
 def test_failed_deliveries_are_retried_with_backoff_without_blocking() -> None:
-    flaky, nop = Flaky(failures=2), NopNotifier()
+    flaky, nop = Flaky(failures=3), NopNotifier()
     results: list[tuple[str, bool]] = []
 
-    async def scenario() -> float:
-        dispatcher = Dispatcher([flaky, nop], first_backoff=0.01, max_backoff=0.05,
+    async def scenario() -> tuple[int, int]:
+        dispatcher = Dispatcher([flaky, nop], first_backoff=0.01, max_backoff=0.03,
                                 on_result=lambda name, ok: results.append((name, ok)))
         dispatcher.start()
-        started = asyncio.get_running_loop().time()
-        dispatcher.submit([ALERT])  # returns at once
-        submit_seconds = asyncio.get_running_loop().time() - started
-        for _ in range(100):
-            if flaky.delivered:
-                break
-            await asyncio.sleep(0.01)
+        dispatcher.submit([ALERT])  # only queues: nothing is sent from the caller
+        attempts_during_submit = flaky.attempts
+        await virtual_time.until(lambda: nop.sent)
+        attempts_when_nop_delivered = flaky.attempts
+        await virtual_time.until(lambda: flaky.delivered)
         await dispatcher.stop()
-        return submit_seconds
+        return attempts_during_submit, attempts_when_nop_delivered
 
-    assert asyncio.run(scenario()) < 0.01
-    assert flaky.attempts == 3 and flaky.delivered == [ALERT] and nop.sent == [ALERT]
+    # submit returned before any attempt; the healthy notifier did not wait for the retries
+    assert virtual_time.run(scenario()) == (0, 1)
+    # backoff 0.01 s, doubled, capped at 0.03 s
+    assert flaky.attempted_at == pytest.approx([0.0, 0.01, 0.03, 0.06])
+    assert flaky.delivered == [ALERT] and nop.sent == [ALERT]
     assert ("flaky", True) in results and ("nop", True) in results
 
 
@@ -79,11 +88,9 @@ def test_gives_up_after_max_attempts() -> None:
                                 on_result=lambda name, ok: results.append((name, ok)))
         dispatcher.start()
         dispatcher.submit([ALERT])
-        for _ in range(100):
-            if results:
-                break
-            await asyncio.sleep(0.01)
+        await virtual_time.until(lambda: results)
+        await asyncio.sleep(1)  # no further attempt once it gave up
         await dispatcher.stop()
 
-    asyncio.run(scenario())
+    virtual_time.run(scenario())
     assert flaky.attempts == 3 and results == [("flaky", False)]

@@ -465,16 +465,17 @@ def test_a_pause_waits_for_the_running_action_and_is_not_overwritten(tmp_path: P
 
     async def scenario() -> None:
         await h.runner.start()
-        release = asyncio.Event()
+        applying, release = asyncio.Event(), asyncio.Event()
         apply = h.router.apply
 
         async def slow_apply(model: str, weight: int) -> None:
+            applying.set()
             await release.wait()
             await apply(model, weight)
 
         h.router.apply = slow_apply  # type: ignore[method-assign]
         step = asyncio.get_running_loop().create_task(h.runner.run("m", SetWeight(50), "rule"))
-        await asyncio.sleep(0.01)
+        await asyncio.wait_for(applying.wait(), 30)  # the step holds the model's lock
         pause = asyncio.get_running_loop().create_task(h.runner.manual("m", "pause"))
         await asyncio.sleep(0.01)
         assert not pause.done()  # the operator's request waits for the model's lock

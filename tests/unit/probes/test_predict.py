@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.unit import virtual_time
 from tfwarden.core.errors import ConfigError
 from tfwarden.probes.golden import GoldenRequest, load_golden, matches
 from tfwarden.probes.predict import RestPredictProbe, open_loop
@@ -77,19 +78,18 @@ def test_open_loop_keeps_its_rate_when_responses_are_slow() -> None:
     skipped: list[int] = []
 
     async def slow_send() -> None:
-        starts.append(time.monotonic())
-        await asyncio.sleep(0.35)  # 7x the interval: a closed loop would send ~3
+        starts.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(0.35)  # 7x the interval: a closed loop would send 3 in 1 s
 
     async def scenario() -> None:
         task = asyncio.create_task(open_loop(20, 100, slow_send, skipped.append))
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.01)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
-    asyncio.run(scenario())
-    assert 18 <= len(starts) <= 22
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    assert max(gaps) < 0.1
+    virtual_time.run(scenario())
+    assert len(starts) == 21  # t = 0, 0.05, ..., 1.0: every slot, none waiting for an answer
+    assert [round(b - a, 9) for a, b in itertools.pairwise(starts)] == [0.05] * 20
     assert sum(skipped) == 0
 
 
@@ -104,13 +104,13 @@ def test_open_loop_skips_slots_beyond_max_in_flight() -> None:
 
     async def scenario() -> None:
         task = asyncio.create_task(open_loop(50, 3, stuck, skipped.append))
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.51)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
-    asyncio.run(scenario())
+    virtual_time.run(scenario())
     assert started == 3
-    assert 18 <= sum(skipped) <= 24
+    assert sum(skipped) == 26 - 3  # the slots at t = 0, 0.02, ..., 0.5 the stuck calls held
 
 
 def test_golden_file_errors_name_the_line(tmp_path: Path) -> None:
