@@ -26,12 +26,11 @@ from pydantic import Field
 
 from tfwarden.core.errors import CaptureError, CaptureRejected, ServingError
 from tfwarden.core.ports import CaptureMetrics, Row
+from tfwarden.core.ratelimit import RateBuckets
 from tfwarden.core.settings import Settings
 from tfwarden.serving.tfserving.client import ServingClient
 from tfwarden.serving.tfserving.rows import InputSpec, rows_from_predict_body, rows_from_samples
 
-BUCKET_IDLE_SECONDS = 300.0
-MAX_CLIENTS = 10_000
 INLINE_PARSE_BYTES = 64 * 1024  # smaller bodies parse faster than a thread hand-off
 
 
@@ -82,12 +81,6 @@ class Reservoir:
         self.capacity = capacity
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-
-
 class CaptureService:
     """Receives captured inputs; implements ``core.ports.CapturedRows`` for the drift checks
     and the reoptimize action."""
@@ -97,7 +90,7 @@ class CaptureService:
         self.settings, self.models, self.metrics = settings, dict(models), metrics
         self.reservoirs: dict[tuple[str, int | None], Reservoir] = {}
         self.recent: dict[str, deque[tuple[int | None, Row]]] = {}
-        self._buckets: dict[str, _Bucket] = {}
+        self.buckets = RateBuckets(settings.client_rows_per_second)
         self._versions: dict[str, tuple[float, set[int]]] = {}
 
     async def specs(self, model: str) -> list[InputSpec]:
@@ -114,26 +107,9 @@ class CaptureService:
             raise CaptureRejected(503, f"cannot read the signature of {model!r}: {exc}") from None
 
     def _admit(self, client: str, rows: int) -> None:
-        rate = self.settings.client_rows_per_second
-        now = time.monotonic()
-        if client not in self._buckets:
-            self._evict(now)
-        bucket = self._buckets.setdefault(client, _Bucket(rate, now))
-        bucket.tokens = min(rate, bucket.tokens + (now - bucket.updated) * rate)
-        bucket.updated = now
-        if rows > bucket.tokens:
-            raise CaptureRejected(429, f"client {client} is over {rate} rows/s; retry later")
-        bucket.tokens -= rows
-
-    def _evict(self, now: float) -> None:
-        """Forget clients idle for BUCKET_IDLE_SECONDS (a full bucket again anyway), and the
-        longest idle ones beyond MAX_CLIENTS: a flood of addresses cannot grow this."""
-        for client in [c for c, b in self._buckets.items() if now - b.updated > BUCKET_IDLE_SECONDS]:
-            del self._buckets[client]
-        if len(self._buckets) >= MAX_CLIENTS:
-            by_age = sorted(self._buckets, key=lambda c: self._buckets[c].updated)
-            for client in by_age[:len(self._buckets) - MAX_CLIENTS + 1]:
-                del self._buckets[client]
+        if not self.buckets.take(client, rows):
+            raise CaptureRejected(429, f"client {client} is over "
+                                       f"{self.settings.client_rows_per_second} rows/s; retry later")
 
     async def receive(self, model: str, body: bytes, client: str, kind: str,
                       version: int | None = None) -> dict[str, Any]:
@@ -221,6 +197,7 @@ class CaptureService:
     def reconfigure(self, settings: CaptureSettings, models: Mapping[str, CapturedModel]) -> None:
         """New limits and models; the rows kept so far stay (cut to the new sizes)."""
         self.settings, self.models = settings, dict(models)
+        self.buckets.rate = settings.client_rows_per_second
         self._versions.clear()
         for reservoir in self.reservoirs.values():
             reservoir.shrink(settings.reservoir_rows)

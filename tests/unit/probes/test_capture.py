@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-import tfwarden.probes.capture as capture_module
 from tests.fakes import FakeServingClient
 from tfwarden.core.errors import CaptureRejected
 from tfwarden.daemon.recorder import Recorder
@@ -66,17 +65,17 @@ def test_refusals_for_unknown_models_add_no_metric_series() -> None:
         is None
 
 
-def test_rate_buckets_of_idle_clients_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rate_buckets_of_idle_clients_are_forgotten() -> None:
     capture, _, _ = service(client_rows_per_second=10)
     now = [1000.0]
-    monkeypatch.setattr(capture_module.time, "monotonic", lambda: now[0])
+    capture.buckets.clock = lambda: now[0]
     for i in range(50):
         asyncio.run(capture.receive("m", samples(1), f"10.0.{i}.1", "samples"))
-    assert len(capture._buckets) == 50
-    now[0] += capture_module.BUCKET_IDLE_SECONDS + 1
+    assert len(capture.buckets) == 50
+    now[0] += capture.buckets.idle_seconds + 1
     asyncio.run(capture.receive("m", samples(1), "10.9.9.9", "samples"))
-    assert list(capture._buckets) == ["10.9.9.9"]
-    monkeypatch.setattr(capture_module, "MAX_CLIENTS", 5)
+    assert len(capture.buckets) == 1 and "10.9.9.9" in capture.buckets
+    capture.buckets.max_clients = 5
     for i in range(20):
         asyncio.run(capture.receive("m", samples(1), f"10.1.{i}.1", "samples"))
-    assert len(capture._buckets) <= 5
+    assert len(capture.buckets) <= 5

@@ -1,0 +1,1 @@
+"""Edge telemetry: OTLP/HTTP from devices and browsers (docs/edge.md, when it lands)."""
