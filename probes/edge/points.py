@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,21 +116,21 @@ class Deltas:
                 total - last_total, count - last_count)
 
 
-def flatten(request: ExportMetricsServiceRequest, deltas: Deltas,
-            hasher: DeviceHasher) -> Flattened:
-    """The known edge metrics of ``request`` as histogram deltas and values; the rest counted
-    as rejected with the reasons."""
+def flatten(request: ExportMetricsServiceRequest, deltas: Deltas, hasher: DeviceHasher,
+            models: Collection[str] | None = None) -> Flattened:
+    """The known edge metrics of ``request`` (of ``models`` only, when given) as histogram
+    deltas and values; the rest counted as rejected with the reasons."""
     out = Flattened()
     for resource_metrics in request.resource_metrics:
-        resource = _attributes(resource_metrics.resource.attributes)
+        resource = attributes_of(resource_metrics.resource.attributes)
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
-                _metric(metric, resource, deltas, hasher, out)
+                _metric(metric, resource, deltas, hasher, models, out)
     return out
 
 
 def _metric(metric: Any, resource: dict[str, str], deltas: Deltas, hasher: DeviceHasher,
-            out: Flattened) -> None:
+            models: Collection[str] | None, out: Flattened) -> None:
     kind = metric.WhichOneof("data")
     points = list(getattr(metric, kind).data_points) if kind else []
     if metric.name not in KNOWN:
@@ -144,10 +144,13 @@ def _metric(metric: Any, resource: dict[str, str], deltas: Deltas, hasher: Devic
         out.reject(len(points), f"{MEMORY} must be a gauge or sum (got {kind})")
         return
     for point in points:
-        attributes = {**resource, **_attributes(point.attributes)}
+        attributes = {**resource, **attributes_of(point.attributes)}
         model, version = attributes.get("ml.model.name", ""), attributes.get("ml.model.version", "")
         if not model or not version:
             out.reject(1, "points need ml.model.name and ml.model.version (resource attributes)")
+            continue
+        if models is not None and model not in models:
+            out.reject(1, f"model {model[:100]!r} is not in edge.models")
             continue
         device = hasher(attributes.pop("device.id", ""))
         t = point.time_unix_nano / 1e9
@@ -179,7 +182,7 @@ def _histogram(metric: Any, point: Any, model: str, version: str, device: str,
         tuple(b * scale for b in bounds), counts, total * scale, count))
 
 
-def _attributes(pairs: Any) -> dict[str, str]:
+def attributes_of(pairs: Any) -> dict[str, str]:
     """OTLP KeyValues as strings (the scalar kinds; arrays and maps as their text)."""
     return {kv.key: str(_scalar(kv.value)) for kv in pairs}
 

@@ -1,0 +1,272 @@
+"""The edge receiver: OTLP/HTTP metrics and logs from devices and browsers, kept as per-cohort
+aggregates of each edge model's versions (docs/edge.md).
+
+A cohort is the values of the model's ``cohort_by`` attributes (e.g. delegate and device model);
+each model keeps at most ``max_cohorts`` of them per version, later ones pooled as ``other``.
+Per cohort: the merged inference-duration and load-duration histograms (buckets as devices sent
+them; points with an ``error.type`` attribute count as failed inferences), crash and error log
+records (``exception.type``), the newest memory value per device, and the devices seen (hashed
+ids, at most ``MAX_DEVICES`` remembered per cohort). Everything is bounded: streams for
+cumulative-to-delta, cohorts, devices, and data points per client per second (429 beyond, which
+OTLP clients retry later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import Field
+
+from tfwarden.core.ratelimit import RateBuckets
+from tfwarden.core.settings import Name, Settings
+from tfwarden.probes.edge import otlp
+from tfwarden.probes.edge.otlp import (
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+    OtlpRejected,
+)
+from tfwarden.probes.edge.points import (
+    INFERENCE,
+    LOAD,
+    Deltas,
+    DeviceHasher,
+    EdgeHistogram,
+    EdgeValue,
+    Flattened,
+    attributes_of,
+    flatten,
+)
+
+OTHER = "other"
+INLINE_BYTES = 64 * 1024  # larger bodies are decoded in a thread, off the event loop
+MAX_DEVICES = 10_000  # hashed ids remembered per cohort (beyond: counted as "at least")
+ERROR_SEVERITY = 17  # OTLP SeverityNumber ERROR and above
+
+
+class EdgeModelSettings(Settings):
+    """An edge model whose telemetry tfwarden keeps (``edge.models[]``)."""
+
+    name: Name
+    cohort_by: list[str] = Field(
+        ["ml.delegate", "device.model.identifier"], max_length=4,
+        description="Attributes whose values make a cohort.")
+    max_cohorts: int = Field(50, ge=1, le=1000, description="Per version; more pool as 'other'.")
+
+
+class EdgeSettings(Settings):
+    """The OTLP/HTTP receiver (POST /v1/metrics, /v1/logs) and its limits."""
+
+    models: list[EdgeModelSettings] = []
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024,
+                                description="Per request, after decompression; more gets 413.")
+    client_points_per_second: int = Field(
+        20_000, ge=1, description="Data points and log records per client address; more: 429.")
+    max_streams: int = Field(200_000, ge=100, le=10_000_000,
+                             description="Cumulative histogram streams remembered for deltas.")
+    cors_origins: list[str] = Field(
+        [], description="Browser origins allowed to post OTLP (exact, e.g. https://app.example)")
+
+
+@dataclass
+class _Histogram:
+    """Merged bucket counts per bounds (devices may use different bounds)."""
+
+    by_bounds: dict[tuple[float, ...], list[int]] = field(default_factory=dict)
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, point: EdgeHistogram) -> None:
+        counts = self.by_bounds.setdefault(point.bounds, [0] * len(point.counts))
+        for i, n in enumerate(point.counts):
+            counts[i] += n
+        self.total += point.total
+        self.count += point.count
+
+    def quantile(self, q: float) -> float | None:
+        """From the most used bounds: the bucket holding the rank, linear inside it (its upper
+        bound for the open last bucket)."""
+        if not self.by_bounds:
+            return None
+        bounds, counts = max(self.by_bounds.items(), key=lambda item: sum(item[1]))
+        total = sum(counts)
+        if total == 0:
+            return None
+        rank, below, lower = q * total, 0, 0.0
+        for i, n in enumerate(counts):
+            upper = bounds[i] if i < len(bounds) else (bounds[-1] if bounds else math.inf)
+            if below + n >= rank and n:
+                return lower + (upper - lower) * (rank - below) / n
+            below, lower = below + n, upper
+        return bounds[-1] if bounds else None
+
+
+@dataclass
+class _Cohort:
+    inference: _Histogram = field(default_factory=_Histogram)
+    load: _Histogram = field(default_factory=_Histogram)
+    failed_inferences: int = 0
+    error_logs: int = 0
+    exceptions: dict[str, int] = field(default_factory=dict)
+    memory: dict[str, float] = field(default_factory=dict)  # device -> newest bytes
+    devices: set[str] = field(default_factory=set)
+    devices_capped: bool = False
+
+    def seen(self, device: str) -> None:
+        if not device or device in self.devices:
+            return
+        if len(self.devices) >= MAX_DEVICES:
+            self.devices_capped = True
+            return
+        self.devices.add(device)
+
+    def to_json(self) -> dict[str, Any]:
+        inferences = self.inference.count
+        p50, p99 = self.inference.quantile(0.5), self.inference.quantile(0.99)
+        return {
+            "devices": len(self.devices), "devices_at_least": self.devices_capped,
+            "inferences": inferences, "failed_inferences": self.failed_inferences,
+            "inference_p50_ms": _round(p50), "inference_p99_ms": _round(p99),
+            "load_p50_ms": _round(self.load.quantile(0.5)), "loads": self.load.count,
+            "error_logs": self.error_logs, "exceptions": dict(self.exceptions),
+            "memory_max_bytes": max(self.memory.values(), default=None),
+        }
+
+
+class EdgeReceiver:
+    """Receives OTLP bodies; keeps cohort aggregates for the configured edge models."""
+
+    def __init__(self, settings: EdgeSettings, device_key: bytes) -> None:
+        self.settings = settings
+        self.models = {m.name: m for m in settings.models}
+        self.hasher = DeviceHasher(device_key)
+        self.deltas = Deltas(settings.max_streams)
+        self.buckets = RateBuckets(settings.client_points_per_second)
+        self.cohorts: dict[tuple[str, str], dict[str, _Cohort]] = {}
+        self._streams = threading.Lock()
+
+    def reconfigure(self, settings: EdgeSettings) -> None:
+        self.settings, self.models = settings, {m.name: m for m in settings.models}
+        self.deltas.max_streams = settings.max_streams
+        self.buckets.rate = settings.client_points_per_second
+        for model, version in [k for k in self.cohorts if k[0] not in self.models]:
+            del self.cohorts[(model, version)]
+
+    # -- requests ----------------------------------------------------------------------------
+    async def metrics(self, body: bytes, content_type: str | None,
+                      content_encoding: str | None, client: str) -> bytes:
+        """An ExportMetricsServiceRequest in, the response body out (OtlpRejected: 4xx).
+        Decoding and flattening of bodies over ``INLINE_BYTES`` run in a thread."""
+        offload = len(body) > INLINE_BYTES
+        request = await _run(offload, otlp.decode, ExportMetricsServiceRequest, body,
+                             content_type, content_encoding, self.settings.max_body_bytes)
+        self._admit(client, sum(len(getattr(m, m.WhichOneof("data")).data_points)
+                                for r in request.resource_metrics for s in r.scope_metrics
+                                for m in s.metrics if m.WhichOneof("data")))
+        flattened = await _run(offload, self._flatten, request)
+        rejected, reasons = flattened.rejected, list(flattened.reasons)
+        points: list[EdgeHistogram | EdgeValue] = [*flattened.histograms, *flattened.values]
+        for point in points:
+            cohort = self._cohort(point.model, point.version, point.attributes)
+            if cohort is None:  # removed by a reload meanwhile
+                rejected += 1
+                continue
+            cohort.seen(point.device)
+            if isinstance(point, EdgeValue):
+                if point.device or len(cohort.memory) < MAX_DEVICES:
+                    cohort.memory[point.device] = point.value
+            elif point.metric == LOAD:
+                cohort.load.add(point)
+            elif point.metric == INFERENCE and "error.type" in point.attributes:
+                cohort.failed_inferences += point.count
+            else:
+                cohort.inference.add(point)
+        response = ExportMetricsServiceResponse()
+        if rejected or reasons:
+            response.partial_success.rejected_data_points = rejected
+            response.partial_success.error_message = "; ".join(reasons)[:1000]
+        return otlp.response_body(response, otlp.encoding_of(content_type))
+
+    def _flatten(self, request: ExportMetricsServiceRequest) -> Flattened:
+        with self._streams:  # one flattening at a time may touch the delta streams
+            return flatten(request, self.deltas, self.hasher, self.models)
+
+    async def logs(self, body: bytes, content_type: str | None, content_encoding: str | None,
+                   client: str) -> bytes:
+        """An ExportLogsServiceRequest in: error and crash records counted per cohort."""
+        request = await _run(len(body) > INLINE_BYTES, otlp.decode, ExportLogsServiceRequest,
+                             body, content_type, content_encoding, self.settings.max_body_bytes)
+        records = sum(len(s.log_records) for r in request.resource_logs for s in r.scope_logs)
+        self._admit(client, records)
+        rejected, reasons = 0, []
+        for resource_logs in request.resource_logs:
+            resource = attributes_of(resource_logs.resource.attributes)
+            for scope_logs in resource_logs.scope_logs:
+                for record in scope_logs.log_records:
+                    attributes = {**resource, **attributes_of(record.attributes)}
+                    device = self.hasher(attributes.pop("device.id", ""))
+                    cohort = self._cohort(attributes.get("ml.model.name", ""),
+                                          attributes.get("ml.model.version", ""), attributes)
+                    if cohort is None:
+                        rejected += 1
+                        reason = "log records need the ml.model.name and ml.model.version of a " \
+                                 "model in edge.models"
+                        if reason not in reasons:
+                            reasons.append(reason)
+                        continue
+                    cohort.seen(device)
+                    exception = attributes.get("exception.type")
+                    if exception:
+                        key = exception[:100] if len(cohort.exceptions) < 50 or \
+                            exception[:100] in cohort.exceptions else OTHER
+                        cohort.exceptions[key] = cohort.exceptions.get(key, 0) + 1
+                    if exception or record.severity_number >= ERROR_SEVERITY:
+                        cohort.error_logs += 1
+        response = ExportLogsServiceResponse()
+        if rejected:
+            response.partial_success.rejected_log_records = rejected
+            response.partial_success.error_message = "; ".join(reasons)
+        return otlp.response_body(response, otlp.encoding_of(content_type))
+
+    def _admit(self, client: str, points: int) -> None:
+        if not self.buckets.take(client, points):
+            raise OtlpRejected(429, f"client {client} is over "
+                                    f"{self.settings.client_points_per_second} points/s; "
+                                    "retry later")
+
+    def _cohort(self, model: str, version: str, attributes: Mapping[str, str]) -> _Cohort | None:
+        settings = self.models.get(model)
+        if settings is None or not version:
+            return None
+        key = " | ".join(f"{a}={attributes.get(a, '')}" for a in settings.cohort_by)
+        cohorts = self.cohorts.setdefault((model, version[:100]), {})
+        if key not in cohorts and len(cohorts) >= settings.max_cohorts:
+            key = OTHER
+        return cohorts.setdefault(key, _Cohort())
+
+    # -- reports -----------------------------------------------------------------------------
+    def stats(self, model: str) -> dict[str, Any] | None:
+        """Per version and cohort, what the devices reported; None for a model not configured."""
+        if model not in self.models:
+            return None
+        return {"model": model, "cohort_by": self.models[model].cohort_by, "versions": {
+            version: {name: cohort.to_json() for name, cohort in sorted(cohorts.items())}
+            for (name_, version), cohorts in sorted(self.cohorts.items()) if name_ == model}}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+
+T = TypeVar("T")
+
+
+async def _run(offload: bool, function: Callable[..., T], *args: Any) -> T:
+    return await asyncio.to_thread(function, *args) if offload else function(*args)
