@@ -15,6 +15,7 @@ object concerned (file, YAML path, model, version, line)::
     │   └── TraceError           a backtest trace line is not valid
     ├── Refused                an HTTP-visible refusal: ``status`` (4xx/5xx) and ``message``
     │   ├── CaptureRejected      a capture request was refused (400, 404, 409, 413, 429, 503)
+    │   ├── OtlpRejected         an OTLP/HTTP request was refused (400, 404, 413, 415, 429)
     │   └── ApiError             any other API refusal (401, 403, 404, 409...)
     ├── ServingError           a model server could not be reached or answered with an error
     │   ├── ProtoLoadError       TF Serving's generated protobuf modules could not be loaded
@@ -117,6 +118,11 @@ class Refused(TfwardenError):
 
 class CaptureRejected(Refused):
     """A capture request was refused."""
+
+
+class OtlpRejected(Refused):
+    """An OTLP/HTTP request was refused (400 bad data, 413 too large, 415 unknown encoding,
+    429 over the client's rate)."""
 
 
 class ApiError(Refused):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -26,7 +27,14 @@ import uvicorn
 
 from tfwarden.core import failpoints
 from tfwarden.core.clock import Clock, SystemClock
-from tfwarden.core.errors import ApiError, ConfigError, StartupError, StateError
+from tfwarden.core.errors import (
+    ApiError,
+    ConfigError,
+    OtlpRejected,
+    Refused,
+    StartupError,
+    StateError,
+)
 from tfwarden.core.events import ConfigLoaded, ConfigReloadFailed, DaemonStarting, DaemonStopped, Event
 from tfwarden.core.ports import StateStore
 from tfwarden.daemon import build, tracing
@@ -44,6 +52,7 @@ from tfwarden.daemon.recorder import Recorder
 from tfwarden.daemon.sdnotify import SystemdNotifier, lag_monitor, watchdog_loop
 from tfwarden.daemon.state import SQLiteStateStore
 from tfwarden.detectors.alerts import receive
+from tfwarden.probes.edge.settings import EdgeSettings
 from tfwarden.serving.tfserving import protos
 
 log = logging.getLogger("tfwarden.daemon")
@@ -162,6 +171,30 @@ class Daemon:
 
     def drift_report(self, name: str) -> dict[str, Any] | None:
         return self.pipeline.drift.report(name) if self.pipeline is not None else None
+
+    async def edge_ingest(self, signal: str, body: bytes, content_type: str | None,
+                          content_encoding: str | None, client: str) -> tuple[bytes, str]:
+        edge = self.pipeline.edge if self.pipeline else None
+        if edge is None:
+            raise OtlpRejected(404, "edge telemetry is not configured here (edge.models)")
+        receive = edge.metrics if signal == "metrics" else edge.logs
+        return await receive(body, content_type, content_encoding, client), \
+            edge.media_type(content_type)
+
+    def edge_refused(self, refusal: Refused, content_type: str | None) -> tuple[bytes, str]:
+        edge = self.pipeline.edge if self.pipeline else None
+        if edge is None:  # never loads the OTLP modules when no edge model is configured
+            return json.dumps({"code": 5, "message": refusal.message,
+                               "error": refusal.message}).encode(), "application/json"
+        return edge.refusal(refusal, content_type)
+
+    def edge_stats(self, model: str) -> dict[str, Any] | None:
+        edge = self.pipeline.edge if self.pipeline else None
+        return edge.stats(model) if edge is not None else None
+
+    def edge_limits(self) -> tuple[int, tuple[str, ...]]:
+        settings = self.config.edge if self.config else EdgeSettings()
+        return settings.max_body_bytes, tuple(settings.cors_origins)
 
     def capture_stats(self, model: str) -> dict[str, Any]:
         return self.pipeline.capture.stats(model) if self.pipeline else {}
@@ -333,8 +366,7 @@ class Daemon:
     def _add_jobs(self) -> None:
         self.jobs.add("heartbeat", self._heartbeat, HEARTBEAT_SECONDS)
         self.jobs.add("state-checkpoint", self._checkpoint, CHECKPOINT_SECONDS, jitter=10)
-        self.jobs.add("journal-retention", self._retention, RETENTION_SECONDS, jitter=60,
-                      run_now=True)
+        self.jobs.add("journal-retention", self._retention, RETENTION_SECONDS, jitter=60)
         self._spawn(lambda: lag_monitor(LAG_SAMPLE_SECONDS, self.recorder.loop_lag))
 
     async def _heartbeat(self) -> None:

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from tfwarden.core.clock import Clock
-from tfwarden.core.ports import Scheduler, StateStore
+from tfwarden.core.ports import KeyValueStore, Scheduler, StateStore
 from tfwarden.core.series import SeriesWindows
 from tfwarden.daemon.config import Config, read_ingest_tokens
 from tfwarden.daemon.recorder import Recorder
@@ -55,10 +57,14 @@ from tfwarden.serving.tfserving.client import Channels, TFServingClient
 from tfwarden.serving.tfserving.controller import TFServingController
 from tfwarden.serving.tfserving.settings import EndpointSettings
 
+if TYPE_CHECKING:  # imported when an edge model is configured
+    from tfwarden.probes.edge.receiver import EdgeReceiver
+
 log = logging.getLogger("tfwarden.daemon")
 EVALUATE_SECONDS = 2.0
 UNLOAD_PREVIOUS_SECONDS = 30.0
 MAX_PROBE_CONNECTIONS = 200
+DEVICE_KEY = "edge/device_key"
 
 
 @dataclass
@@ -110,6 +116,7 @@ class Pipeline:
     runner: LifecycleRunner
     watcher: VersionWatcher
     alert_rules: list[ReceiveRule]
+    edge: EdgeReceiver | None  # only with edge.models (it loads the OTLP protobuf modules)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
@@ -136,7 +143,7 @@ def build(config: Config, process: Process) -> Pipeline:
                              alerts=alerts, listener=roles, reoptimizer=reoptimizer)
     return Pipeline(endpoints, windows, roles, roster, capture, drift_worker, drift,
                     probes, policy, dispatcher, alerts, reoptimizer, runner, VersionWatcher(runner),
-                    list(config.alerting.receive))
+                    list(config.alerting.receive), edge_receiver(config, p.store, None))
 
 
 # -- configuration -> each stage's settings -----------------------------------------------------
@@ -174,6 +181,30 @@ def probe_settings(config: Config, endpoints: dict[str, ServingEndpoint]) -> Pro
     return ProbeSettings({name: Endpoint(e.settings, e.client) for name, e in endpoints.items()},
                          [ProbedModel(m.name, m.serving, m.probe, m.golden_requests)
                           for m in config.models], config.memory, config.promql)
+
+
+def edge_receiver(config: Config, store: KeyValueStore,
+                  current: EdgeReceiver | None) -> EdgeReceiver | None:
+    """The OTLP receiver while any edge model is configured (kept, with its data, across
+    reloads); None otherwise."""
+    if not config.edge.models:
+        return None
+    if current is not None:
+        current.reconfigure(config.edge)
+        return current
+    from tfwarden.probes.edge import receiver
+
+    return receiver.EdgeReceiver(config.edge, device_key(store))
+
+
+def device_key(store: KeyValueStore) -> bytes:
+    """The key edge device ids are hashed with: made once, kept in the state store, so hashes
+    (and the sticky buckets built on them) stay the same across restarts."""
+    stored = store.get(DEVICE_KEY)
+    if stored is None:
+        stored = secrets.token_hex(32)
+        store.put(DEVICE_KEY, stored, time.time())
+    return bytes.fromhex(stored)
 
 
 def captured_models(config: Config, endpoints: dict[str, ServingEndpoint]) -> dict[str, CapturedModel]:
@@ -291,6 +322,7 @@ async def reconfigure(p: Pipeline, config: Config, process: Process) -> None:
     p.roster.reconfigure(config.detection, objectives_of(config), memory_targets_of(config),
                          [m.name for m in config.models if m.drift is not None])
     p.capture.reconfigure(config.capture, captured_models(config, endpoints))
+    p.edge = edge_receiver(config, process.store, p.edge)
     p.drift_worker.reconfigure(config.detection.drift_worker)
     p.drift.reconfigure(drifted_models(config, endpoints))
     _schedule_drift(p, process.jobs)

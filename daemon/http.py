@@ -68,6 +68,22 @@ class DaemonControl(Protocol):
 
     async def reload(self, trigger: str) -> dict[str, Any]: ...
 
+    async def edge_ingest(self, signal: str, body: bytes, content_type: str | None,
+                          content_encoding: str | None, client: str) -> tuple[bytes, str]:
+        """An OTLP ``metrics`` or ``logs`` request body in, the response body and its media
+        type out (Refused: 4xx)."""
+        ...
+
+    def edge_refused(self, refusal: Refused, content_type: str | None) -> tuple[bytes, str]:
+        """A refusal as OTLP answers it (a ``google.rpc.Status``), and its media type."""
+        ...
+
+    def edge_stats(self, model: str) -> dict[str, Any] | None: ...
+
+    def edge_limits(self) -> tuple[int, tuple[str, ...]]:
+        """(the largest OTLP body accepted, the browser origins allowed to post)."""
+        ...
+
 
 MAX_JSON_DEPTH = 64
 WEBHOOK_MAX_BYTES = 1024 * 1024  # Alertmanager batches stay far below this
@@ -136,7 +152,8 @@ def create_app(daemon: DaemonControl) -> FastAPI:
     """Build the FastAPI application bound to ``daemon``."""
     app = FastAPI(title="tfwarden", docs_url=None, redoc_url=None, openapi_url="/api/v1/openapi.json")
     _errors_as_json(app)
-    for router in (_process_routes(daemon), _model_routes(daemon), _capture_routes(daemon)):
+    for router in (_process_routes(daemon), _model_routes(daemon), _capture_routes(daemon),
+                   _edge_routes(daemon)):
         app.include_router(router)
     return app
 
@@ -294,3 +311,64 @@ def _capture_routes(daemon: DaemonControl) -> APIRouter:
         return report
 
     return routes
+
+
+def _edge_routes(daemon: DaemonControl) -> APIRouter:
+    """OTLP/HTTP from edge devices and browsers (docs/edge.md), and what they reported."""
+    routes = APIRouter()
+
+    async def _otlp(signal: str, request: Request) -> Response:
+        content_type = request.headers.get("content-type")
+        cors = _cors(daemon, request)
+        try:
+            _require_token(daemon, request, daemon.ingest_tokens())
+            body = await read_body(request, daemon.edge_limits()[0])
+            client = request.client.host if request.client else "unknown"
+            answer, media_type = await daemon.edge_ingest(
+                signal, body, content_type, request.headers.get("content-encoding"), client)
+        except Refused as exc:
+            refusal, media_type = daemon.edge_refused(exc, content_type)
+            headers = {**cors, **(exc.headers or {})}
+            if exc.status == 429:  # OTLP clients retry after it
+                headers.setdefault("Retry-After", "1")
+            return Response(refusal, exc.status, media_type=media_type, headers=headers)
+        return Response(answer, 200, media_type=media_type, headers=cors)
+
+    @routes.post("/v1/metrics")
+    async def metrics(request: Request) -> Response:
+        return await _otlp("metrics", request)
+
+    @routes.post("/v1/logs")
+    async def logs(request: Request) -> Response:
+        return await _otlp("logs", request)
+
+    @routes.options("/v1/metrics")
+    @routes.options("/v1/logs")
+    async def preflight(request: Request) -> Response:
+        """CORS preflight of a browser exporter: allowed only for the configured origins."""
+        cors = _cors(daemon, request)
+        if not cors:
+            raise ApiError(403, f"origin {request.headers.get('origin')!r} is not in "
+                                "edge.cors_origins")
+        return Response(status_code=204, headers={
+            **cors, "Access-Control-Allow-Methods": "POST",
+            "Access-Control-Allow-Headers": "content-type, content-encoding, authorization",
+            "Access-Control-Max-Age": "600"})
+
+    @routes.get("/api/v1/edge/{model}")
+    async def edge_stats(model: str) -> dict[str, Any]:
+        stats = daemon.edge_stats(model)
+        if stats is None:
+            raise ApiError(404, f"model {model!r} is not in edge.models")
+        return stats
+
+    return routes
+
+
+def _cors(daemon: DaemonControl, request: Request) -> dict[str, str]:
+    """CORS headers for a configured origin (that origin, never ``*``); none otherwise."""
+    origin = request.headers.get("origin")
+    if origin is None or origin not in daemon.edge_limits()[1]:
+        return {}
+    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+

@@ -17,6 +17,7 @@ from tfwarden.lifecycle.settings import AlertSettings, LifecycleSettings, NginxS
 from tfwarden.optimizers.settings import OptimizeSettings
 from tfwarden.policies.settings import PolicySettings
 from tfwarden.probes.capture import CaptureSettings
+from tfwarden.probes.edge.settings import EdgeSettings
 from tfwarden.probes.settings import MemoryTargetSettings, PredictProbeSettings, PromQLSettings
 from tfwarden.serving.tfserving.settings import EndpointSettings
 
@@ -168,6 +169,7 @@ class Config(Settings):
     promql: PromQLSettings | None = None
     nginx: NginxSettings | None = None
     capture: CaptureSettings = CaptureSettings()
+    edge: EdgeSettings = EdgeSettings()
     detection: DetectionConfig = DetectionConfig()
     alerting: AlertingConfig = AlertingConfig()
     policies: PolicySettings = PolicySettings()

@@ -32,7 +32,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 
-from tfwarden.core.errors import Refused
+from tfwarden.core.errors import OtlpRejected
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -43,10 +43,6 @@ Request = TypeVar("Request", ExportMetricsServiceRequest, ExportLogsServiceReque
 __all__ = ["JSON", "PROTOBUF", "ExportLogsServiceRequest", "ExportLogsServiceResponse",
            "ExportMetricsServiceRequest", "ExportMetricsServiceResponse", "OtlpRejected",
            "decode", "encoding_of", "error_body", "response_body"]
-
-
-class OtlpRejected(Refused):
-    """An OTLP request refused (400 bad data, 413 too large, 415 unknown encoding)."""
 
 
 def encoding_of(content_type: str | None) -> str:

@@ -14,16 +14,15 @@ OTLP clients retry later).
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pydantic import Field
-
+from tfwarden.core.errors import Refused
 from tfwarden.core.ratelimit import RateBuckets
-from tfwarden.core.settings import Name, Settings
 from tfwarden.probes.edge import otlp
 from tfwarden.probes.edge.otlp import (
     ExportLogsServiceRequest,
@@ -43,35 +42,12 @@ from tfwarden.probes.edge.points import (
     attributes_of,
     flatten,
 )
+from tfwarden.probes.edge.settings import EdgeSettings
 
 OTHER = "other"
 INLINE_BYTES = 64 * 1024  # larger bodies are decoded in a thread, off the event loop
 MAX_DEVICES = 10_000  # hashed ids remembered per cohort (beyond: counted as "at least")
 ERROR_SEVERITY = 17  # OTLP SeverityNumber ERROR and above
-
-
-class EdgeModelSettings(Settings):
-    """An edge model whose telemetry tfwarden keeps (``edge.models[]``)."""
-
-    name: Name
-    cohort_by: list[str] = Field(
-        ["ml.delegate", "device.model.identifier"], max_length=4,
-        description="Attributes whose values make a cohort.")
-    max_cohorts: int = Field(50, ge=1, le=1000, description="Per version; more pool as 'other'.")
-
-
-class EdgeSettings(Settings):
-    """The OTLP/HTTP receiver (POST /v1/metrics, /v1/logs) and its limits."""
-
-    models: list[EdgeModelSettings] = []
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024,
-                                description="Per request, after decompression; more gets 413.")
-    client_points_per_second: int = Field(
-        20_000, ge=1, description="Data points and log records per client address; more: 429.")
-    max_streams: int = Field(200_000, ge=100, le=10_000_000,
-                             description="Cumulative histogram streams remembered for deltas.")
-    cors_origins: list[str] = Field(
-        [], description="Browser origins allowed to post OTLP (exact, e.g. https://app.example)")
 
 
 @dataclass
@@ -233,6 +209,23 @@ class EdgeReceiver:
             response.partial_success.rejected_log_records = rejected
             response.partial_success.error_message = "; ".join(reasons)
         return otlp.response_body(response, otlp.encoding_of(content_type))
+
+    @staticmethod
+    def media_type(content_type: str | None) -> str:
+        return otlp.encoding_of(content_type)
+
+    @staticmethod
+    def refusal(refusal: Refused, content_type: str | None) -> tuple[bytes, str]:
+        """A refusal as a ``google.rpc.Status`` in the request's encoding (JSON, with our
+        ``error`` key too, when the encoding is JSON or not one of OTLP's)."""
+        try:
+            encoding = otlp.encoding_of(content_type)
+        except OtlpRejected:
+            encoding = otlp.JSON
+        if encoding == otlp.PROTOBUF:
+            return otlp.error_body(refusal.message, encoding), otlp.PROTOBUF
+        return json.dumps({"code": 3, "message": refusal.message,
+                           "error": refusal.message}).encode(), otlp.JSON
 
     def _admit(self, client: str, points: int) -> None:
         if not self.buckets.take(client, points):

@@ -18,6 +18,7 @@ test the daemon still answers ``/-/ready`` with 200, logged no traceback and sta
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import shutil
@@ -139,7 +140,8 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
                            "interval_seconds": 1, "outputs": {"enabled": False}}}],
         server={"listen": f"127.0.0.1:{port}", "bearer_token_file": "operator.token",
                 "ingest_token_file": "ingest.token"},
-        capture={"max_body_bytes": CAPTURE_MAX_BYTES}), port)
+        capture={"max_body_bytes": CAPTURE_MAX_BYTES},
+        edge={"models": [{"name": "m"}], "max_body_bytes": CAPTURE_MAX_BYTES}), port)
     try:
         dev.wait_ready()
         daemon.wait_ready()
@@ -482,6 +484,39 @@ HOSTILE = [
             (("Content-Type", "text/plain"),)),
     Hostile("capture with Content-Encoding gzip that is not", "POST", "/api/v1/capture/m",
             OK | BAD, PREDICT, "ingest", (("Content-Encoding", "gzip"),)),
+    *[Hostile(f"OTLP {signal} {name}", "POST", f"/v1/{signal}", expected, body, "ingest",
+              (("Content-Type", "application/json"), *extra))
+      for signal in ("metrics", "logs")
+      for name, expected, body, extra in (
+          ("empty request", OK, b"{}", ()),
+          ("nested 10,000 deep", BAD, nested(10_000), ()),
+          ("nested 100 deep in an object", BAD, b'{"resourceMetrics": ' + nested(100) + b"}", ()),
+          ("not an object", BAD, b"[1, 2]", ()),
+          ("a field of the wrong type", BAD, b'{"resourceMetrics": 7, "resourceLogs": 7}', ()),
+          ("gzip that is not", BAD, b"{}", (("Content-Encoding", "gzip"),)),
+          ("gzip bomb", TOO_LARGE, gzip.compress(b" " * (4 * CAPTURE_MAX_BYTES)),
+           (("Content-Encoding", "gzip"),)),
+          ("encoding br", frozenset({415}), b"{}", (("Content-Encoding", "br"),)),
+          ("chunked over max_body_bytes", TOO_LARGE, chunks(2 * CAPTURE_MAX_BYTES), ()),
+          ("a trace id that is not hex", BAD,
+           b'{"resourceLogs": [{"scopeLogs": [{"logRecords": [{"traceId": "xyz"}]}]}]}', ()),
+      )],
+    Hostile("OTLP metrics as text/plain", "POST", "/v1/metrics", frozenset({415}), b"{}",
+            "ingest", (("Content-Type", "text/plain"),)),
+    Hostile("OTLP metrics of a model not configured", "POST", "/v1/metrics", OK,
+            b'{"resourceMetrics": [{"resource": {"attributes": [{"key": "ml.model.name", '
+            b'"value": {"stringValue": "x"}}, {"key": "ml.model.version", "value": '
+            b'{"stringValue": "1"}}]}, "scopeMetrics": [{"metrics": [{"name": '
+            b'"ml.inference.duration", "unit": "ms", "histogram": {"aggregationTemporality": 1, '
+            b'"dataPoints": [{"count": "1", "explicitBounds": [1], "bucketCounts": [1, 0]}]}}]}]}]}',
+            "ingest", (("Content-Type", "application/json"),), error="partialSuccess"),
+    *[Hostile(f"OTLP metrics with {auth} token", "POST", "/v1/metrics", frozenset({401, 403}),
+              b"{}", auth, (("Content-Type", "application/json"),))
+      for auth in ("wrong", "missing")],
+    Hostile("OTLP preflight from an origin not allowed", "OPTIONS", "/v1/metrics",
+            frozenset({403}), b"", "missing", (("Origin", "http://evil.example"),)),
+    Hostile("edge stats of an unknown model", "GET", "/api/v1/edge/nope", frozenset({404})),
+    Hostile("edge stats of m", "GET", "/api/v1/edge/m", OK),
 ]
 
 

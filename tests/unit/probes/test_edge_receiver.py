@@ -16,7 +16,8 @@ from opentelemetry.sdk.resources import Resource
 from tests.unit.probes.test_edge_points import DEVICE, Device
 from tfwarden.probes.edge import otlp
 from tfwarden.probes.edge.otlp import ExportMetricsServiceResponse, OtlpRejected
-from tfwarden.probes.edge.receiver import EdgeModelSettings, EdgeReceiver, EdgeSettings
+from tfwarden.probes.edge.receiver import EdgeReceiver
+from tfwarden.probes.edge.settings import EdgeModelSettings, EdgeSettings
 
 PB = otlp.PROTOBUF
 
