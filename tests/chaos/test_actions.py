@@ -141,7 +141,7 @@ class Case:
             policies={"ruleset": str(rules)},
             server={"listen": f"127.0.0.1:{self.port}", "bearer_token_file": str(stack.work / "token")})
         self._serve_only_this_model()
-        self.watcher = _Watcher(stack.dev.grpc_address, self.name)
+        self.watcher = StableWatcher(stack.dev.grpc_address, self.name, pause=0.005)
         self.daemon: DaemonProcess | None = None
 
     def _serve_only_this_model(self) -> None:
@@ -210,39 +210,6 @@ class Case:
             self.daemon.close()
         if self.mounted:
             subprocess.run(["umount", "-l", str(self.state)], timeout=30)
-
-
-class _Watcher(StableWatcher):
-    """The suite's stable-label watcher, for one model name."""
-
-    def __init__(self, address: str, model: str, width: int | None = None) -> None:
-        super().__init__(address)
-        self.model, self.width = model, width  # width: one row of that many features
-
-    def run(self) -> None:
-        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-        with grpc.insecure_channel(self.address) as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = self.model
-            request.model_spec.version_label = "stable"
-            request.inputs["x"].dtype = 1
-            request.inputs["x"].tensor_shape.dim.add().size = 1
-            if self.width is None:
-                request.inputs["x"].float_val.append(2.0)
-            else:
-                request.inputs["x"].tensor_shape.dim.add().size = self.width
-                request.inputs["x"].float_val.extend([0.5] * self.width)
-            while not self.stop.is_set():
-                try:
-                    response = stub.Predict(request, timeout=5)
-                    self.served.add(response.model_spec.version.value)
-                    self.last_served = response.model_spec.version.value
-                except grpc.RpcError as exc:
-                    self.failures.append(f"{exc.code().name}: {exc.details()}")
-                self.calls += 1
-                time.sleep(0.005)
 
 
 def _reload(address: str, config: Any) -> None:

@@ -19,8 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.chaos.test_actions import _can_mount, _reload, _states, _Watcher
+from tests.chaos.test_actions import _can_mount, _reload, _states
 from tests.helpers import DaemonProcess, DevServer, daemon_config, free_port
+from tests.integration.test_controller import StableWatcher
 from tfwarden.optimizers.publish import PROVENANCE
 from tfwarden.serving.tfserving.modelconfig import read_config
 
@@ -79,7 +80,7 @@ def test_an_interrupted_reoptimization_has_one_outcome(served: dict[str, Any], f
                  "optimize": {"method": "dynamic", "golden": str(work / "built" / "golden.npz")}}],
         policies={"ruleset": "rules.yaml"})
     what = {"disk": "fill" if mounted else "fsize"}.get(fault, fault)
-    watcher = _Watcher(dev.grpc_address, name, width=64)
+    watcher = StableWatcher(dev.grpc_address, name, width=64, pause=0.005)
     daemon = DaemonProcess(config, port, {"TFWARDEN_FAILPOINTS": f"reoptimize.{step}={what}"})
     try:
         daemon.wait_ready()

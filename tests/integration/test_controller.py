@@ -28,9 +28,12 @@ class StableWatcher(threading.Thread):
     """Predicts through the `stable` label in a loop; records every failure and the versions
     that answered."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, model: str = "m", width: int | None = None,
+                 pause: float = 0.0) -> None:
         super().__init__(daemon=True)
         self.address, self.stop, self.failures, self.served = address, threading.Event(), [], set()
+        self.model, self.width = model, width  # width: one row of that many features
+        self.pause = pause  # between calls (long suites on 2 cores)
         self.calls = 0
         self.last_served: int | None = None
 
@@ -40,11 +43,15 @@ class StableWatcher(threading.Thread):
         with grpc.insecure_channel(self.address) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             request = predict_pb2.PredictRequest()
-            request.model_spec.name = "m"
+            request.model_spec.name = self.model
             request.model_spec.version_label = "stable"
             request.inputs["x"].dtype = 1
             request.inputs["x"].tensor_shape.dim.add().size = 1
-            request.inputs["x"].float_val.append(2.0)
+            if self.width is None:
+                request.inputs["x"].float_val.append(2.0)
+            else:
+                request.inputs["x"].tensor_shape.dim.add().size = self.width
+                request.inputs["x"].float_val.extend([0.5] * self.width)
             while not self.stop.is_set():
                 try:
                     response = stub.Predict(request, timeout=5)
@@ -53,6 +60,8 @@ class StableWatcher(threading.Thread):
                 except grpc.RpcError as exc:
                     self.failures.append(f"{exc.code().name}: {exc.details()}")
                 self.calls += 1
+                if self.pause:
+                    time.sleep(self.pause)
 
     def wait_served(self, version: int, timeout: float = 30.0) -> None:
         """Block until a call through `stable` is answered by ``version`` (bounded: a guard
