@@ -91,16 +91,19 @@ class _Cohort:
     error_logs: int = 0
     exceptions: dict[str, int] = field(default_factory=dict)
     memory: dict[str, float] = field(default_factory=dict)  # device -> newest bytes
-    devices: set[str] = field(default_factory=set)
+    devices: set[int] = field(default_factory=set)  # hashed ids as 64-bit ints (compact)
     devices_capped: bool = False
 
     def seen(self, device: str) -> None:
-        if not device or device in self.devices:
+        if not device:
+            return
+        key = int(device, 16)
+        if key in self.devices:
             return
         if len(self.devices) >= MAX_DEVICES:
             self.devices_capped = True
             return
-        self.devices.add(device)
+        self.devices.add(key)
 
     def to_json(self) -> dict[str, Any]:
         inferences = self.inference.count
