@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -72,21 +74,20 @@ def wait_http(url: str, timeout: float = 120) -> None:
     raise SystemExit(f"bench: {url} did not come up")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=1000)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        build_model(work / "models" / "m" / "1")
-        grpc_port, rest_port, port = free_port(), free_port(), free_port()
-        dev = subprocess.Popen([sys.executable, "-m", "tfwarden.daemon", "devserver", f"--port={grpc_port}",
-                                f"--rest_api_port={rest_port}", "--model_name=m",
-                                f"--model_base_path={work / 'models' / 'm'}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        np.save(work / "reference.npy", np.random.default_rng(0).normal(size=(2000, 10)))
-        (work / "tfwarden.yaml").write_text(f"""
+@contextmanager
+def stack(work: Path, probe_rate: float | None = None) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """The capture benchmarks' set-up in ``work``: the model on the devserver and `tfwarden run`
+    with drift configured for it (and a predict probe at ``probe_rate``/s); yields the daemon
+    and its port once both answer, and stops both."""
+    build_model(work / "models" / "m" / "1")
+    grpc_port, rest_port, port = free_port(), free_port(), free_port()
+    np.save(work / "reference.npy", np.random.default_rng(0).normal(size=(2000, 10)))
+    probe = ""
+    if probe_rate is not None:
+        (work / "golden.jsonl").write_text(
+            json.dumps({"request": {"instances": [[0.0] * 10]}}) + "\n")
+        probe = f"    golden_requests: golden.jsonl\n    probe: {{rate_per_second: {probe_rate}}}\n"
+    (work / "tfwarden.yaml").write_text(f"""
 server: {{listen: "127.0.0.1:{port}"}}
 state_dir: ./state
 serving:
@@ -95,46 +96,69 @@ serving:
 models:
   - name: m
     serving: dev
-    drift: {{engine: scipy, reference: reference.npy, interval_seconds: 3600,
+{probe}    drift: {{engine: scipy, reference: reference.npy, interval_seconds: 3600,
              outputs: {{enabled: false}}}}
 capture: {{client_rows_per_second: 1000000, reservoir_rows: 5000, recent_rows: 20000,
            max_body_bytes: 8000000}}
 """)
-        daemon = subprocess.Popen([sys.executable, "-m", "tfwarden.daemon", "run", "--config",
-                                   str(work / "tfwarden.yaml")], cwd=work,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_http(f"http://127.0.0.1:{rest_port}/v1/models/m")
-            wait_http(f"http://127.0.0.1:{port}/-/ready")
-            rng = np.random.default_rng(1)
-            bodies = [json.dumps({"features": [f"x[{i}]" for i in range(10)],
-                                  "rows": rng.normal(size=(args.batch, 10)).round(6).tolist()})
-                      .encode() for _ in range(20)]
-            client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
-                                  headers={"content-type": "application/json"})
-            for _ in range(100):  # warm-up: the signature is read on the first call
-                first = client.post("/api/v1/samples/m", content=bodies[0])
-                if first.status_code == 200:
-                    break
-                time.sleep(0.2)
-            else:
-                raise SystemExit(f"bench: capture refused: {first.status_code} {first.text}")
-            rss_before, cpu_before = rss_mb(daemon.pid), cpu_seconds(daemon.pid)
-            started = time.monotonic()
-            sent = 0
-            while sent < args.rows:
-                answer = client.post("/api/v1/samples/m", content=bodies[sent // args.batch % 20])
-                assert answer.status_code == 200, answer.text
-                sent += args.batch
-            wall = time.monotonic() - started
-            cpu = cpu_seconds(daemon.pid) - cpu_before
-            rss_after = rss_mb(daemon.pid)
-            capture = client.get("/api/v1/models/m/capture").json()
-        finally:
-            daemon.terminate()
-            dev.terminate()
-            daemon.wait(10)
-            dev.wait(10)
+    dev = subprocess.Popen([sys.executable, "-m", "tfwarden.daemon", "devserver",
+                            f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+                            "--model_name=m", f"--model_base_path={work / 'models' / 'm'}"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon = subprocess.Popen([sys.executable, "-m", "tfwarden.daemon", "run", "--config",
+                               str(work / "tfwarden.yaml")], cwd=work,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{rest_port}/v1/models/m")
+        wait_http(f"http://127.0.0.1:{port}/-/ready")
+        yield daemon, port
+    finally:
+        daemon.terminate()
+        dev.terminate()
+        daemon.wait(10)
+        dev.wait(10)
+
+
+def sample_bodies(batch: int, count: int) -> list[bytes]:
+    """``count`` samples bodies of ``batch`` rows of 10 normal features (seeded)."""
+    rng = np.random.default_rng(1)
+    return [json.dumps({"features": [f"x[{i}]" for i in range(10)],
+                        "rows": rng.normal(size=(batch, 10)).round(6).tolist()}).encode()
+            for _ in range(count)]
+
+
+def warm_up(client: httpx.Client, body: bytes) -> None:
+    """Post until accepted: the signature is read on the first call."""
+    for _ in range(100):
+        first = client.post("/api/v1/samples/m", content=body,
+                            headers={"content-type": "application/json"})
+        if first.status_code == 200:
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"bench: capture refused: {first.status_code} {first.text}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, stack(Path(tmp)) as (daemon, port):
+        bodies = sample_bodies(args.batch, 20)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                              headers={"content-type": "application/json"})
+        warm_up(client, bodies[0])
+        rss_before, cpu_before = rss_mb(daemon.pid), cpu_seconds(daemon.pid)
+        started = time.monotonic()
+        sent = 0
+        while sent < args.rows:
+            answer = client.post("/api/v1/samples/m", content=bodies[sent // args.batch % 20])
+            assert answer.status_code == 200, answer.text
+            sent += args.batch
+        wall = time.monotonic() - started
+        cpu = cpu_seconds(daemon.pid) - cpu_before
+        rss_after = rss_mb(daemon.pid)
+        capture = client.get("/api/v1/models/m/capture").json()
     result = {"rows": sent, "batch": args.batch, "features": 10,
               "rows_per_second_wall": round(sent / wall), "daemon_cpu_seconds": round(cpu, 2),
               "rows_per_daemon_cpu_second": round(sent / cpu),

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,8 +26,7 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
-from capture import build_model, free_port, wait_http
+from capture import sample_bodies, stack, warm_up
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -68,80 +66,38 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=20_000, help="rows/s in all; 0: unpaced")
     parser.add_argument("--probe-rate", type=float, default=20)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        build_model(work / "models" / "m" / "1")
-        grpc_port, rest_port, port = free_port(), free_port(), free_port()
-        dev = subprocess.Popen([sys.executable, "-m", "tfwarden.daemon", "devserver",
-                                f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-                                "--model_name=m", f"--model_base_path={work / 'models' / 'm'}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        np.save(work / "reference.npy", np.random.default_rng(0).normal(size=(2000, 10)))
-        (work / "golden.jsonl").write_text(json.dumps({"request": {"instances": [[0.0] * 10]}})
-                                           + "\n")
-        (work / "tfwarden.yaml").write_text(f"""
-server: {{listen: "127.0.0.1:{port}"}}
-state_dir: ./state
-serving:
-  dev: {{kind: tfserving, rest_url: "http://127.0.0.1:{rest_port}",
-         grpc_address: "127.0.0.1:{grpc_port}"}}
-models:
-  - name: m
-    serving: dev
-    golden_requests: golden.jsonl
-    probe: {{rate_per_second: {args.probe_rate}}}
-    drift: {{engine: scipy, reference: reference.npy, interval_seconds: 3600,
-             outputs: {{enabled: false}}}}
-capture: {{client_rows_per_second: 1000000, reservoir_rows: 5000, recent_rows: 20000,
-           max_body_bytes: 8000000}}
-""")
-        daemon = subprocess.Popen([sys.executable, "-m", "tfwarden.daemon", "run", "--config",
-                                   str(work / "tfwarden.yaml")], cwd=work,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with tempfile.TemporaryDirectory() as tmp, \
+            stack(Path(tmp), probe_rate=args.probe_rate) as (_, port):
         base = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(f"http://127.0.0.1:{rest_port}/v1/models/m")
-            wait_http(f"{base}/-/ready")
-            rng = np.random.default_rng(1)
-            bodies = [json.dumps({"features": [f"x[{i}]" for i in range(10)],
-                                  "rows": rng.normal(size=(args.batch, 10)).round(6).tolist()})
-                      .encode() for _ in range(10)]
-            for _ in range(100):  # warm-up: the signature is read on the first call
-                if httpx.post(f"{base}/api/v1/samples/m", content=bodies[0],
-                              timeout=30).status_code == 200:
-                    break
-                time.sleep(0.2)
-            time.sleep(3)  # the probe reaches its rate
-            lag_before, probes_before = scrape(f"{base}/metrics")
-            stop, rows = threading.Event(), [0] * args.clients
+        bodies = sample_bodies(args.batch, 10)
+        with httpx.Client(base_url=base, timeout=30) as client:
+            warm_up(client, bodies[0])
+        time.sleep(3)  # the probe reaches its rate
+        lag_before, probes_before = scrape(f"{base}/metrics")
+        stop, rows = threading.Event(), [0] * args.clients
 
-            def post(index: int) -> None:
-                with httpx.Client(base_url=base, timeout=30,
-                                  headers={"content-type": "application/json"}) as client:
-                    interval = args.batch * args.clients / args.rate if args.rate else 0.0
-                    due = time.monotonic()
-                    while not stop.is_set():
-                        answer = client.post("/api/v1/samples/m", content=bodies[rows[index] % 10])
-                        assert answer.status_code == 200, answer.text
-                        rows[index] += args.batch
-                        due += interval
-                        time.sleep(max(0.0, due - time.monotonic()))
+        def post(index: int) -> None:
+            with httpx.Client(base_url=base, timeout=30,
+                              headers={"content-type": "application/json"}) as client:
+                interval = args.batch * args.clients / args.rate if args.rate else 0.0
+                due = time.monotonic()
+                while not stop.is_set():
+                    answer = client.post("/api/v1/samples/m", content=bodies[rows[index] % 10])
+                    assert answer.status_code == 200, answer.text
+                    rows[index] += args.batch
+                    due += interval
+                    time.sleep(max(0.0, due - time.monotonic()))
 
-            threads = [threading.Thread(target=post, args=(i,)) for i in range(args.clients)]
-            started = time.monotonic()
-            for thread in threads:
-                thread.start()
-            time.sleep(args.seconds)
-            stop.set()
-            for thread in threads:
-                thread.join()
-            wall = time.monotonic() - started
-            lag_after, probes_after = scrape(f"{base}/metrics")
-        finally:
-            daemon.terminate()
-            dev.terminate()
-            daemon.wait(10)
-            dev.wait(10)
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(args.clients)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        time.sleep(args.seconds)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        wall = time.monotonic() - started
+        lag_after, probes_after = scrape(f"{base}/metrics")
     lag = {le: lag_after[le] - lag_before.get(le, 0.0) for le in lag_after}
     samples = lag[float("inf")]
     result = {

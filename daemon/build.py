@@ -137,7 +137,7 @@ def build(config: Config, process: Process) -> Pipeline:
     dispatcher = Dispatcher(notifiers_of(config, p.http), on_result=p.recorder.notified)
     alerts = AlertBook(dispatcher, p.journal, p.clock, config.alerting.labels)
     reoptimizer = Reoptimizer(optimize_settings(config), config.state_dir / "optimize", p.journal,
-                              alerts, captured=capture, calibration=drift, store=p.store)
+                              alerts, p.store, captured=capture, calibration=drift)
     runner = LifecycleRunner(managed_models(config, endpoints), store=p.store, journal=p.journal,
                              clock=p.clock, metrics=p.recorder, policy=policy, findings=roster,
                              alerts=alerts, listener=roles, reoptimizer=reoptimizer)

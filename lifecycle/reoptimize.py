@@ -63,9 +63,8 @@ def calibration_csv(path: Path, features: list[str], rows: list[Row]) -> Path | 
 
 class Reoptimizer:
     def __init__(self, models: Mapping[str, OptimizeSettings], work_dir: Path, journal: Journal,
-                 alerts: FailureAlerts, captured: CapturedRows | None = None,
-                 calibration: CalibrationSource | None = None, runner: Runner | None = None,
-                 store: KeyValueStore | None = None) -> None:
+                 alerts: FailureAlerts, store: KeyValueStore, captured: CapturedRows | None = None,
+                 calibration: CalibrationSource | None = None, runner: Runner | None = None) -> None:
         self.models, self.work_dir, self.journal, self.alerts = dict(models), work_dir, journal, alerts
         self.store = store
         self.captured, self.calibration = captured, calibration
@@ -130,8 +129,6 @@ class Reoptimizer:
 
     def _start(self, model: str, method: str, stable: int, origin: str) -> int:
         """Journal the start and keep it pending, in one transaction."""
-        if self.store is None:
-            return self.journal.record(ReoptimizeStarted(model, method, stable, origin))
         with self.store.transaction():
             intent = self.journal.record(ReoptimizeStarted(model, method, stable, origin))
             self.store.put(pending_key(model), {"intent_id": intent, "method": method,
@@ -140,9 +137,6 @@ class Reoptimizer:
 
     def _outcome(self, model: str, event: Event) -> None:
         """Journal the outcome and clear the pending start, in one transaction."""
-        if self.store is None:
-            self.journal.record(event)
-            return
         with self.store.transaction():
             self.journal.record(event)
             self.store.put(pending_key(model), None, time.time())
@@ -150,7 +144,7 @@ class Reoptimizer:
     def resume(self, model: str, server: HasBasePath) -> None:
         """A reoptimization a stop or crash interrupted gets its one outcome: the variant it
         published (publishing is one atomic rename), else failed (run it again)."""
-        pending = self.store.get(pending_key(model)) if self.store is not None else None
+        pending = self.store.get(pending_key(model))
         if pending is None:
             return
         intent, method, stable = pending["intent_id"], pending["method"], pending["source_version"]

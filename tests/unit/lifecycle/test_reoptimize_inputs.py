@@ -46,7 +46,7 @@ def checks(state: Path, drift: DriftSettings | None) -> DriftChecks:
 def reoptimizer(tmp_path: Path, drift: DriftChecks, captured: list[list[float | str]]) -> Reoptimizer:
     store = MemoryStateStore()
     return Reoptimizer({}, tmp_path / "optimize", EventJournal(store, FakeClock(), Recorder()),
-                       _Alerts(), captured=_Captured(captured), calibration=drift)
+                       _Alerts(), store, captured=_Captured(captured), calibration=drift)
 
 
 def test_the_drift_reference_file_comes_first(tmp_path: Path) -> None:

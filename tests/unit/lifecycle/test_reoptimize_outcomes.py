@@ -36,7 +36,7 @@ class _Server:
 
 def _reoptimizer(store: MemoryStateStore, alerts: _Alerts) -> Reoptimizer:
     return Reoptimizer({"m": object()}, Path("/nonexistent"),  # type: ignore[dict-item]
-                       EventJournal(store, FakeClock(), Recorder()), alerts, store=store)
+                       EventJournal(store, FakeClock(), Recorder()), alerts, store)
 
 
 def _kinds(store: MemoryStateStore) -> list[str]:
