@@ -2,7 +2,8 @@
 aggregates of each edge model's versions (docs/edge.md).
 
 A cohort is the values of the model's ``cohort_by`` attributes (e.g. delegate and device model);
-each model keeps at most ``max_cohorts`` of them per version, later ones pooled as ``other``.
+each model keeps at most ``max_cohorts`` of them (the same for all its versions, so a
+candidate and the current version pool alike), later ones pooled as ``other``.
 Per cohort: the merged inference-duration and load-duration histograms (buckets as devices sent
 them; points with an ``error.type`` attribute count as failed inferences), crash and error log
 records (``exception.type``), the newest memory value per device, and the devices seen (hashed
@@ -22,7 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tfwarden.core.errors import Refused
+from tfwarden.core.ports import SampleSink
 from tfwarden.core.ratelimit import RateBuckets
+from tfwarden.core.types import Sample
 from tfwarden.probes.edge import otlp
 from tfwarden.probes.edge.otlp import (
     ExportLogsServiceRequest,
@@ -45,6 +48,9 @@ from tfwarden.probes.edge.points import (
 from tfwarden.probes.edge.settings import EdgeSettings
 
 OTHER = "other"
+# the Samples a device report becomes (labels: cohort, device, count)
+INFERENCE_MS, FAILED_INFERENCES = "edge_inference_ms", "edge_failed_inferences"
+LOAD_MS, MEMORY_BYTES, ERROR_LOGS = "edge_load_ms", "edge_memory_bytes", "edge_error_logs"
 INLINE_BYTES = 64 * 1024  # larger bodies are decoded in a thread, off the event loop
 MAX_DEVICES = 10_000  # hashed ids remembered per cohort (beyond: counted as "at least")
 ERROR_SEVERITY = 17  # OTLP SeverityNumber ERROR and above
@@ -121,13 +127,16 @@ class _Cohort:
 class EdgeReceiver:
     """Receives OTLP bodies; keeps cohort aggregates for the configured edge models."""
 
-    def __init__(self, settings: EdgeSettings, device_key: bytes) -> None:
+    def __init__(self, settings: EdgeSettings, device_key: bytes,
+                 sink: SampleSink | None = None) -> None:
         self.settings = settings
+        self.sink = sink  # told each device report as a Sample (the cohort verdicts)
         self.models = {m.name: m for m in settings.models}
         self.hasher = DeviceHasher(device_key)
         self.deltas = Deltas(settings.max_streams)
         self.buckets = RateBuckets(settings.client_points_per_second)
         self.cohorts: dict[tuple[str, str], dict[str, _Cohort]] = {}
+        self.known: dict[str, set[str]] = {}  # cohort names per model, at most max_cohorts
         self._streams = threading.Lock()
 
     def reconfigure(self, settings: EdgeSettings) -> None:
@@ -136,6 +145,8 @@ class EdgeReceiver:
         self.buckets.rate = settings.client_points_per_second
         for model, version in [k for k in self.cohorts if k[0] not in self.models]:
             del self.cohorts[(model, version)]
+        for model in [m for m in self.known if m not in self.models]:
+            del self.known[model]
 
     # -- requests ----------------------------------------------------------------------------
     async def metrics(self, body: bytes, content_type: str | None,
@@ -152,11 +163,13 @@ class EdgeReceiver:
         rejected, reasons = flattened.rejected, list(flattened.reasons)
         points: list[EdgeHistogram | EdgeValue] = [*flattened.histograms, *flattened.values]
         for point in points:
-            cohort = self._cohort(point.model, point.version, point.attributes)
-            if cohort is None:  # removed by a reload meanwhile
+            found = self._cohort(point.model, point.version, point.attributes)
+            if found is None:  # removed by a reload meanwhile
                 rejected += 1
                 continue
+            name, cohort = found
             cohort.seen(point.device)
+            self._emit(point, name)
             if isinstance(point, EdgeValue):
                 if point.device or len(cohort.memory) < MAX_DEVICES:
                     cohort.memory[point.device] = point.value
@@ -190,15 +203,17 @@ class EdgeReceiver:
                 for record in scope_logs.log_records:
                     attributes = {**resource, **attributes_of(record.attributes)}
                     device = self.hasher(attributes.pop("device.id", ""))
-                    cohort = self._cohort(attributes.get("ml.model.name", ""),
-                                          attributes.get("ml.model.version", ""), attributes)
-                    if cohort is None:
+                    model = attributes.get("ml.model.name", "")
+                    version = attributes.get("ml.model.version", "")
+                    found = self._cohort(model, version, attributes)
+                    if found is None:
                         rejected += 1
                         reason = "log records need the ml.model.name and ml.model.version of a " \
                                  "model in edge.models"
                         if reason not in reasons:
                             reasons.append(reason)
                         continue
+                    name, cohort = found
                     cohort.seen(device)
                     exception = attributes.get("exception.type")
                     if exception:
@@ -207,6 +222,8 @@ class EdgeReceiver:
                         cohort.exceptions[key] = cohort.exceptions.get(key, 0) + 1
                     if exception or record.severity_number >= ERROR_SEVERITY:
                         cohort.error_logs += 1
+                        self._tell(record.time_unix_nano / 1e9 or record.observed_time_unix_nano
+                                   / 1e9, ERROR_LOGS, 1.0, model, version, name, device)
         response = ExportLogsServiceResponse()
         if rejected:
             response.partial_success.rejected_log_records = rejected
@@ -236,15 +253,47 @@ class EdgeReceiver:
                                     f"{self.settings.client_points_per_second} points/s; "
                                     "retry later")
 
-    def _cohort(self, model: str, version: str, attributes: Mapping[str, str]) -> _Cohort | None:
+    def _cohort(self, model: str, version: str,
+                attributes: Mapping[str, str]) -> tuple[str, _Cohort] | None:
+        """The cohort's name and aggregate for a point (None: model not configured)."""
         settings = self.models.get(model)
         if settings is None or not version:
             return None
-        key = " | ".join(f"{a}={attributes.get(a, '')}" for a in settings.cohort_by)
+        key = cohort_name(settings.cohort_by, attributes)
+        known = self.known.setdefault(model, set())  # per model: every version pools alike
+        if key not in known:
+            if len(known) >= settings.max_cohorts:
+                key = OTHER
+            else:
+                known.add(key)
         cohorts = self.cohorts.setdefault((model, version[:100]), {})
-        if key not in cohorts and len(cohorts) >= settings.max_cohorts:
-            key = OTHER
-        return cohorts.setdefault(key, _Cohort())
+        return key, cohorts.setdefault(key, _Cohort())
+
+    # -- device reports as Samples -----------------------------------------------------------
+    def _emit(self, point: EdgeHistogram | EdgeValue, cohort: str) -> None:
+        """One device report as a Sample: the mean of a histogram delta (its sum / count, exact
+        for the report) or the value, with the cohort and the hashed device as labels."""
+        if self.sink is None:
+            return
+        if isinstance(point, EdgeValue):
+            self._tell(point.t, MEMORY_BYTES, point.value, point.model, point.version, cohort,
+                       point.device)
+        elif point.metric == LOAD:
+            self._tell(point.t, LOAD_MS, point.total / point.count, point.model, point.version,
+                       cohort, point.device, point.count)
+        elif "error.type" in point.attributes:
+            self._tell(point.t, FAILED_INFERENCES, float(point.count), point.model,
+                       point.version, cohort, point.device, point.count)
+        else:
+            self._tell(point.t, INFERENCE_MS, point.total / point.count, point.model,
+                       point.version, cohort, point.device, point.count)
+
+    def _tell(self, t: float, metric: str, value: float, model: str, version: str, cohort: str,
+              device: str, count: int = 1) -> None:
+        if self.sink is None or not version.isdigit() or len(version) > 18:
+            return  # only numbered versions (the published directories) can be rolled out
+        self.sink.observe(Sample(t, "edge", metric, value, model, int(version), labels={
+            "cohort": cohort, "device": device, "count": str(count)}))
 
     # -- reports -----------------------------------------------------------------------------
     def stats(self, model: str) -> dict[str, Any] | None:
@@ -254,6 +303,11 @@ class EdgeReceiver:
         return {"model": model, "cohort_by": self.models[model].cohort_by, "versions": {
             version: {name: cohort.to_json() for name, cohort in sorted(cohorts.items())}
             for (name_, version), cohorts in sorted(self.cohorts.items()) if name_ == model}}
+
+
+def cohort_name(cohort_by: list[str], attributes: Mapping[str, str]) -> str:
+    """A cohort's name: ``attr=value`` for each of the model's ``cohort_by`` attributes."""
+    return " | ".join(f"{a}={attributes.get(a, '')[:100]}" for a in cohort_by)
 
 
 def _round(value: float | None) -> float | None:

@@ -15,7 +15,7 @@ class EdgeModelSettings(Settings):
     cohort_by: list[str] = Field(
         ["ml.delegate", "device.model.identifier"], max_length=4,
         description="Attributes whose values make a cohort.")
-    max_cohorts: int = Field(50, ge=1, le=1000, description="Per version; more pool as 'other'.")
+    max_cohorts: int = Field(50, ge=1, le=1000, description="Per model; more pool as 'other'.")
 
 
 class EdgeSettings(Settings):
