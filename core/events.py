@@ -266,9 +266,54 @@ class ReoptimizeRejected(Event):
         return {"intent_id": self.intent_id, **_plain(self.report)}
 
 
+# -- edge rollouts (the rollout's status is a plain mapping: tfwarden.lifecycle.edge) -----------
+@dataclass(frozen=True)
+class EdgeAdopted(Event):
+    kind: ClassVar[str] = "edge_adopted"
+    model: str
+    version: int
+
+
+@dataclass(frozen=True)
+class EdgeActionIntended(Event):
+    """Written before an edge rollout changes; its id ties the outcome to it."""
+
+    kind: ClassVar[str] = "edge_action_intent"
+    model: str
+    action: str
+    params: Mapping[str, Any]
+    origin: str
+    rollout: Mapping[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        return {"model": self.model, "action": self.action, "params": _plain(self.params),
+                "origin": self.origin, "from": _plain(self.rollout)}
+
+
+@dataclass(frozen=True)
+class EdgeActionDone(Event):
+    kind: ClassVar[str] = "edge_action_done"
+    intent_id: int
+    model: str
+    action: str
+    params: Mapping[str, Any]
+    rollout: Mapping[str, Any]
+    findings: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class EdgeActionFailed(Event):
+    kind: ClassVar[str] = "edge_action_failed"
+    intent_id: int
+    model: str
+    action: str
+    error: str
+
+
 EVENTS: tuple[type[Event], ...] = (
     DaemonStarting, DaemonStopped, ConfigLoaded, ConfigReloadFailed, VerdictChanged,
     DecisionTaken, ApprovalRequested, ModelAdopted, NewVersionFound, ActionIntended, ActionDone,
     ActionFailed, OperatorActed, AlertFired, AlertResolved, ReoptimizeRefused,
-    ReoptimizeSkipped, ReoptimizeStarted, ReoptimizeFailed, Reoptimized, ReoptimizeRejected)
+    ReoptimizeSkipped, ReoptimizeStarted, ReoptimizeFailed, Reoptimized, ReoptimizeRejected,
+    EdgeAdopted, EdgeActionIntended, EdgeActionDone, EdgeActionFailed)
 KINDS = frozenset(e.kind for e in EVENTS)

@@ -111,6 +111,21 @@ class StatusListener(Protocol):
     def status_changed(self, status: ModelStatus) -> None: ...
 
 
+class EdgeRolloutListener(Protocol):
+    """Told an edge model's rollout versions as soon as they change (the cohort verdicts)."""
+
+    def rollout_changed(self, model: str, current: int | None, candidate: int | None) -> None: ...
+
+
+class EdgeFindingSource(Protocol):
+    """The per-cohort findings of an edge model's rollout, and how many candidate devices
+    have been counted so far."""
+
+    def findings(self, model: str, now: float) -> list[Finding]: ...
+
+    def candidate_devices(self, model: str) -> int: ...
+
+
 class Roles(Protocol):
     def roles(self, model: str) -> tuple[int | None, int | None]:
         """(stable, canary) versions of ``model``; None where there is none."""
@@ -192,3 +207,9 @@ class LifecycleMetrics(Protocol):
     def model_phase(self, model: str, phase: str, weight: int) -> None: ...
 
     def notified(self, notifier: str, ok: bool) -> None: ...
+
+
+class EdgeRolloutMetrics(Protocol):
+    def edge_rollout(self, model: str, phase: str, percent: int, pinned: int) -> None: ...
+
+    def edge_action(self, model: str, action: str, outcome: str) -> None: ...

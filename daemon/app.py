@@ -30,6 +30,7 @@ from tfwarden.core.clock import Clock, SystemClock
 from tfwarden.core.errors import (
     ApiError,
     ConfigError,
+    LifecycleError,
     OtlpRejected,
     Refused,
     StartupError,
@@ -138,7 +139,10 @@ class Daemon:
         return self._ingest_tokens
 
     def findings(self) -> list[dict[str, Any]]:
-        return self.pipeline.roster.to_json() if self.pipeline is not None else []
+        if self.pipeline is None:
+            return []
+        edge = [f.to_json() for f in self.pipeline.edge_verdicts.all_findings(self.clock.now())]
+        return [*self.pipeline.roster.to_json(), *edge]
 
     def models(self) -> list[dict[str, Any]]:
         runner = self.pipeline.runner if self.pipeline else None
@@ -195,6 +199,50 @@ class Daemon:
     def edge_limits(self) -> tuple[int, tuple[str, ...]]:
         settings = self.config.edge if self.config else EdgeSettings()
         return settings.max_body_bytes, tuple(settings.cors_origins)
+
+    # -- edge rollouts ---------------------------------------------------------------------
+    def edge_rollout(self, model: str) -> dict[str, Any] | None:
+        """A rollout's status with its per-cohort findings; None: no rollout configured."""
+        if self.pipeline is None or model not in self.pipeline.edge_rollouts.statuses:
+            return None
+        findings = self.pipeline.edge_verdicts.findings(model, self.clock.now())
+        return {**self.pipeline.edge_rollouts.status_json(model),
+                "findings": [f.to_json() for f in findings],
+                "cohorts": self.pipeline.edge_verdicts.summary(model)}
+
+    async def edge_action(self, model: str, action: str, params: dict[str, Any]) -> dict[str, Any]:
+        assert self.pipeline is not None
+        try:
+            return await self.pipeline.edge_rollouts.manual(model, action, params)
+        except StateError as exc:
+            raise ApiError(503, f"the state store cannot take the action: {exc}") from None
+
+    def edge_assignment(self, model: str, device_id: str,
+                        attributes: dict[str, str]) -> dict[str, Any] | None:
+        """The version a device should run (None: the model has no rollout); the device id
+        is hashed as its telemetry's is, the cohort named and pooled as its telemetry's."""
+        edge = self.pipeline.edge if self.pipeline else None
+        if edge is None or self.pipeline is None or \
+                model not in self.pipeline.edge_rollouts.statuses:
+            return None
+        from tfwarden.probes.edge.receiver import OTHER, cohort_name
+
+        cohort = cohort_name(edge.models[model].cohort_by, attributes)
+        known = edge.known.get(model, set())
+        if cohort not in known and len(known) >= edge.models[model].max_cohorts:
+            cohort = OTHER
+        try:
+            return self.pipeline.edge_rollouts.assignment(model, edge.hasher(device_id), cohort)
+        except LifecycleError as exc:
+            raise ApiError(409, str(exc)) from None
+
+    def edge_file(self, model: str, version: int) -> Path | None:
+        if self.pipeline is None or model not in self.pipeline.edge_rollouts.statuses:
+            return None
+        try:
+            return self.pipeline.edge_rollouts.file(model, version)
+        except KeyError:
+            return None
 
     def capture_stats(self, model: str) -> dict[str, Any]:
         return self.pipeline.capture.stats(model) if self.pipeline else {}

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from tfwarden.core.clock import Clock
-from tfwarden.core.ports import KeyValueStore, Scheduler, StateStore
+from tfwarden.core.ports import KeyValueStore, SampleSink, Scheduler, StateStore
 from tfwarden.core.series import SeriesWindows
 from tfwarden.daemon.config import Config, read_ingest_tokens
 from tfwarden.daemon.recorder import Recorder
@@ -35,9 +35,11 @@ from tfwarden.detectors.backtest import Backtest
 from tfwarden.detectors.drift.checks import DriftChecks, DriftedModel
 from tfwarden.detectors.drift.client import DriftWorkerClient
 from tfwarden.detectors.drift.settings import DriftSettings
+from tfwarden.detectors.edge import EdgeVerdicts, EdgeVerdictSettings
 from tfwarden.detectors.roles import RoleTracker
 from tfwarden.detectors.roster import ModelObjectives, Roster
 from tfwarden.lifecycle.alerts import AlertBook
+from tfwarden.lifecycle.edgerunner import EdgeModel, EdgeRolloutRunner
 from tfwarden.lifecycle.notifiers.alertmanager import AlertmanagerNotifier, WebhookNotifier
 from tfwarden.lifecycle.notifiers.base import Notifier
 from tfwarden.lifecycle.notifiers.dispatch import Dispatcher
@@ -117,6 +119,8 @@ class Pipeline:
     watcher: VersionWatcher
     alert_rules: list[ReceiveRule]
     edge: EdgeReceiver | None  # only with edge.models (it loads the OTLP protobuf modules)
+    edge_verdicts: EdgeVerdicts
+    edge_rollouts: EdgeRolloutRunner
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
@@ -141,9 +145,14 @@ def build(config: Config, process: Process) -> Pipeline:
     runner = LifecycleRunner(managed_models(config, endpoints), store=p.store, journal=p.journal,
                              clock=p.clock, metrics=p.recorder, policy=policy, findings=roster,
                              alerts=alerts, listener=roles, reoptimizer=reoptimizer)
+    verdicts = EdgeVerdicts(edge_verdict_settings(config))
+    rollouts = EdgeRolloutRunner(edge_models(config), store=p.store, journal=p.journal,
+                                 clock=p.clock, metrics=p.recorder, verdicts=verdicts,
+                                 alerts=alerts, listener=verdicts)
     return Pipeline(endpoints, windows, roles, roster, capture, drift_worker, drift,
                     probes, policy, dispatcher, alerts, reoptimizer, runner, VersionWatcher(runner),
-                    list(config.alerting.receive), edge_receiver(config, p.store, None))
+                    list(config.alerting.receive), edge_receiver(config, p.store, None, verdicts),
+                    verdicts, rollouts)
 
 
 # -- configuration -> each stage's settings -----------------------------------------------------
@@ -183,10 +192,21 @@ def probe_settings(config: Config, endpoints: dict[str, ServingEndpoint]) -> Pro
                           for m in config.models], config.memory, config.promql)
 
 
-def edge_receiver(config: Config, store: KeyValueStore,
-                  current: EdgeReceiver | None) -> EdgeReceiver | None:
+def edge_verdict_settings(config: Config) -> dict[str, tuple[int, EdgeVerdictSettings]]:
+    return {m.name: (m.max_cohorts, m.verdicts) for m in config.edge.models
+            if m.rollout is not None}
+
+
+def edge_models(config: Config) -> dict[str, EdgeModel]:
+    """Edge models with staged rollouts."""
+    return {m.name: EdgeModel(m.name, m.rollout, m.base_path, m.download_url)
+            for m in config.edge.models if m.rollout is not None and m.base_path is not None}
+
+
+def edge_receiver(config: Config, store: KeyValueStore, current: EdgeReceiver | None,
+                  sink: SampleSink) -> EdgeReceiver | None:
     """The OTLP receiver while any edge model is configured (kept, with its data, across
-    reloads); None otherwise."""
+    reloads); None otherwise. Device reports go to ``sink`` (the cohort verdicts)."""
     if not config.edge.models:
         return None
     if current is not None:
@@ -194,7 +214,7 @@ def edge_receiver(config: Config, store: KeyValueStore,
         return current
     from tfwarden.probes.edge import receiver
 
-    return receiver.EdgeReceiver(config.edge, device_key(store))
+    return receiver.EdgeReceiver(config.edge, device_key(store), sink)
 
 
 def device_key(store: KeyValueStore) -> bytes:
@@ -274,6 +294,8 @@ async def _start_lifecycle(p: Pipeline, jobs: Scheduler) -> None:
     await p.runner.start()
     jobs.add("policy", p.runner.tick, POLICY_SECONDS)
     _schedule_watcher(p, jobs)
+    await p.edge_rollouts.start()
+    jobs.add("edge-rollouts", p.edge_rollouts.tick, POLICY_SECONDS)
 
 
 def _schedule_watcher(p: Pipeline, jobs: Scheduler) -> None:
@@ -322,7 +344,8 @@ async def reconfigure(p: Pipeline, config: Config, process: Process) -> None:
     p.roster.reconfigure(config.detection, objectives_of(config), memory_targets_of(config),
                          [m.name for m in config.models if m.drift is not None])
     p.capture.reconfigure(config.capture, captured_models(config, endpoints))
-    p.edge = edge_receiver(config, process.store, p.edge)
+    p.edge_verdicts.reconfigure(edge_verdict_settings(config))
+    p.edge = edge_receiver(config, process.store, p.edge, p.edge_verdicts)
     p.drift_worker.reconfigure(config.detection.drift_worker)
     p.drift.reconfigure(drifted_models(config, endpoints))
     _schedule_drift(p, process.jobs)
@@ -335,6 +358,7 @@ async def reconfigure(p: Pipeline, config: Config, process: Process) -> None:
     p.reoptimizer.reconfigure(optimize_settings(config))
     p.alert_rules = list(config.alerting.receive)
     _spawn(p, _restart_lifecycle(p, p.runner.reconfigure(managed)))
+    _spawn(p, p.edge_rollouts.start(p.edge_rollouts.reconfigure(edge_models(config))))
     _schedule_watcher(p, process.jobs)
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -84,6 +85,16 @@ class DaemonControl(Protocol):
         """(the largest OTLP body accepted, the browser origins allowed to post)."""
         ...
 
+    def edge_rollout(self, model: str) -> dict[str, Any] | None: ...
+
+    async def edge_action(self, model: str, action: str,
+                          params: dict[str, Any]) -> dict[str, Any]: ...
+
+    def edge_assignment(self, model: str, device_id: str,
+                        attributes: dict[str, str]) -> dict[str, Any] | None: ...
+
+    def edge_file(self, model: str, version: int) -> Path | None: ...
+
 
 MAX_JSON_DEPTH = 64
 WEBHOOK_MAX_BYTES = 1024 * 1024  # Alertmanager batches stay far below this
@@ -153,7 +164,7 @@ def create_app(daemon: DaemonControl) -> FastAPI:
     app = FastAPI(title="tfwarden", docs_url=None, redoc_url=None, openapi_url="/api/v1/openapi.json")
     _errors_as_json(app)
     for router in (_process_routes(daemon), _model_routes(daemon), _capture_routes(daemon),
-                   _edge_routes(daemon)):
+                   _edge_routes(daemon), _edge_rollout_routes(daemon)):
         app.include_router(router)
     return app
 
@@ -361,6 +372,62 @@ def _edge_routes(daemon: DaemonControl) -> APIRouter:
         if stats is None:
             raise ApiError(404, f"model {model!r} is not in edge.models")
         return stats
+
+    return routes
+
+
+def _edge_rollout_routes(daemon: DaemonControl) -> APIRouter:
+    """Staged edge rollouts: devices ask which version to run and fetch it; operators watch
+    and steer (docs/edge.md)."""
+    routes = APIRouter()
+
+    @routes.get("/api/v1/edge/{model}/assignment")
+    async def assignment(model: str, request: Request, device_id: str = "") -> Response:
+        """The version this device should run; its attributes (``ml.delegate``,
+        ``device.model.identifier``...) as query parameters, named as in its telemetry."""
+        _require_token(daemon, request, daemon.ingest_tokens())
+        if not device_id or len(device_id) > 256:
+            raise ApiError(400, "device_id is required: the device's id as its telemetry "
+                                "sends it in device.id (at most 256 characters)")
+        attributes = {k: v for k, v in request.query_params.items() if k != "device_id"}
+        answer = daemon.edge_assignment(model, device_id, attributes)
+        if answer is None:
+            raise ApiError(404, f"model {model!r} has no edge rollout (edge.models[].rollout)")
+        return JSONResponse(answer, headers={**_cors(daemon, request), "Cache-Control":
+                                             f"private, max-age={int(answer['ttl_seconds'])}"})
+
+    @routes.get("/api/v1/edge/{model}/versions/{version}/{file}")
+    async def version_file(model: str, version: int, file: str, request: Request) -> Response:
+        _require_token(daemon, request, daemon.ingest_tokens())
+        path = daemon.edge_file(model, version)
+        if path is None or path.name != file:
+            raise ApiError(404, f"model {model!r} has no published file {file!r} in version "
+                                f"{version}")
+        return FileResponse(path, media_type="application/octet-stream",
+                            headers=_cors(daemon, request))
+
+    @routes.get("/api/v1/edge/{model}/rollout")
+    async def rollout(model: str) -> dict[str, Any]:
+        status = daemon.edge_rollout(model)
+        if status is None:
+            raise ApiError(404, f"model {model!r} has no edge rollout (edge.models[].rollout)")
+        return status
+
+    @routes.post("/api/v1/edge/{model}/rollout/{action}")
+    async def rollout_action(model: str, action: str, request: Request) -> dict[str, Any]:
+        """``start`` ({"version": N}), ``advance``, ``halt``, ``resume``, ``rollback``,
+        ``rollback_cohort`` / ``unpin`` ({"cohort": NAME}); 409 when it does not apply."""
+        _require_token(daemon, request)
+        if daemon.edge_rollout(model) is None:
+            raise ApiError(404, f"model {model!r} has no edge rollout (edge.models[].rollout)")
+        body = await read_body(request, 64 * 1024)
+        params = parse_json(body, "a JSON object of parameters") if body.strip() else {}
+        if not isinstance(params, dict):
+            raise ApiError(400, "body must be a JSON object of parameters")
+        try:
+            return await daemon.edge_action(model, action, params)
+        except ActionRefused as exc:
+            raise ApiError(409, str(exc)) from None
 
     return routes
 

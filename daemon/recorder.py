@@ -144,6 +144,18 @@ class Recorder:
             ["model", "phase"], registry=r)
         self._weight = Gauge(
             "tfwarden_canary_weight_percent", "Traffic share of the canary.", ["model"], registry=r)
+        self._edge_phase = Gauge(
+            "tfwarden_edge_rollout_phase", "1 for each edge model's rollout phase, 0 for others.",
+            ["model", "phase"], registry=r)
+        self._edge_percent = Gauge(
+            "tfwarden_edge_rollout_percent", "Share of an edge model's devices offered the "
+            "candidate.", ["model"], registry=r)
+        self._edge_pinned = Gauge(
+            "tfwarden_edge_pinned_cohorts", "Cohorts of an edge model pinned to a version.",
+            ["model"], registry=r)
+        self._edge_actions = Counter(
+            "tfwarden_edge_actions_total", "Edge rollout actions by outcome.",
+            ["model", "action", "outcome"], registry=r)
         self._notifications = Counter(
             "tfwarden_notifications_total", "Alert deliveries by notifier and outcome.",
             ["notifier", "outcome"], registry=r)
@@ -258,6 +270,15 @@ class Recorder:
                      "rolled_back", "paused"):
             self._phase.labels(model, name).set(1 if name == phase else 0)
         self._weight.labels(model).set(weight)
+
+    def edge_rollout(self, model: str, phase: str, percent: int, pinned: int) -> None:
+        for name in ("idle", "rolling_out", "halted", "rolled_back"):
+            self._edge_phase.labels(model, name).set(1 if name == phase else 0)
+        self._edge_percent.labels(model).set(percent)
+        self._edge_pinned.labels(model).set(pinned)
+
+    def edge_action(self, model: str, action: str, outcome: str) -> None:
+        self._edge_actions.labels(model, action, outcome).inc()
 
     def notified(self, notifier: str, ok: bool) -> None:
         self._notifications.labels(notifier, "success" if ok else "failure").inc()

@@ -35,10 +35,18 @@ class MixtureECusum:
     average run length to a false alarm of at least ``threshold`` observations, however often it
     is checked. After a change with E[w] = mu > 0 it grows at about mu^2 / (2 E[w^2]) nats per
     observation, close to the Lorden bound.
+
+    With ``restart=False`` the components never restart at 1: each is then a test
+    supermartingale (a betting martingale), and so is their average, so by Ville's inequality
+    the chance that it *ever* reaches ``threshold`` under no change is at most
+    ``1 / threshold``: a bound on false alarms over the whole run rather than a run length,
+    for comparisons with a start (an edge rollout), where a change is there from the start.
     """
 
-    def __init__(self, threshold: float, bets: Sequence[float] = DEFAULT_BETS) -> None:
+    def __init__(self, threshold: float, bets: Sequence[float] = DEFAULT_BETS,
+                 restart: bool = True) -> None:
         self.log_threshold = math.log(threshold)
+        self.restart = restart
         self.bets = tuple(bets)
         self.log_m = [0.0] * len(self.bets)
         self.starts = [0] * len(self.bets)
@@ -47,7 +55,7 @@ class MixtureECusum:
     def update(self, w: float) -> None:
         w = max(-1.0, min(1.0, w))
         for i, bet in enumerate(self.bets):
-            if self.log_m[i] <= 0.0:
+            if self.restart and self.log_m[i] <= 0.0:
                 self.log_m[i], self.starts[i] = 0.0, self.n
             self.log_m[i] += math.log1p(bet * w)
         self.n += 1

@@ -12,12 +12,14 @@ from pydantic import AnyHttpUrl, Field, ValidationInfo, field_validator, model_v
 from tfwarden.core.settings import NAME, Name, Settings, existing_file, resolve_path, split_host_port
 from tfwarden.detectors.alerts import ReceiveRule
 from tfwarden.detectors.drift.settings import DriftSettings, DriftWorkerSettings
+from tfwarden.detectors.edge import EdgeVerdictSettings
 from tfwarden.detectors.roster import DetectionSettings, ModelObjectives
+from tfwarden.lifecycle.edge import EdgeRolloutSettings
 from tfwarden.lifecycle.settings import AlertSettings, LifecycleSettings, NginxSettings
 from tfwarden.optimizers.settings import OptimizeSettings
 from tfwarden.policies.settings import PolicySettings
 from tfwarden.probes.capture import CaptureSettings
-from tfwarden.probes.edge.settings import EdgeSettings
+from tfwarden.probes.edge.settings import EdgeModelSettings, EdgeSettings
 from tfwarden.probes.settings import MemoryTargetSettings, PredictProbeSettings, PromQLSettings
 from tfwarden.serving.tfserving.settings import EndpointSettings
 
@@ -147,6 +149,52 @@ class ModelConfig(Settings):
         return existing_file(value, info, "golden request file")
 
 
+class EdgeModelConfig(EdgeModelSettings):
+    """An edge model: its telemetry (the receiver), and with ``rollout`` its staged rollouts."""
+
+    base_path: Path | None = Field(None, description=(
+        "Directory of the model's published edge versions (N/manifest.json, as "
+        "`tfwarden optimize` writes them); needed by rollout."))
+    download_url: str = Field(
+        "/api/v1/edge/{model}/versions/{version}/{file}", description=(
+            "Where devices fetch a version ({model}, {version}, {file}); a path is served by "
+            "tfwarden itself from base_path, or give your CDN's URL."))
+    rollout: EdgeRolloutSettings | None = Field(None, description="Staged rollouts; none: off.")
+    verdicts: EdgeVerdictSettings = EdgeVerdictSettings()
+
+    @field_validator("base_path")
+    @classmethod
+    def _resolve_base(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        value = resolve_path(value, info)
+        if not value.is_dir():
+            raise ValueError(f"edge base path {str(value)!r} is not a directory")
+        return value
+
+    @field_validator("download_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        try:
+            value.format(model="m", version=1, file="model.tflite")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"download_url may use only {{model}}, {{version}} and {{file}} "
+                             f"({exc})") from None
+        if not value.startswith(("/", "https://", "http://")):
+            raise ValueError("download_url must be a path (/...) or an http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _rollout_needs_versions(self) -> EdgeModelConfig:
+        if self.rollout is not None and self.base_path is None:
+            raise ValueError("rollout needs base_path (where the published versions are)")
+        return self
+
+
+class EdgeConfig(EdgeSettings):
+    models: list[EdgeModelConfig] = []  # type: ignore[assignment]
+
+
 class DetectionConfig(DetectionSettings):
     drift_worker: DriftWorkerSettings = DriftWorkerSettings()
 
@@ -169,7 +217,7 @@ class Config(Settings):
     promql: PromQLSettings | None = None
     nginx: NginxSettings | None = None
     capture: CaptureSettings = CaptureSettings()
-    edge: EdgeSettings = EdgeSettings()
+    edge: EdgeConfig = EdgeConfig()
     detection: DetectionConfig = DetectionConfig()
     alerting: AlertingConfig = AlertingConfig()
     policies: PolicySettings = PolicySettings()
