@@ -103,15 +103,23 @@ class _PairedMetric:
         _, other_value = other.popleft()
         mine, theirs = (value, other_value) if candidate else (other_value, value)
         diff = math.log(mine) - math.log(theirs) if self.ratio else mine - theirs
-        self.test.update(diff / self.scale if self.ratio else diff)
+        self.test.update(diff / self.scale)
         self.diffs.append(diff)
         self.sums[0] += mine
         self.sums[1] += theirs
-        if self.ratio and self.test.n % 10 == 0 and len(self.diffs) >= 10:
-            ordered = sorted(self.diffs)
-            centre = quantile(ordered, 0.5)
-            mad = quantile(sorted(abs(d - centre) for d in ordered), 0.5)
-            self.scale = max(0.05, 2.5 * 1.4826 * mad)
+        if self.test.n % 10 == 0 and len(self.diffs) >= 10:
+            self.scale = self._scale()
+
+    def _scale(self) -> float:
+        """Clip at about 2.5 sigma of the pairs so far (log ratios: from their MAD; rate
+        differences, mostly 0: from their root mean square). It depends on earlier pairs only,
+        so the next score stays symmetric under no difference."""
+        if not self.ratio:
+            return max(0.02, 2.5 * math.sqrt(sum(d * d for d in self.diffs) / len(self.diffs)))
+        ordered = sorted(self.diffs)
+        centre = quantile(ordered, 0.5)
+        mad = quantile(sorted(abs(d - centre) for d in ordered), 0.5)
+        return max(0.05, 2.5 * 1.4826 * mad)
 
     @property
     def pairs(self) -> int:
