@@ -131,6 +131,10 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     (work / "operator.token").write_text(OPERATOR_TOKEN + "\n")
     (work / "ingest.token").write_text(INGEST_TOKEN + "\n")
     np.save(work / "reference.npy", np.random.default_rng(0).normal(size=(500, 1)))
+    (work / "edge" / "1").mkdir(parents=True)  # a published edge version for the rollout routes
+    (work / "edge" / "1" / "model.tflite").write_bytes(b"not really a model")
+    (work / "edge" / "1" / "manifest.json").write_text(
+        '{"file": "model.tflite", "size_bytes": 18, "sha256": "0"}')
     dev = DevServer(f"--model_config_file={work / 'models.config'}", workdir=work)
     port = free_port()
     daemon = DaemonProcess(daemon_config(
@@ -141,7 +145,8 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         server={"listen": f"127.0.0.1:{port}", "bearer_token_file": "operator.token",
                 "ingest_token_file": "ingest.token"},
         capture={"max_body_bytes": CAPTURE_MAX_BYTES},
-        edge={"models": [{"name": "m"}], "max_body_bytes": CAPTURE_MAX_BYTES}), port)
+        edge={"models": [{"name": "m", "base_path": "edge", "rollout": {"auto_start": False}}],
+              "max_body_bytes": CAPTURE_MAX_BYTES}), port)
     try:
         dev.wait_ready()
         daemon.wait_ready()
@@ -517,6 +522,24 @@ HOSTILE = [
             frozenset({403}), b"", "missing", (("Origin", "http://evil.example"),)),
     Hostile("edge stats of an unknown model", "GET", "/api/v1/edge/nope", frozenset({404})),
     Hostile("edge stats of m", "GET", "/api/v1/edge/m", OK),
+    Hostile("assignment without a device id", "GET", "/api/v1/edge/m/assignment", BAD,
+            auth="ingest"),
+    Hostile("assignment for a 10,000-character device id", "GET",
+            "/api/v1/edge/m/assignment?device_id=" + "d" * 10_000, BAD, auth="ingest"),
+    Hostile("assignment with 500 attributes", "GET", "/api/v1/edge/m/assignment?device_id=d&"
+            + "&".join(f"a{i}={'v' * 50}" for i in range(500)), OK, auth="ingest"),
+    Hostile("edge file outside the version", "GET", "/api/v1/edge/m/versions/1/..%2Fmanifest.json",
+            frozenset({404}), auth="ingest"),
+    Hostile("edge file of a version that is not a number", "GET",
+            "/api/v1/edge/m/versions/x/model.tflite", frozenset({422}), auth="ingest"),
+    Hostile("rollout action with a list body", "POST", "/api/v1/edge/m/rollout/start", BAD,
+            b"[1]", "operator"),
+    Hostile("rollout start of a version never published", "POST", "/api/v1/edge/m/rollout/start",
+            frozenset({409}), b'{"version": 99999999999999999999}', "operator"),
+    Hostile("unknown rollout action", "POST", "/api/v1/edge/m/rollout/explode", frozenset({409}),
+            b"{}", "operator"),
+    Hostile("rollout action with the ingest token", "POST", "/api/v1/edge/m/rollout/halt",
+            frozenset({403}), b"{}", "ingest"),
 ]
 
 
