@@ -15,7 +15,8 @@ at the N-th time the step is reached (default the first), once. Faults:
 
 Steps: ``<action>.after_intent`` (journaled and pending, nothing moved), ``<action>.after_router``,
 ``<action>.after_server``, ``<action>.before_outcome`` (everything moved, no outcome yet), for
-the actions of ``lifecycle.actions`` and ``reoptimize``.
+the actions of ``lifecycle.actions`` and ``reoptimize``; ``edge_<action>.after_intent`` and
+``edge_<action>.before_outcome`` for the edge rollout actions of ``lifecycle.edge``.
 """
 
 from __future__ import annotations

@@ -206,6 +206,7 @@ class EdgeRolloutRunner:
             with trace.span(f"edge.{action.name}", model=name, origin=origin,
                             params=action.params, intent_id=intent_id) as current:
                 try:
+                    failpoints.reached(f"edge_{action.name}.after_intent")
                     new = edge.outcome(action, status, model.settings, now, devices)
                     failpoints.reached(f"edge_{action.name}.before_outcome")
                 except Exception as exc:
