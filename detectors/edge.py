@@ -47,6 +47,7 @@ LOAD_MS, MEMORY_BYTES, ERROR_LOGS = "edge_load_ms", "edge_memory_bytes", "edge_e
 METRICS = ("latency", "errors", "load", "memory")  # one test each per cohort
 DETECTOR = {m: f"edge_{m}" for m in METRICS}
 MAX_WAITING = 5000  # device records waiting for enough inferences, per comparison and version
+MAX_COUNTED = 2_000_000  # devices remembered as counted, per comparison (beyond: not counted)
 
 
 class EdgeVerdictSettings(Settings):
@@ -167,7 +168,8 @@ class EdgeComparison:
             return
         device, cohort = sample.labels.get("device", ""), sample.labels.get("cohort", "")
         candidate = sample.version == self.candidate
-        if not device or (candidate, device) in self._counted:
+        if not device or (candidate, device) in self._counted or \
+                len(self._counted) >= MAX_COUNTED:
             return  # devices without an id cannot be counted once; counted ones are done
         waiting = self._waiting[candidate]
         record = waiting.get((cohort, device))
