@@ -6,13 +6,17 @@ Everything runs on 127.0.0.1 with free ports in a temporary directory removed af
 2. version 2 appears with a latency fault (+40 ms): tfwarden stages it as a canary, finds the
    latency regression against stable, rolls it back and raises, then resolves, an alert (to a
    real Alertmanager when `prometheus-alertmanager` is installed, otherwise to the journal);
-3. a healthy version 3 appears and is promoted through the traffic steps.
+3. a healthy version 3 appears and is promoted through the traffic steps;
+4. the edge act: 2,000 simulated devices (``tfwarden.daemon.fleet``) run an edge model; version
+   2 rolls out from 5 %, one cohort is 2x slower on it and is pinned back to version 1 while the
+   rollout goes on for the others.
 The timeline is read from tfwarden's own API (journal, findings). The demo uses faster rule
-timings than the default rule set so the story takes about a minute.
+timings than the default rule set so the story takes about two minutes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -90,7 +94,17 @@ memory:
 policies: {{ruleset: ./rules.yaml}}
 alerting:
 {alerting}
+edge:
+  models:
+    - name: half_plus_two_edge
+      base_path: ./edge/half_plus_two_edge
+      max_cohorts: 8
+      rollout: {{steps: [5, 25, 100], min_step_seconds: 15, min_devices: 60,
+                assignment_ttl_seconds: 1}}
+      verdicts: {{min_devices: 15}}
 """
+EDGE_MODEL = "half_plus_two_edge"
+EDGE_SLOW_COHORT = "ml.delegate=gpu | device.model.identifier=galaxy-s23"
 MODELS_CONFIG = """model_config_list {{ config {{
   name: "half_plus_two" base_path: "{base}" model_platform: "tensorflow"
   model_version_policy {{ specific {{ versions: 1 }} }}
@@ -155,6 +169,7 @@ class _Demo:
                        "alertmanager.log")
             self.alertmanager = f"http://127.0.0.1:{port}"
             alerting = f"  alertmanager: {{url: \"{self.alertmanager}\"}}"
+        self.publish_edge(1)
         (self.work / "tfwarden.yaml").write_text(TFWARDEN_CONFIG.format(
             port=self.port, rest=self.rest, grpc=self.grpc, alerting=alerting))
 
@@ -206,6 +221,26 @@ class _Demo:
         staging.rename(self.base / str(version))  # never a partial version directory
         return time.time()
 
+    def publish_edge(self, version: int) -> float:
+        """A TFLite version of the edge model with its manifest, published atomically."""
+        from tfwarden.daemon.fleet import MODEL_FILE  # the demo's edge act only
+
+        base = self.work / "edge" / EDGE_MODEL
+        staging = base / f".staging-{version}"
+        staging.mkdir(parents=True)
+        shutil.copy(MODEL_FILE, staging / "model.tflite")
+        data = (staging / "model.tflite").read_bytes()
+        (staging / "manifest.json").write_text(json.dumps({
+            "model": EDGE_MODEL, "file": "model.tflite", "size_bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(), "quantization": "float32"}))
+        staging.rename(base / str(version))
+        return time.time()
+
+    def edge_rollout(self) -> dict[str, Any]:
+        assert self.client is not None
+        answer: dict[str, Any] = self.client.get(f"/api/v1/edge/{EDGE_MODEL}/rollout").json()
+        return answer
+
     def narrate(self) -> None:
         """Print new journal entries as timeline lines."""
         assert self.client is not None
@@ -245,10 +280,37 @@ def _describe(entry: dict[str, Any]) -> str | None:
         return f"done: {p['action']} {p['params'] or ''} in {p['seconds']:.2f} s"
     if kind == "action_failed":
         return f"FAILED: {p['action']}: {p['error']}"
+    if kind == "edge_adopted":
+        return f"edge model {entry['model']}: version {p['version']} is current on every device"
+    if kind == "edge_action_done":
+        return _describe_edge(entry["model"], p)
     if kind == "alert":
         return f"alert {p['state']}: {p.get('alertname')} {p.get('action', '')} " \
                f"severity={p.get('severity')}"
     return None
+
+
+def _describe_edge(model: str, p: dict[str, Any]) -> str:
+    rollout, action = p["rollout"], p["action"]
+    if action == "start":
+        return f"edge rollout of {model} v{rollout['candidate']} started: {rollout['percent']} % " \
+               "of the devices are offered it"
+    if action == "advance":
+        if rollout["candidate"] is None:
+            pinned = ", ".join(f"{c} keeps v{v}" for c, v in rollout["pinned"].items())
+            return f"edge rollout done: v{rollout['current']} on every device" + \
+                (f" but the pinned cohorts ({pinned})" if pinned else "")
+        return f"edge rollout step: {rollout['percent']} % of the devices on v{rollout['candidate']}"
+    if action == "rollback_cohort":
+        finding = (p.get("findings") or [{}])[0]
+        effect, evidence = finding.get("effect", {}), finding.get("evidence", {})
+        ci = effect.get("median_ratio_ci", [None, None])
+        return (f"COHORT ROLLBACK {p['params']['cohort']} pinned to v{rollout['current']} "
+                f"({finding.get('detector')}: {effect.get('median_ratio')}x, 95% CI {ci[0]}-"
+                f"{ci[1]}, {evidence.get('pairs')} device pairs, e-value "
+                f"e^{evidence.get('log_e_value')} over threshold e^"
+                f"{evidence.get('log_threshold')}); the rollout goes on for the other cohorts")
+    return f"edge {action}: {rollout['reason']}"
 
 
 def _wait(predicate: Any, proc: subprocess.Popen[bytes], what: str, log: Path,
@@ -304,6 +366,7 @@ def run_demo(duration: float | None, keep_running: bool = False) -> int:
                   "promotion of version 3")
         timeline.say("version 3 promoted through the traffic steps; version 1 kept loaded for an "
                      "instant rollback")
+        _edge_act(demo, timeline, budget)
         story_done = True
         while keep_running and (deadline is None or time.monotonic() < deadline):
             demo.narrate()
@@ -317,6 +380,48 @@ def run_demo(duration: float | None, keep_running: bool = False) -> int:
         timeline.say("stopped tfwarden and the devserver")
         shutil.rmtree(work, ignore_errors=True)
     return 0 if story_done and all(c == 0 for c in codes[:2] if c is not None) else 1
+
+
+def _edge_act(demo: _Demo, timeline: _Timeline, budget: Any) -> None:
+    """A fleet of 2,000 simulated devices (OpenTelemetry SDK exporters, a LiteRT interpreter)
+    runs the edge model; version 2 rolls out from 5 %; on it one cohort (gpu on galaxy-s23) is
+    2x slower; that cohort is pinned back to version 1 while the rollout goes on."""
+    from tfwarden.daemon.fleet import Fleet, Profile, Profiles
+
+    profiles = Profiles(Profile(latency_ms=8),
+                        {(2, EDGE_SLOW_COHORT): Profile(latency_ms=8, multiplier=2)})
+    fleet = Fleet.for_daemon(f"http://127.0.0.1:{demo.port}", EDGE_MODEL, Fleet.grid(500),
+                             seed=1, profile=profiles)
+    with fleet:
+        report = fleet.report_round()
+        timeline.say(f"edge fleet: {len(fleet.devices)} devices in {len(fleet.cohorts())} "
+                     f"cohorts (delegate x device) run v1 with LiteRT and report through "
+                     f"OpenTelemetry (one round: {report.seconds:.1f} s)")
+        published = demo.publish_edge(2)
+        timeline.say("edge version 2 published (same model; the gpu/galaxy-s23 cohort will run "
+                     "it 2x slower)")
+        deadline = time.monotonic() + budget(240)
+        slow_rounds, slow_since, pinned_after = 0, None, None  # the slow cohort's rounds on v2
+        while (rollout := demo.edge_rollout()).get("current") != 2:
+            if rollout.get("pinned") and pinned_after is None:
+                pinned_after = slow_rounds
+            if time.monotonic() > deadline:
+                raise StartupError("demo step 'edge rollout of version 2' did not finish")
+            started = time.time()
+            fleet.report_round()
+            if any(d.version == 2 and d.cohort == EDGE_SLOW_COHORT for d in fleet.devices):
+                slow_rounds += 1
+                slow_since = slow_since or started
+            demo.narrate()
+        demo.narrate()
+        pin = next((e for e in _journal(demo, "edge_action_done")
+                    if e["payload"]["action"] == "rollback_cohort"), None)
+        if pin is not None and slow_since is not None:
+            timeline.say(f"cohort {EDGE_SLOW_COHORT} pinned {pin['t'] - slow_since:.1f} s after "
+                         f"its first devices started on v2, after {pinned_after or slow_rounds} "
+                         f"report rounds of theirs (back to back here; at one report a minute: "
+                         f"as many minutes); {pin['t'] - published:.1f} s after v2 was "
+                         "published; every other device runs v2")
 
 
 def _journal(demo: _Demo, kind: str) -> list[dict[str, Any]]:
