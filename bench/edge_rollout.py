@@ -16,11 +16,9 @@ whether any other cohort was pinned (a false pin).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
-import shutil
 import socket
 import subprocess
 import sys
@@ -32,7 +30,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tfwarden.daemon.fleet import MODEL_FILE, Fleet, Profile, Profiles
+from tfwarden.daemon.fleet import Fleet, Profile, Profiles, publish_version
 
 SLOW = "ml.delegate=gpu | device.model.identifier=galaxy-s23"
 
@@ -43,18 +41,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def publish(base: Path, version: int) -> None:
-    staging = base / f".staging-{version}"
-    staging.mkdir(parents=True)
-    shutil.copy(MODEL_FILE, staging / "model.tflite")
-    data = (staging / "model.tflite").read_bytes()
-    (staging / "manifest.json").write_text(json.dumps({
-        "file": "model.tflite", "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}))
-    staging.rename(base / str(version))
-
-
 def run(work: Path, per_cohort: int, seed: int, slowdown: float, max_rounds: int) -> dict[str, Any]:
-    publish(work / "digits", 1)
+    publish_version(work / "digits", 1)
     port = free_port()
     config = {"server": {"listen": f"127.0.0.1:{port}"}, "state_dir": str(work / "state"),
               "edge": {"client_points_per_second": 10_000_000, "models": [{
@@ -81,7 +69,7 @@ def run(work: Path, per_cohort: int, seed: int, slowdown: float, max_rounds: int
             assert time.monotonic() < deadline, "daemon not ready"
             time.sleep(0.1)
         fleet.report_round()
-        publish(work / "digits", 2)
+        publish_version(work / "digits", 2)
         time.sleep(2.5)  # the rollout starts at the next policy tick
         rounds, first = 0, None
         while rounds < max_rounds:

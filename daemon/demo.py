@@ -16,7 +16,6 @@ timings than the default rule set so the story takes about two minutes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -223,17 +222,9 @@ class _Demo:
 
     def publish_edge(self, version: int) -> float:
         """A TFLite version of the edge model with its manifest, published atomically."""
-        from tfwarden.daemon.fleet import MODEL_FILE  # the demo's edge act only
+        from tfwarden.daemon.fleet import publish_version  # the demo's edge act only
 
-        base = self.work / "edge" / EDGE_MODEL
-        staging = base / f".staging-{version}"
-        staging.mkdir(parents=True)
-        shutil.copy(MODEL_FILE, staging / "model.tflite")
-        data = (staging / "model.tflite").read_bytes()
-        (staging / "manifest.json").write_text(json.dumps({
-            "model": EDGE_MODEL, "file": "model.tflite", "size_bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(), "quantization": "float32"}))
-        staging.rename(base / str(version))
+        publish_version(self.work / "edge" / EDGE_MODEL, version)
         return time.time()
 
     def edge_rollout(self) -> dict[str, Any]:

@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import math
+import shutil
 import tempfile
 import threading
 import time
@@ -887,3 +889,17 @@ class Fleet:
         if self._own_store:
             self.store.close()
         self.session.close()
+
+
+def publish_version(base: Path, version: int, source: Path = MODEL_FILE) -> Path:
+    """Publish ``source`` as edge version ``version`` under ``base`` with the manifest a
+    rollout reads (file, size, sha256), atomically (built aside, then renamed), as
+    ``tfwarden optimize`` publishes TFLite variants; for the demo, benchmarks and tests."""
+    staging = base / f".staging-{version}"
+    staging.mkdir(parents=True)
+    shutil.copy(source, staging / source.name)
+    data = (staging / source.name).read_bytes()
+    (staging / "manifest.json").write_text(json.dumps({
+        "model": base.name, "file": source.name, "size_bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest()}))
+    return staging.rename(base / str(version))

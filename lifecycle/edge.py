@@ -26,6 +26,7 @@ from pydantic import Field, field_validator
 from tfwarden.core.errors import ActionRefused, LifecycleError
 from tfwarden.core.settings import Settings
 from tfwarden.core.types import REGRESSION, Finding
+from tfwarden.lifecycle.actions import Action
 
 BUCKETS = 10_000  # a device's share is its bucket / BUCKETS
 
@@ -100,12 +101,8 @@ class EdgeRollout:
 
 # -- actions -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class EdgeAction:
-    name: ClassVar[str] = ""
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+class EdgeAction(Action):
+    """An edge rollout action (data, like the server-side actions it derives from)."""
 
 
 @dataclass(frozen=True)

@@ -6,35 +6,21 @@ every other device."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import DaemonProcess, daemon_config, free_port
-from tfwarden.daemon.fleet import MODEL_FILE, Fleet, Profile, Profiles
+from tfwarden.daemon.fleet import Fleet, Profile, Profiles, publish_version
 
 pytestmark = pytest.mark.integration
 TOKEN = "ingest-secret"
 SLOW = "ml.delegate=gpu | device.model.identifier=galaxy-s23"
 
 
-def publish(base: Path, version: int) -> None:
-    staging = base / f".staging-{version}"
-    staging.mkdir(parents=True)
-    shutil.copy(MODEL_FILE, staging / "model.tflite")
-    data = (staging / "model.tflite").read_bytes()
-    (staging / "manifest.json").write_text(json.dumps({
-        "model": "digits", "file": "model.tflite", "size_bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest()}))
-    staging.rename(base / str(version))
-
-
 def test_a_regressing_cohort_is_pinned_while_the_rollout_goes_on(tmp_path: Path) -> None:
-    publish(tmp_path / "digits", 1)
+    publish_version(tmp_path / "digits", 1)
     (tmp_path / "ingest").write_text(TOKEN + "\n")
     port = free_port()
     config = daemon_config(
@@ -55,7 +41,7 @@ def test_a_regressing_cohort_is_pinned_while_the_rollout_goes_on(tmp_path: Path)
             assert time.monotonic() < deadline
             time.sleep(0.1)
         fleet.report_round()  # everyone on version 1
-        publish(tmp_path / "digits", 2)
+        publish_version(tmp_path / "digits", 2)
         rollout: dict[str, object] = {}
         for _ in range(40):
             time.sleep(0.6)  # assignments expire: devices ask again

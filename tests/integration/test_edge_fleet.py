@@ -7,9 +7,6 @@ checked) and switch when an operator starts a rollout."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 import time
 import zlib
 from collections.abc import Iterator
@@ -19,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import DaemonProcess, daemon_config, free_port
-from tfwarden.daemon.fleet import MODEL_FILE, Fleet, Profile, Profiles, fixed_assignment
+from tfwarden.daemon.fleet import Fleet, Profile, Profiles, fixed_assignment, publish_version
 
 pytestmark = pytest.mark.integration
 INGEST, OPERATOR = "ingest-secret", "operator-secret"
@@ -104,18 +101,8 @@ def test_daemon_counts_exactly_what_the_fleet_sent(daemon: DaemonProcess) -> Non
     assert status["process"]["heavy_modules_loaded"] == []
 
 
-def publish(base: Path, version: int) -> None:
-    directory = base / str(version)
-    directory.mkdir(parents=True)
-    shutil.copy(MODEL_FILE, directory / "model.tflite")
-    data = (directory / "model.tflite").read_bytes()
-    (directory / "manifest.json").write_text(json.dumps({
-        "model": "fleet", "file": "model.tflite", "size_bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest()}))
-
-
 def test_devices_follow_the_daemons_assignments(tmp_path: Path) -> None:
-    publish(tmp_path / "fleet", 1)
+    publish_version(tmp_path / "fleet", 1)
     process = start_daemon(tmp_path, models=[{
         "name": "fleet", "cohort_by": ["ml.delegate"], "base_path": str(tmp_path / "fleet"),
         "rollout": {"steps": [50, 100], "auto_start": False}}])
@@ -131,7 +118,7 @@ def test_devices_follow_the_daemons_assignments(tmp_path: Path) -> None:
             assert {d.assignment.cohort for d in fleet.devices if d.assignment} == {
                 "ml.delegate=gpu", "ml.delegate=xnnpack"}
 
-            publish(tmp_path / "fleet", 2)
+            publish_version(tmp_path / "fleet", 2)
             started = process.client.post("/api/v1/edge/fleet/rollout/start",
                                           json={"version": 2},
                                           headers={"Authorization": f"Bearer {OPERATOR}"})
