@@ -42,7 +42,7 @@ Request = TypeVar("Request", ExportMetricsServiceRequest, ExportLogsServiceReque
 
 __all__ = ["JSON", "PROTOBUF", "ExportLogsServiceRequest", "ExportLogsServiceResponse",
            "ExportMetricsServiceRequest", "ExportMetricsServiceResponse", "OtlpRejected",
-           "decode", "encoding_of", "error_body", "response_body"]
+           "decode", "encoding_of", "error_body", "inflate", "parse", "response_body"]
 
 
 def encoding_of(content_type: str | None) -> str:
@@ -57,16 +57,28 @@ def decode(kind: type[Request], body: bytes, content_type: str | None,
            content_encoding: str | None, max_bytes: int) -> Request:
     """The request message in ``body`` (``kind``: ExportMetricsServiceRequest or
     ExportLogsServiceRequest); OtlpRejected says what is wrong."""
+    encoding, data = inflate(body, content_type, content_encoding, max_bytes)
+    return parse(kind, data, encoding)
+
+
+def inflate(body: bytes, content_type: str | None, content_encoding: str | None,
+            max_bytes: int) -> tuple[str, bytes]:
+    """The encoding (``PROTOBUF`` or ``JSON``) and the decompressed body (415, 400, 413)."""
     encoding = encoding_of(content_type)
-    body = _decompressed(body, (content_encoding or "identity").strip().lower(), max_bytes)
+    return encoding, _decompressed(body, (content_encoding or "identity").strip().lower(),
+                                   max_bytes)
+
+
+def parse(kind: type[Request], data: bytes, encoding: str) -> Request:
+    """The request message in decompressed ``data`` of ``encoding`` (400 when undecodable)."""
     if encoding == PROTOBUF:
         try:
-            message: Request = kind.FromString(body)
+            message: Request = kind.FromString(data)
             return message
         except (DecodeError, RecursionError) as exc:
             raise OtlpRejected(400, f"body is not a protobuf {kind.__name__}: {exc}") from None
     try:
-        document = json.loads(body)
+        document = json.loads(data)
     except RecursionError:
         raise OtlpRejected(400, "body is nested too deeply") from None
     except ValueError as exc:
@@ -78,7 +90,8 @@ def decode(kind: type[Request], body: bytes, content_type: str | None,
     try:
         parsed: Request = json_format.ParseDict(document, kind(), ignore_unknown_fields=True)
         return parsed
-    except (json_format.ParseError, RecursionError, ValueError, TypeError) as exc:
+    except (json_format.ParseError, RecursionError, ValueError, TypeError,
+            OverflowError) as exc:  # OverflowError: an integer too large for a double
         raise OtlpRejected(400, f"body is not a JSON {kind.__name__}: {exc}"[:500]) from None
 
 

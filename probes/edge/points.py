@@ -12,16 +12,19 @@ metric and attribute set, with durations in milliseconds and device ids hashed.
   any other unit is rejected, as are points without ``ml.model.name`` / ``ml.model.version`` or
   with bucket counts that do not match their bounds. Rejections are counted for OTLP's
   ``partial_success``.
+- A request is read into a :class:`Batch` first (``batch_of`` from the protobuf message,
+  ``otlpjson`` straight from JSON), so both encodings flatten alike; points without attributes of
+  their own share their resource's (device hashed and stream identity sorted once a resource).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import struct
 from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from operator import sub
 from typing import Any
 
 from tfwarden.probes.edge.otlp import ExportMetricsServiceRequest
@@ -35,9 +38,10 @@ UNIT_TO_MS = {"ms": 1.0, "s": 1000.0}
 TEMPORALITY_DELTA, TEMPORALITY_CUMULATIVE = 1, 2
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EdgeHistogram:
-    """What one device's stream of one metric added since its last report."""
+    """What one device's stream of one metric added since its last report (not changed once
+    made; not a frozen dataclass only because its __init__ costs ~1 us more a point)."""
 
     model: str
     version: str
@@ -51,7 +55,7 @@ class EdgeHistogram:
     count: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EdgeValue:
     """A gauge or sum value (``process.memory.usage`` in bytes)."""
 
@@ -87,7 +91,18 @@ class DeviceHasher:
     def __call__(self, device_id: str) -> str:
         if not device_id:
             return ""
-        return hmac.new(self.key, device_id.encode(), hashlib.sha256).hexdigest()[:16]
+        return hmac.digest(self.key, device_id.encode(), "sha256")[:8].hex()
+
+
+_RECORDS: dict[int, struct.Struct] = {}
+
+
+def _record(buckets: int) -> struct.Struct:
+    """The packed layout of a stream with ``buckets`` counts: start, sum, count, counts."""
+    layout = _RECORDS.get(buckets)
+    if layout is None:
+        layout = _RECORDS[buckets] = struct.Struct(f"<QdQ{buckets}Q")
+    return layout
 
 
 class Deltas:
@@ -104,86 +119,190 @@ class Deltas:
 
     def delta(self, stream: tuple[Any, ...], start: int, counts: tuple[int, ...], total: float,
               count: int) -> tuple[tuple[int, ...], float, int]:
-        key = hash(stream)
-        previous = self._last.pop(key, None)
-        self._last[key] = struct.pack(f"<QdQ{len(counts)}Q", start, total, count, *counts)
-        while len(self._last) > self.max_streams:
-            self._last.popitem(last=False)
-        if previous is None:
+        key, last = hash(stream), self._last
+        previous = last.pop(key, None)
+        layout = _record(len(counts))
+        last[key] = layout.pack(start, total, count, *counts)
+        if len(last) > self.max_streams:
+            while len(last) > self.max_streams:
+                last.popitem(last=False)
+        if previous is None or len(previous) != layout.size:
             return counts, total, count
-        last_start, last_total, last_count, *last = struct.unpack(
-            f"<QdQ{(len(previous) - 24) // 8}Q", previous)
-        if last_start != start or len(last) != len(counts) or count < last_count or \
-                any(now < before for now, before in zip(counts, last, strict=True)):
+        before = layout.unpack(previous)
+        if before[0] != start or count < before[2]:
             return counts, total, count  # the stream restarted: everything is new
-        return (tuple(now - before for now, before in zip(counts, last, strict=True)),
-                total - last_total, count - last_count)
+        added = tuple(map(sub, counts, before[3:]))
+        if added and min(added) < 0:
+            return counts, total, count  # counts went down: restarted too
+        return added, total - before[1], count - before[2]
+
+
+# -- a decoded request, from protobuf or JSON alike ----------------------------------------------
+# histogram points: (own attributes, start_time_unix_nano, time_unix_nano, explicit_bounds,
+# bucket_counts, sum, count); gauge and sum points: (own attributes, time_unix_nano, value);
+# points flatten does not read (metrics it rejects whole): None
+HistogramPoint = tuple[dict[str, str], int, int, tuple[float, ...], tuple[int, ...], float, int]
+NumberPoint = tuple[dict[str, str], int, float]
+
+
+@dataclass(slots=True)
+class MetricPoints:
+    """One metric of a request: ``kind`` is the protobuf oneof's name (None: no data)."""
+
+    name: str
+    unit: str
+    kind: str | None
+    temporality: int
+    points: list[Any]
+
+
+@dataclass(slots=True)
+class Batch:
+    """A request as flatten reads it: per resource, its attributes and its metrics; ``points``
+    counts every data point (for the per-client limit)."""
+
+    resources: list[tuple[dict[str, str], list[MetricPoints]]]
+    points: int
+
+
+def wanted(name: str, unit: str, kind: str | None) -> str | None:
+    """What flatten keeps of a metric: "histogram", "number" (memory), or None (rejected)."""
+    if name in DURATIONS:
+        return "histogram" if kind == "histogram" and unit in UNIT_TO_MS else None
+    if name == MEMORY and kind in ("gauge", "sum"):
+        return "number"
+    return None
+
+
+def refusal(name: str, unit: str, kind: str | None) -> str | None:
+    """Why every point of a metric is rejected (None: its points are read)."""
+    if name not in KNOWN:
+        return f"metric {name!r} is not one of {', '.join(KNOWN)}"
+    if name in DURATIONS and (kind != "histogram" or unit not in UNIT_TO_MS):
+        return f"{name} must be a histogram in ms or s (got {kind} in {unit or 'no unit'!r})"
+    if name == MEMORY and kind not in ("gauge", "sum"):
+        return f"{MEMORY} must be a gauge or sum (got {kind})"
+    return None
+
+
+def batch_of(request: ExportMetricsServiceRequest) -> Batch:
+    """A protobuf request as a Batch (the points flatten reads converted, the others counted)."""
+    resources: list[tuple[dict[str, str], list[MetricPoints]]] = []
+    total = 0
+    for resource_metrics in request.resource_metrics:
+        metrics: list[MetricPoints] = []
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                kind = metric.WhichOneof("data")
+                name, unit = metric.name, metric.unit
+                if kind is None:
+                    metrics.append(MetricPoints(name, unit, None, 0, []))
+                    continue
+                data = getattr(metric, kind)
+                raw = data.data_points
+                total += len(raw)
+                use = wanted(name, unit, kind)
+                points: list[Any]
+                if use == "histogram":
+                    points = [(attributes_of(p.attributes) if len(p.attributes) else {},
+                               p.start_time_unix_nano, p.time_unix_nano,
+                               tuple(p.explicit_bounds), tuple(p.bucket_counts), p.sum, p.count)
+                              for p in raw]
+                elif use == "number":
+                    points = [(attributes_of(p.attributes) if len(p.attributes) else {},
+                               p.time_unix_nano,
+                               float(p.as_double if p.WhichOneof("value") == "as_double"
+                                     else p.as_int)) for p in raw]
+                else:
+                    points = [None] * len(raw)
+                metrics.append(MetricPoints(name, unit, kind,
+                                            data.aggregation_temporality
+                                            if kind == "histogram" else 0, points))
+        resources.append((attributes_of(resource_metrics.resource.attributes), metrics))
+    return Batch(resources, total)
 
 
 def flatten(request: ExportMetricsServiceRequest, deltas: Deltas, hasher: DeviceHasher,
             models: Collection[str] | None = None) -> Flattened:
     """The known edge metrics of ``request`` (of ``models`` only, when given) as histogram
     deltas and values; the rest counted as rejected with the reasons."""
+    return flatten_batch(batch_of(request), deltas, hasher, models)
+
+
+@dataclass(slots=True)
+class _Shared:
+    """A resource's attributes (device.id left out), hashed device and sorted attributes."""
+
+    attributes: dict[str, str]
+    device: str
+    identity: tuple[tuple[str, str], ...] | None = None
+
+
+def flatten_batch(batch: Batch, deltas: Deltas, hasher: DeviceHasher,
+                  models: Collection[str] | None = None) -> Flattened:
+    """:func:`flatten` of a decoded request (protobuf or JSON)."""
     out = Flattened()
-    for resource_metrics in request.resource_metrics:
-        resource = attributes_of(resource_metrics.resource.attributes)
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                _metric(metric, resource, deltas, hasher, models, out)
+    histograms, values = out.histograms, out.values
+    for resource, metrics in batch.resources:
+        # points without attributes of their own (the usual) share their resource's, the
+        # device hashed once and the stream identity sorted once
+        shared: _Shared | None = None
+        for metric in metrics:
+            name, points = metric.name, metric.points
+            reason = refusal(name, metric.unit, metric.kind)
+            if reason is not None:
+                out.reject(len(points), reason)
+                continue
+            histogram = metric.kind == "histogram"
+            cumulative = histogram and metric.temporality == TEMPORALITY_CUMULATIVE
+            scale = UNIT_TO_MS[metric.unit] if histogram else 1.0
+            for point in points:
+                own = point[0]
+                identity: tuple[tuple[str, str], ...] | None = None
+                if own:
+                    attributes = {**resource, **own}
+                    device = hasher(attributes.pop("device.id", ""))
+                else:
+                    if shared is None:
+                        common = dict(resource)
+                        shared = _Shared(common, hasher(common.pop("device.id", "")))
+                    attributes, device, identity = shared.attributes, shared.device, \
+                        shared.identity
+                model = attributes.get("ml.model.name", "")
+                version = attributes.get("ml.model.version", "")
+                if not model or not version:
+                    out.reject(1, "points need ml.model.name and ml.model.version (resource "
+                                  "attributes)")
+                    continue
+                if models is not None and model not in models:
+                    out.reject(1, f"model {model[:100]!r} is not in edge.models")
+                    continue
+                if not histogram:
+                    values.append(EdgeValue(model, version, name, device, attributes,
+                                            point[1] / 1e9, point[2]))
+                    continue
+                bounds, counts = point[3], point[4]
+                if len(counts) != len(bounds) + 1 or not _increasing(bounds):
+                    out.reject(1, "histogram bucket_counts must be one more than increasing "
+                                  "explicit_bounds")
+                    continue
+                if cumulative:
+                    if identity is None:
+                        identity = tuple(sorted(attributes.items()))
+                        if not own and shared is not None:
+                            shared.identity = identity
+                    counts, total, count = deltas.delta(
+                        (device, model, version, name, identity, bounds), point[1], counts,
+                        point[5], point[6])
+                else:
+                    total, count = point[5], point[6]
+                if count == 0:
+                    continue  # nothing new from this stream
+                histograms.append(EdgeHistogram(
+                    model, version, name, device, attributes, point[2] / 1e9,
+                    bounds if scale == 1 else tuple(b * scale for b in bounds), counts,
+                    total * scale, count))
     return out
-
-
-def _metric(metric: Any, resource: dict[str, str], deltas: Deltas, hasher: DeviceHasher,
-            models: Collection[str] | None, out: Flattened) -> None:
-    kind = metric.WhichOneof("data")
-    points = list(getattr(metric, kind).data_points) if kind else []
-    if metric.name not in KNOWN:
-        out.reject(len(points), f"metric {metric.name!r} is not one of {', '.join(KNOWN)}")
-        return
-    if metric.name in DURATIONS and (kind != "histogram" or metric.unit not in UNIT_TO_MS):
-        out.reject(len(points), f"{metric.name} must be a histogram in ms or s "
-                                f"(got {kind} in {metric.unit or 'no unit'!r})")
-        return
-    if metric.name == MEMORY and kind not in ("gauge", "sum"):
-        out.reject(len(points), f"{MEMORY} must be a gauge or sum (got {kind})")
-        return
-    for point in points:
-        attributes = {**resource, **attributes_of(point.attributes)}
-        model, version = attributes.get("ml.model.name", ""), attributes.get("ml.model.version", "")
-        if not model or not version:
-            out.reject(1, "points need ml.model.name and ml.model.version (resource attributes)")
-            continue
-        if models is not None and model not in models:
-            out.reject(1, f"model {model[:100]!r} is not in edge.models")
-            continue
-        device = hasher(attributes.pop("device.id", ""))
-        t = point.time_unix_nano / 1e9
-        if kind == "histogram":
-            _histogram(metric, point, model, version, device, attributes, t, deltas, out)
-        else:
-            value = point.as_double if point.WhichOneof("value") == "as_double" else point.as_int
-            out.values.append(EdgeValue(model, version, metric.name, device, attributes, t,
-                                        float(value)))
-
-
-def _histogram(metric: Any, point: Any, model: str, version: str, device: str,
-               attributes: dict[str, str], t: float, deltas: Deltas, out: Flattened) -> None:
-    bounds, counts = tuple(point.explicit_bounds), tuple(point.bucket_counts)
-    if len(counts) != len(bounds) + 1 or not _increasing(bounds):
-        out.reject(1, "histogram bucket_counts must be one more than increasing explicit_bounds")
-        return
-    scale = UNIT_TO_MS[metric.unit]
-    if metric.histogram.aggregation_temporality == TEMPORALITY_CUMULATIVE:
-        stream = (device, model, version, metric.name, tuple(sorted(attributes.items())), bounds)
-        counts, total, count = deltas.delta(stream, point.start_time_unix_nano, counts, point.sum,
-                                            point.count)
-    else:
-        total, count = point.sum, point.count
-    if count == 0:
-        return  # nothing new from this stream
-    out.histograms.append(EdgeHistogram(
-        model, version, metric.name, device, attributes, t,
-        bounds if scale == 1 else tuple(b * scale for b in bounds), counts, total * scale, count))
 
 
 _INCREASING: dict[tuple[float, ...], bool] = {}
@@ -201,15 +320,22 @@ def _increasing(bounds: tuple[float, ...]) -> bool:
 
 def attributes_of(pairs: Any) -> dict[str, str]:
     """OTLP KeyValues as strings (the scalar kinds; arrays and maps as their text)."""
-    return {kv.key: str(_scalar(kv.value)) for kv in pairs}
-
-
-def _scalar(value: Any) -> Any:
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return ""
-    if kind in ("array_value", "kvlist_value"):
-        return "[...]"
-    raw = getattr(value, kind)
-    return raw.hex() if kind == "bytes_value" else raw
-
+    out: dict[str, str] = {}
+    for kv in pairs:
+        value = kv.value
+        text = value.string_value  # a non-empty one is the value (the usual kind)
+        if text:
+            out[kv.key] = text
+            continue
+        kind = value.WhichOneof("value")
+        if kind == "string_value":
+            out[kv.key] = value.string_value
+        elif kind is None:
+            out[kv.key] = ""
+        elif kind in ("array_value", "kvlist_value"):
+            out[kv.key] = "[...]"
+        elif kind == "bytes_value":
+            out[kv.key] = value.bytes_value.hex()
+        else:
+            out[kv.key] = str(getattr(value, kind))
+    return out

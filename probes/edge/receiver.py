@@ -26,24 +26,24 @@ from tfwarden.core.errors import Refused
 from tfwarden.core.ports import SampleSink
 from tfwarden.core.ratelimit import RateBuckets
 from tfwarden.core.types import Sample
-from tfwarden.probes.edge import otlp
+from tfwarden.probes.edge import otlp, otlpjson
 from tfwarden.probes.edge.otlp import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
-    ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
     OtlpRejected,
 )
 from tfwarden.probes.edge.points import (
     INFERENCE,
     LOAD,
+    Batch,
     Deltas,
     DeviceHasher,
     EdgeHistogram,
     EdgeValue,
     Flattened,
     attributes_of,
-    flatten,
+    flatten_batch,
 )
 from tfwarden.probes.edge.settings import EdgeSettings
 
@@ -154,12 +154,10 @@ class EdgeReceiver:
         """An ExportMetricsServiceRequest in, the response body out (OtlpRejected: 4xx).
         Decoding and flattening of bodies over ``INLINE_BYTES`` run in a thread."""
         offload = len(body) > INLINE_BYTES
-        request = await _run(offload, otlp.decode, ExportMetricsServiceRequest, body,
-                             content_type, content_encoding, self.settings.max_body_bytes)
-        self._admit(client, sum(len(getattr(m, m.WhichOneof("data")).data_points)
-                                for r in request.resource_metrics for s in r.scope_metrics
-                                for m in s.metrics if m.WhichOneof("data")))
-        flattened = await _run(offload, self._flatten, request)
+        batch = await _run(offload, otlpjson.read_metrics, body, content_type, content_encoding,
+                           self.settings.max_body_bytes)
+        self._admit(client, batch.points)
+        flattened = await _run(offload, self._flatten, batch)
         rejected, reasons = flattened.rejected, list(flattened.reasons)
         points: list[EdgeHistogram | EdgeValue] = [*flattened.histograms, *flattened.values]
         for point in points:
@@ -185,9 +183,9 @@ class EdgeReceiver:
             response.partial_success.error_message = "; ".join(reasons)[:1000]
         return otlp.response_body(response, otlp.encoding_of(content_type))
 
-    def _flatten(self, request: ExportMetricsServiceRequest) -> Flattened:
+    def _flatten(self, batch: Batch) -> Flattened:
         with self._streams:  # one flattening at a time may touch the delta streams
-            return flatten(request, self.deltas, self.hasher, self.models)
+            return flatten_batch(batch, self.deltas, self.hasher, self.models)
 
     async def logs(self, body: bytes, content_type: str | None, content_encoding: str | None,
                    client: str) -> bytes:
