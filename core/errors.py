@@ -17,6 +17,8 @@ object concerned (file, YAML path, model, version, line)::
     │   ├── CaptureRejected      a capture request was refused (400, 404, 409, 413, 429, 503)
     │   ├── OtlpRejected         an OTLP/HTTP request was refused (400, 404, 413, 415, 429)
     │   └── ApiError             any other API refusal (401, 403, 404, 409...)
+    ├── OtlpJsonFallback       (inside the receiver) OTLP JSON the direct reader leaves to
+    │                          protobuf's json_format; never escapes it
     ├── ServingError           a model server could not be reached or answered with an error
     │   ├── ProtoLoadError       TF Serving's generated protobuf modules could not be loaded
     │   ├── ServingRpcError      a gRPC call failed (``code``: NOT_FOUND, UNAVAILABLE...)
@@ -130,6 +132,11 @@ class ApiError(Refused):
 
 
 # -- model servers ------------------------------------------------------------------------------
+class OtlpJsonFallback(TfwardenError):
+    """An OTLP JSON body not in the canonical form the direct reader takes: left to protobuf's
+    json_format, which accepts it or says what is wrong (never escapes the receiver)."""
+
+
 class ServingError(TfwardenError):
     """A model server could not be reached or answered with an error."""
 

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from tfwarden.core.errors import OtlpJsonFallback
 from tfwarden.probes.edge import otlp
 from tfwarden.probes.edge.otlp import ExportMetricsServiceRequest, OtlpRejected
 from tfwarden.probes.edge.points import Batch, MetricPoints, batch_of
@@ -36,10 +37,6 @@ _RANGES = {_F.TYPE_INT32: (I32_MIN, I32_MAX), _F.TYPE_SINT32: (I32_MIN, I32_MAX)
            _F.TYPE_INT64: (I64_MIN, I64_MAX), _F.TYPE_SINT64: (I64_MIN, I64_MAX),
            _F.TYPE_SFIXED64: (I64_MIN, I64_MAX), _F.TYPE_UINT64: (0, U64),
            _F.TYPE_FIXED64: (0, U64)}
-
-
-class _Slow(Exception):
-    """Not the canonical form: left to json_format (which accepts it or says what is wrong)."""
 
 
 def read_metrics(body: bytes, content_type: str | None, content_encoding: str | None,
@@ -71,7 +68,7 @@ def metrics_batch(data: bytes) -> Batch | None:
         return None
     try:
         return _request(document)
-    except _Slow:
+    except OtlpJsonFallback:
         return None
 
 
@@ -152,14 +149,14 @@ def _request(document: dict[str, Any]) -> Batch:
     total = 0
     for resource_metrics in _list(listed):
         if type(resource_metrics) is not dict:
-            raise _Slow
+            raise OtlpJsonFallback
         if not _RESOURCE_METRICS_KEYS.issuperset(resource_metrics):
             _others(resource_metrics, _RESOURCE_METRICS, _RESOURCE_METRICS_KEYS, 3)
         resource = resource_metrics.get("resource")
         attributes: dict[str, str] = {}
         if resource is not None:
             if type(resource) is not dict:
-                raise _Slow
+                raise OtlpJsonFallback
             if not _RESOURCE_KEYS.issuperset(resource):
                 _others(resource, _RESOURCE, _RESOURCE_KEYS, 4)
             attributes = _attributes(resource.get("attributes"), 4)
@@ -168,7 +165,7 @@ def _request(document: dict[str, Any]) -> Batch:
         metrics: list[MetricPoints] = []
         for scope_metrics in _list(resource_metrics.get("scopeMetrics")):
             if type(scope_metrics) is not dict:
-                raise _Slow
+                raise OtlpJsonFallback
             if not _SCOPE_METRICS_KEYS.issuperset(scope_metrics):
                 _others(scope_metrics, _SCOPE_METRICS, _SCOPE_METRICS_KEYS, 5)
             _string(scope_metrics.get("schemaUrl"))
@@ -190,7 +187,7 @@ def _request(document: dict[str, Any]) -> Batch:
 def _metric(metric: Any) -> MetricPoints:
     """A Metric (at depth 6)."""
     if type(metric) is not dict:
-        raise _Slow
+        raise OtlpJsonFallback
     if not _METRIC_KEYS.issuperset(metric):
         _others(metric, _METRIC, _METRIC_KEYS, 7)
     name, unit = _string(metric.get("name")), _string(metric.get("unit"))
@@ -200,12 +197,12 @@ def _metric(metric: Any) -> MetricPoints:
         value = metric.get(key)
         if value is not None:
             if kind is not None:
-                raise _Slow  # two kinds of data: json_format says so
+                raise OtlpJsonFallback  # two kinds of data: json_format says so
             kind, data = key, value
     if kind is None:
         return MetricPoints(name, unit, None, 0, [])
     if type(data) is not dict:
-        raise _Slow
+        raise OtlpJsonFallback
     snake = _SNAKE[kind]
     hot = _DATA_KEYS.get(kind)
     if hot is None:  # exponential histograms and summaries: checked, their points counted
@@ -229,7 +226,7 @@ def _histogram_point(point: Any) -> tuple[Any, ...]:
     """A HistogramDataPoint (at depth 9) as (attributes, start, time, bounds, counts, sum,
     count)."""
     if type(point) is not dict:
-        raise _Slow
+        raise OtlpJsonFallback
     if not _HISTOGRAM_POINT_KEYS.issuperset(point):
         _others(point, _HISTOGRAM_POINT, _HISTOGRAM_POINT_KEYS, 10)
     own = _attributes(point.get("attributes"), 10)
@@ -248,7 +245,7 @@ def _histogram_point(point: Any) -> tuple[Any, ...]:
 def _number_point(point: Any) -> tuple[Any, ...]:
     """A NumberDataPoint (at depth 9) as (attributes, time, value)."""
     if type(point) is not dict:
-        raise _Slow
+        raise OtlpJsonFallback
     if not _NUMBER_POINT_KEYS.issuperset(point):
         _others(point, _NUMBER_POINT, _NUMBER_POINT_KEYS, 10)
     own = _attributes(point.get("attributes"), 10)
@@ -260,7 +257,7 @@ def _number_point(point: Any) -> tuple[Any, ...]:
     as_double, as_int = point.get("asDouble"), point.get("asInt")
     if as_double is not None:
         if as_int is not None:
-            raise _Slow  # both members of the oneof
+            raise OtlpJsonFallback  # both members of the oneof
         value = _double(as_double)
     else:
         value = float(_integer(as_int, I64_MIN, I64_MAX))
@@ -272,11 +269,11 @@ def _attributes(pairs: Any, depth: int) -> dict[str, str]:
     if pairs is None:
         return {}
     if type(pairs) is not list:
-        raise _Slow
+        raise OtlpJsonFallback
     out: dict[str, str] = {}
     for pair in pairs:
         if type(pair) is not dict:
-            raise _Slow
+            raise OtlpJsonFallback
         if len(pair) == 2:  # the usual: {"key": "...", "value": {"stringValue": "..."}}
             key, value = pair.get("key"), pair.get("value")
             if type(key) is str and type(value) is dict and len(value) == 1:
@@ -290,7 +287,7 @@ def _attributes(pairs: Any, depth: int) -> dict[str, str]:
         if key is None:
             key = ""
         elif type(key) is not str:
-            raise _Slow
+            raise OtlpJsonFallback
         out[key] = _text(pair.get("value"), depth + 2)
     return out
 
@@ -300,14 +297,14 @@ def _text(value: Any, depth: int) -> str:
     if value is None:
         return ""
     if type(value) is not dict:
-        raise _Slow
+        raise OtlpJsonFallback
     kind, raw = None, None
     for key, item in value.items():
         if key not in _ANY_KINDS:
             _other(_ANY_VALUE, key, item, depth + 1)
         elif item is not None:
             if kind is not None:
-                raise _Slow  # two members of the oneof
+                raise OtlpJsonFallback  # two members of the oneof
             kind, raw = key, item
     if kind is None:
         return ""
@@ -328,12 +325,12 @@ def _text(value: Any, depth: int) -> str:
     return "[...]"
 
 
-# -- scalars, as json_format converts them (anything it would convert differently: _Slow) ---------
+# -- scalars, as json_format converts them (anything it would convert differently: OtlpJsonFallback) ---------
 def _list(value: Any) -> list[Any]:
     if value is None:
         return []
     if type(value) is not list:
-        raise _Slow
+        raise OtlpJsonFallback
     return value
 
 
@@ -341,7 +338,7 @@ def _string(value: Any) -> str:
     if value is None:
         return ""
     if type(value) is not str:
-        raise _Slow
+        raise OtlpJsonFallback
     return value  # orjson refuses unpaired surrogates (json_format's check)
 
 
@@ -349,7 +346,7 @@ def _bool(value: Any) -> bool:
     if value is None:
         return False
     if type(value) is not bool:
-        raise _Slow
+        raise OtlpJsonFallback
     return value
 
 
@@ -362,15 +359,15 @@ def _integer(value: Any, low: int, high: int) -> int:
         number: int = value
     elif kind is str:
         if " " in value:
-            raise _Slow
+            raise OtlpJsonFallback
         try:
             number = int(value)
         except ValueError:
-            raise _Slow from None
+            raise OtlpJsonFallback from None
     else:
-        raise _Slow  # floats (json_format takes integral ones), bools, objects...
+        raise OtlpJsonFallback  # floats (json_format takes integral ones), bools, objects...
     if number < low or number > high:
-        raise _Slow
+        raise OtlpJsonFallback
     return number
 
 
@@ -385,13 +382,13 @@ def _enum(value: Any, names: dict[str, int]) -> int:
         try:  # json_format: int() of a string that is not a name
             number = int(value)
         except ValueError:
-            raise _Slow from None
+            raise OtlpJsonFallback from None
     elif type(value) is int:
         number = value
     else:
-        raise _Slow
+        raise OtlpJsonFallback
     if number < I32_MIN or number > I32_MAX:
-        raise _Slow
+        raise OtlpJsonFallback
     return number
 
 
@@ -401,29 +398,29 @@ def _double(value: Any) -> float:
     kind = type(value)
     if kind is float:
         if value - value != 0.0:  # NaN, infinities: json_format refuses them unquoted
-            raise _Slow
+            raise OtlpJsonFallback
         number: float = value
         return number
     if kind is int:
         try:
             return float(value)
         except OverflowError:
-            raise _Slow from None
-    raise _Slow  # strings ("NaN", "1.5"), bools...
+            raise OtlpJsonFallback from None
+    raise OtlpJsonFallback  # strings ("NaN", "1.5"), bools...
 
 
 def _doubles(values: Any) -> tuple[float, ...]:
     if values is None:
         return ()
     if type(values) is not list or not set(map(type, values)) <= {float, int}:
-        raise _Slow
+        raise OtlpJsonFallback
     try:
         numbers = tuple(map(float, values))
     except OverflowError:
-        raise _Slow from None
+        raise OtlpJsonFallback from None
     total = sum(numbers)
-    if total - total != 0.0:  # a NaN or an infinity among them (or a sum too large: _Slow)
-        raise _Slow
+    if total - total != 0.0:  # a NaN or an infinity among them (or a sum too large: OtlpJsonFallback)
+        raise OtlpJsonFallback
     return numbers
 
 
@@ -432,45 +429,45 @@ def _counts(values: Any) -> tuple[int, ...]:
     if values is None:
         return ()
     if type(values) is not list:
-        raise _Slow
+        raise OtlpJsonFallback
     kinds = set(map(type, values))
     if kinds <= {int}:
         numbers: tuple[int, ...] = tuple(values)
     elif kinds == {str}:
         if " " in "".join(values):
-            raise _Slow
+            raise OtlpJsonFallback
         try:
             numbers = tuple(map(int, values))
         except ValueError:
-            raise _Slow from None
+            raise OtlpJsonFallback from None
     else:
         return tuple(_integer(value, 0, U64) if value is not None else _null() for value in values)
     if numbers and (min(numbers) < 0 or max(numbers) > U64):
-        raise _Slow
+        raise OtlpJsonFallback
     return numbers
 
 
 def _null() -> int:
-    raise _Slow  # null in a repeated field: json_format refuses it
+    raise OtlpJsonFallback  # null in a repeated field: json_format refuses it
 
 
 def _base64(value: Any) -> bytes:
     if type(value) is not str:
-        raise _Slow
+        raise OtlpJsonFallback
     encoded = value.encode()
     try:  # json_format's own decoding of bytes fields
         return base64.urlsafe_b64decode(encoded + b"=" * (4 - len(encoded) % 4))
     except ValueError:
-        raise _Slow from None
+        raise OtlpJsonFallback from None
 
 
 def _hex_id(key: str, value: Any) -> None:
     if type(value) is not str:
-        raise _Slow
+        raise OtlpJsonFallback
     try:
         otlp._hex_to_base64(key, value)
     except OtlpRejected:
-        raise _Slow from None
+        raise OtlpJsonFallback from None
 
 
 # -- everything else, from the descriptors --------------------------------------------------------
@@ -487,20 +484,20 @@ def _other(descriptor: Descriptor, key: str, item: Any, depth: int) -> None:
     if field is not None:
         _field(field, item, depth, key)
     elif key in _PROTO_NAMES[descriptor.full_name] or key.startswith("["):
-        raise _Slow  # a snake_case name (json_format reads it too) or an extension
+        raise OtlpJsonFallback  # a snake_case name (json_format reads it too) or an extension
     elif key in otlp.HEX_ID_FIELDS and type(item) is str:
         _hex_id(key, item)  # otlp.decode checks hex ids wherever they are
     else:  # unknown: ignored, after otlp.decode's checks of hex ids and depth
         try:
             otlp._hex_ids_to_base64(item, depth)
         except (OtlpRejected, RecursionError):
-            raise _Slow from None
+            raise OtlpJsonFallback from None
 
 
 def _message(descriptor: Descriptor, value: Any, depth: int) -> None:
     """Checks a message (at ``depth``) field by field."""
     if depth > MAX_DEPTH or type(value) is not dict:
-        raise _Slow
+        raise OtlpJsonFallback
     fields = _fields(descriptor)
     oneofs: set[str] = set()
     for key, item in value.items():
@@ -512,7 +509,7 @@ def _message(descriptor: Descriptor, value: Any, depth: int) -> None:
             continue
         if field.containing_oneof is not None:
             if field.containing_oneof.name in oneofs:
-                raise _Slow
+                raise OtlpJsonFallback
             oneofs.add(field.containing_oneof.name)
         _field(field, item, depth + 1, key)
 
@@ -521,13 +518,13 @@ def _field(field: FieldDescriptor, value: Any, depth: int, key: str = "") -> Non
     if value is None:
         return  # null: the field is cleared
     if depth > MAX_DEPTH:
-        raise _Slow
+        raise OtlpJsonFallback
     if field.is_repeated:
         if type(value) is not list:
-            raise _Slow
+            raise OtlpJsonFallback
         for item in value:
             if item is None:
-                raise _Slow
+                raise OtlpJsonFallback
             _single(field, item, depth + 1, key)
     else:
         _single(field, value, depth, key)
@@ -535,7 +532,7 @@ def _field(field: FieldDescriptor, value: Any, depth: int, key: str = "") -> Non
 
 def _single(field: FieldDescriptor, value: Any, depth: int, key: str) -> None:
     if depth > MAX_DEPTH:
-        raise _Slow
+        raise OtlpJsonFallback
     kind = field.type
     if kind == _F.TYPE_MESSAGE:
         _message(field.message_type, value, depth)
@@ -555,4 +552,4 @@ def _single(field: FieldDescriptor, value: Any, depth: int, key: str) -> None:
         else:
             _base64(value)
     else:
-        raise _Slow  # float, groups: not in OTLP metrics
+        raise OtlpJsonFallback  # float, groups: not in OTLP metrics
