@@ -344,7 +344,7 @@ async def reconfigure(p: Pipeline, config: Config, process: Process) -> None:
     p.roster.reconfigure(config.detection, objectives_of(config), memory_targets_of(config),
                          [m.name for m in config.models if m.drift is not None])
     p.capture.reconfigure(config.capture, captured_models(config, endpoints))
-    p.edge_verdicts.reconfigure(edge_verdict_settings(config))
+    dropped = p.edge_verdicts.reconfigure(edge_verdict_settings(config))
     p.edge = edge_receiver(config, process.store, p.edge, p.edge_verdicts)
     p.drift_worker.reconfigure(config.detection.drift_worker)
     p.drift.reconfigure(drifted_models(config, endpoints))
@@ -359,6 +359,7 @@ async def reconfigure(p: Pipeline, config: Config, process: Process) -> None:
     p.alert_rules = list(config.alerting.receive)
     _spawn(p, _restart_lifecycle(p, p.runner.reconfigure(managed)))
     _spawn(p, p.edge_rollouts.start(p.edge_rollouts.reconfigure(edge_models(config))))
+    p.edge_rollouts.evidence_lost(dropped)
     _schedule_watcher(p, process.jobs)
 
 

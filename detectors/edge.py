@@ -12,9 +12,12 @@ candidate by a hash of their id, at random with respect to anything they report,
 cohort a candidate device and a current device are exchangeable while the versions do not
 differ.
 
-Observations are paired in arrival order (the next candidate device with the next current
-device of the cohort, at most ``max_pair_gap_seconds`` apart), as the server-side detectors pair
-probe samples: ``D = ln(candidate) - ln(current)`` (latency, load, memory) or ``candidate rate -
+A device's first inference report on a version is not counted (the warm-up after an app start
+or a model switch: candidates have all just switched, current devices have not). Observations
+are paired as they arrive (a candidate device with a waiting current device of the cohort, at
+most ``max_pair_gap_seconds`` apart, the one whose time to count was nearest: both arms then
+hold devices of the same inference rate, which can go with speed), as the server-side detectors
+pair probe samples: ``D = ln(candidate) - ln(current)`` (latency, load, memory) or ``candidate rate -
 current rate`` (errors) is symmetric about 0 under no difference, and its clipped score feeds a
 :class:`MixtureECusum` without restarts, a test supermartingale. Every cohort and metric gets
 one such test, and the threshold is ``tests / alpha`` with ``tests`` = (max cohorts + 1) x 4
@@ -77,6 +80,7 @@ class _Device:
     error_logs: int = 0
     load_ms: float | None = None
     memory_bytes: float | None = None
+    first_t: float | None = None  # its first inference report (not counted: a warm-up)
 
 
 class _PairedMetric:
@@ -86,22 +90,29 @@ class _PairedMetric:
     def __init__(self, threshold: float, max_gap: float, ratio: bool) -> None:
         self.test = MixtureECusum(threshold, restart=False)
         self.max_gap, self.ratio = max_gap, ratio
-        self.waiting: dict[bool, deque[tuple[float, float]]] = {True: deque(maxlen=1000),
-                                                                False: deque(maxlen=1000)}
+        self.waiting: dict[bool, deque[tuple[float, float, float]]] = {
+            True: deque(maxlen=1000), False: deque(maxlen=1000)}  # (t, delay, value)
         self.diffs: deque[float] = deque(maxlen=2000)
         self.sums = [0.0, 0.0]  # candidate, current (error rates)
         self.scale = 1.0
 
-    def add(self, candidate: bool, t: float, value: float) -> None:
+    def add(self, candidate: bool, t: float, value: float, delay: float = 0.0) -> None:
+        """An observation of one arm at ``t``; ``delay``: how long its device took from its
+        first counted report to count (a proxy of its inference rate, which can go with its
+        speed): it is paired with the waiting observation of the other arm of the nearest delay,
+        so the arms' different start times (current devices count from the rollout's start,
+        candidates from their switch) cannot make fast devices of one arm meet slow ones."""
         if self.ratio and value <= 0:
             return
         other = self.waiting[not candidate]
         while other and other[0][0] < t - self.max_gap:
             other.popleft()
         if not other:
-            self.waiting[candidate].append((t, value))
+            self.waiting[candidate].append((t, delay, value))
             return
-        _, other_value = other.popleft()
+        nearest = min(range(len(other)), key=lambda i: abs(other[i][1] - delay))
+        _, _, other_value = other[nearest]
+        del other[nearest]
         mine, theirs = (value, other_value) if candidate else (other_value, value)
         diff = math.log(mine) - math.log(theirs) if self.ratio else mine - theirs
         self.test.update(diff / self.scale)
@@ -191,15 +202,16 @@ class EdgeComparison:
                 m: _PairedMetric(self.threshold, gap, ratio=m != "errors") for m in METRICS})
         cohort.devices[candidate] += 1
         cohort.last_t = max(cohort.last_t, t)
+        delay = t - (device.first_t if device.first_t is not None else t)
         if device.inferences:
-            cohort.metrics["latency"].add(candidate, t, device.total_ms / device.inferences)
+            cohort.metrics["latency"].add(candidate, t, device.total_ms / device.inferences, delay)
         total = device.inferences + device.failed
         cohort.metrics["errors"].add(candidate, t, (device.failed + device.error_logs)
-                                     / (total + device.error_logs))
+                                     / (total + device.error_logs), delay)
         if device.load_ms is not None:
-            cohort.metrics["load"].add(candidate, t, device.load_ms)
+            cohort.metrics["load"].add(candidate, t, device.load_ms, delay)
         if device.memory_bytes is not None:
-            cohort.metrics["memory"].add(candidate, t, device.memory_bytes)
+            cohort.metrics["memory"].add(candidate, t, device.memory_bytes, delay)
 
     # -- verdicts ----------------------------------------------------------------------------
     def evaluate(self, now: float) -> list[Finding]:
@@ -260,6 +272,9 @@ class EdgeComparison:
 def _add(record: _Device, sample: Sample) -> None:
     count = int(sample.labels.get("count", "1") or 1)
     if sample.metric == INFERENCE_MS:
+        if record.first_t is None:  # the first report after a start or a switch: warm-up
+            record.first_t = sample.t
+            return
         record.inferences += count
         record.total_ms += sample.value * count
     elif sample.metric == FAILED_INFERENCES:
@@ -280,12 +295,15 @@ class EdgeVerdicts:
         self.settings = settings  # model -> (max_cohorts, verdict settings)
         self.comparisons: dict[str, EdgeComparison] = {}
 
-    def reconfigure(self, settings: dict[str, tuple[int, EdgeVerdictSettings]]) -> None:
-        """New settings; comparisons of models whose settings changed start afresh."""
-        for model in list(self.comparisons):
-            if settings.get(model) != self.settings.get(model):
-                del self.comparisons[model]
+    def reconfigure(self, settings: dict[str, tuple[int, EdgeVerdictSettings]]) -> list[str]:
+        """New settings; comparisons of models whose settings changed are dropped (returned:
+        the rollout announces their versions again, and they start afresh)."""
+        dropped = [model for model in self.comparisons
+                   if settings.get(model) != self.settings.get(model)]
+        for model in dropped:
+            del self.comparisons[model]
         self.settings = settings
+        return dropped
 
     def rollout_changed(self, model: str, current: int | None, candidate: int | None) -> None:
         """A rollout's versions: a comparison while there is a candidate (kept while the

@@ -85,18 +85,20 @@ class EdgeRollout:
     step_devices: int = 0  # candidate devices counted when the step began
     pinned: Mapping[str, int] = field(default_factory=dict)  # cohort -> version it keeps
     rejected: tuple[int, ...] = ()  # versions rolled back for everyone (never started again)
+    overridden: tuple[str, ...] = ()  # cohorts an operator unpinned in this rollout: not re-pinned
     since: float = 0.0
     reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "phase": self.phase.value, "pinned": dict(self.pinned),
-                "rejected": list(self.rejected)}
+                "rejected": list(self.rejected), "overridden": list(self.overridden)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> EdgeRollout:
         return cls(**{**data, "phase": EdgePhase(data["phase"]),
                       "pinned": {str(k): int(v) for k, v in data.get("pinned", {}).items()},
-                      "rejected": tuple(data.get("rejected", ()))})
+                      "rejected": tuple(data.get("rejected", ())),
+                      "overridden": tuple(data.get("overridden", ()))})
 
 
 # -- actions -------------------------------------------------------------------------------------
@@ -162,7 +164,13 @@ def edge_action_from(name: str, params: Mapping[str, Any]) -> EdgeAction:
                             f"{', '.join(EDGE_ACTIONS)})")
     try:
         if kind is StartRollout:
-            return StartRollout(int(params["version"]))
+            version = params["version"]
+            if isinstance(version, str) and version.isascii() and version.isdigit():
+                version = int(version)
+            if not isinstance(version, int) or isinstance(version, bool) or \
+                    not 0 < version < 2**63:
+                raise ValueError("version must be a positive integer")
+            return StartRollout(version)
         if kind in (RollbackCohort, Unpin):
             cohort = params["cohort"]
             if not isinstance(cohort, str) or not cohort:
@@ -190,7 +198,7 @@ def outcome(action: EdgeAction, status: EdgeRollout, settings: EdgeRolloutSettin
                                  "already current" if status.current else "has no current version")
         return replace(status, phase=EdgePhase.ROLLING_OUT, candidate=action.version,
                        percent=settings.steps[0], step=0, step_since=now, step_devices=0,
-                       since=now, reason=f"rolling out v{action.version}")
+                       overridden=(), since=now, reason=f"rolling out v{action.version}")
     if isinstance(action, Advance):
         if status.step + 1 >= len(settings.steps) or status.percent >= 100:
             return replace(status, phase=EdgePhase.IDLE, current=status.candidate, candidate=None,
@@ -218,8 +226,11 @@ def outcome(action: EdgeAction, status: EdgeRollout, settings: EdgeRolloutSettin
         if action.cohort not in status.pinned:
             raise LifecycleError(f"edge model {status.model!r}: cohort {action.cohort!r} is "
                                  "not pinned")
+        overridden = status.overridden if status.candidate is None or \
+            action.cohort in status.overridden else (*status.overridden, action.cohort)
         return replace(status, pinned={k: v for k, v in status.pinned.items()
-                                       if k != action.cohort}, reason=f"{action.cohort} unpinned")
+                                       if k != action.cohort}, overridden=overridden,
+                       reason=f"{action.cohort} unpinned")
     raise LifecycleError(f"unknown edge action {action.name}")
 
 
@@ -227,13 +238,15 @@ def outcome(action: EdgeAction, status: EdgeRollout, settings: EdgeRolloutSettin
 def decide(status: EdgeRollout, findings: Iterable[Finding], settings: EdgeRolloutSettings,
            devices: int, now: float) -> EdgeAction | None:
     """What a rolling-out model's per-cohort findings call for: a regression in a cohort not
-    pinned yet pins it (or halts, or rolls back, by ``on_regression`` and the pin limit); a step
+    pinned yet (nor unpinned by an operator during this rollout) pins it (or halts, or rolls
+    back, by ``on_regression`` and the pin limit); a step
     held long enough with enough new candidate devices and no regression advances; else
     nothing (thin cohorts are inconclusive and hold nothing back, they are never acted on)."""
     if status.phase != EdgePhase.ROLLING_OUT or status.candidate is None:
         return None
     regressed = sorted({f.target for f in findings if f.verdict == REGRESSION and
-                        f.version == status.candidate and f.target not in status.pinned})
+                        f.version == status.candidate and f.target not in status.pinned and
+                        f.target not in status.overridden})
     if regressed:
         first = next(f for f in findings if f.verdict == REGRESSION and f.target == regressed[0])
         why = f"{first.detector}: {first.reason}"

@@ -77,7 +77,9 @@ def published(base_path: Path) -> dict[int, dict[str, Any]]:
     if not base_path.is_dir():
         return out
     for directory in base_path.iterdir():
-        if directory.name.isdigit() and (directory / MANIFEST).is_file():
+        name = directory.name
+        if name.isascii() and name.isdigit() and len(name) <= 18 and \
+                (directory / MANIFEST).is_file():
             try:
                 manifest = json.loads((directory / MANIFEST).read_text())
             except (OSError, ValueError):
@@ -159,8 +161,16 @@ class EdgeRolloutRunner:
 
     def _next(self, name: str, model: EdgeModel, status: EdgeRollout,
               now: float) -> EdgeAction | None:
+        if status.current is None:  # nothing was published at the first start
+            self.refresh(name)
+            versions = self.manifests.get(name, {})
+            if versions:
+                current = max(versions)
+                self.save(replace(status, current=current, since=now, reason="adopted"))
+                self.journal.record(EdgeAdopted(name, current))
+            return None
         if status.phase in (EdgePhase.IDLE, EdgePhase.ROLLED_BACK):
-            if not model.settings.auto_start or status.current is None:
+            if not model.settings.auto_start:
                 return None
             self.refresh(name)
             newer = [v for v in self.manifests.get(name, {})
@@ -290,6 +300,14 @@ class EdgeRolloutRunner:
         if not path.is_file():
             raise KeyError(version)
         return path
+
+    def evidence_lost(self, names: list[str]) -> None:
+        """The cohort evidence of ``names`` started afresh (their verdict settings changed):
+        announce their versions again and count the step's devices from zero."""
+        for name in names:
+            status = self.statuses.get(name)
+            if status is not None:
+                self.save(replace(status, step_devices=0))
 
     def reconfigure(self, models: Mapping[str, EdgeModel]) -> list[str]:
         """New set of models: removed ones leave (their status stays stored); returns the new

@@ -18,6 +18,7 @@ import asyncio
 import json
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -220,8 +221,7 @@ class EdgeReceiver:
                         cohort.exceptions[key] = cohort.exceptions.get(key, 0) + 1
                     if exception or record.severity_number >= ERROR_SEVERITY:
                         cohort.error_logs += 1
-                        self._tell(record.time_unix_nano / 1e9 or record.observed_time_unix_nano
-                                   / 1e9, ERROR_LOGS, 1.0, model, version, name, device)
+                        self._tell(time.time(), ERROR_LOGS, 1.0, model, version, name, device)
         response = ExportLogsServiceResponse()
         if rejected:
             response.partial_success.rejected_log_records = rejected
@@ -270,25 +270,27 @@ class EdgeReceiver:
     # -- device reports as Samples -----------------------------------------------------------
     def _emit(self, point: EdgeHistogram | EdgeValue, cohort: str) -> None:
         """One device report as a Sample: the mean of a histogram delta (its sum / count, exact
-        for the report) or the value, with the cohort and the hashed device as labels."""
+        for the report) or the value, with the cohort and the hashed device as labels, at the
+        time it was received (devices' clocks are not trusted for pairing)."""
         if self.sink is None:
             return
         if isinstance(point, EdgeValue):
-            self._tell(point.t, MEMORY_BYTES, point.value, point.model, point.version, cohort,
+            self._tell(time.time(), MEMORY_BYTES, point.value, point.model, point.version, cohort,
                        point.device)
         elif point.metric == LOAD:
-            self._tell(point.t, LOAD_MS, point.total / point.count, point.model, point.version,
+            self._tell(time.time(), LOAD_MS, point.total / point.count, point.model, point.version,
                        cohort, point.device, point.count)
         elif "error.type" in point.attributes:
-            self._tell(point.t, FAILED_INFERENCES, float(point.count), point.model,
+            self._tell(time.time(), FAILED_INFERENCES, float(point.count), point.model,
                        point.version, cohort, point.device, point.count)
         else:
-            self._tell(point.t, INFERENCE_MS, point.total / point.count, point.model,
+            self._tell(time.time(), INFERENCE_MS, point.total / point.count, point.model,
                        point.version, cohort, point.device, point.count)
 
     def _tell(self, t: float, metric: str, value: float, model: str, version: str, cohort: str,
               device: str, count: int = 1) -> None:
-        if self.sink is None or not version.isdigit() or len(version) > 18:
+        if self.sink is None or not (version.isascii() and version.isdigit()) or \
+                len(version) > 18:
             return  # only numbered versions (the published directories) can be rolled out
         self.sink.observe(Sample(t, "edge", metric, value, model, int(version), labels={
             "cohort": cohort, "device": device, "count": str(count)}))

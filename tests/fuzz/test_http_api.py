@@ -522,6 +522,14 @@ HOSTILE = [
             frozenset({403}), b"", "missing", (("Origin", "http://evil.example"),)),
     Hostile("edge stats of an unknown model", "GET", "/api/v1/edge/nope", frozenset({404})),
     Hostile("edge stats of m", "GET", "/api/v1/edge/m", OK),
+    Hostile("OTLP metrics of a version in superscript digits", "POST", "/v1/metrics", OK,
+            b'{"resourceMetrics": [{"resource": {"attributes": [{"key": "ml.model.name", '
+            b'"value": {"stringValue": "m"}}, {"key": "ml.model.version", "value": '
+            b'{"stringValue": "\\u00b2"}}, {"key": "device.id", "value": {"stringValue": "d"}}]}, '
+            b'"scopeMetrics": [{"metrics": [{"name": "ml.inference.duration", "unit": "ms", '
+            b'"histogram": {"aggregationTemporality": 1, "dataPoints": [{"count": "1", "sum": 2, '
+            b'"explicitBounds": [1], "bucketCounts": [0, 1]}]}}]}]}]}',
+            "ingest", (("Content-Type", "application/json"),)),
     Hostile("assignment without a device id", "GET", "/api/v1/edge/m/assignment", BAD,
             auth="ingest"),
     Hostile("assignment for a 10,000-character device id", "GET",

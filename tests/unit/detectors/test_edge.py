@@ -112,7 +112,7 @@ def test_a_slowdown_under_the_floor_is_ok_with_the_reason() -> None:
 
 def test_each_device_counts_once_however_often_it_reports() -> None:
     comparison = new(EdgeVerdictSettings(min_inferences=10))
-    for i in range(100):  # one device, many reports: 5 inferences each
+    for i in range(100):  # one device, many reports: 5 inferences each (the first a warm-up)
         comparison.observe(report(1000.0 + i, 2, COHORTS[0], "only-device", 50.0, 5))
     assert comparison.summary() == {COHORTS[0]: {"candidate": 1, "current": 0}}
     comparison.observe(report(2000.0, 2, COHORTS[0], "", 50.0, 50))  # no device id: not counted
@@ -135,7 +135,8 @@ def test_load_time_is_judged_per_cohort_too() -> None:
         device = f"d{i}"
         load = 100.0 * math.exp(rng.gauss(0, 0.3)) * (3.0 if version == 2 else 1.0)
         comparison.observe(report(1000.0 + i, version, COHORTS[0], device, load, 1, LOAD_MS))
-        comparison.observe(report(1000.0 + i, version, COHORTS[0], device, 5.0, 20))
+        for _ in range(2):  # the first inference report is a warm-up, not counted
+            comparison.observe(report(1000.0 + i, version, COHORTS[0], device, 5.0, 20))
     load = next(f for f in comparison.evaluate(2000.0) if f.detector == "edge_load")
     assert load.verdict == REGRESSION and "load time" in load.reason
 
@@ -145,6 +146,7 @@ def test_the_verdicts_follow_the_rollout_and_forget_it_when_it_ends() -> None:
     verdicts.observe(report(1.0, 2, COHORTS[0], "d", 5.0))  # no rollout yet: ignored
     verdicts.rollout_changed("digits", 1, 2)
     verdicts.observe(report(2.0, 2, COHORTS[0], "d", 5.0))
+    verdicts.observe(report(2.5, 2, COHORTS[0], "d", 5.0))
     assert verdicts.candidate_devices("digits") == 1
     verdicts.rollout_changed("digits", 1, 2)  # the same versions keep the evidence
     assert verdicts.candidate_devices("digits") == 1
@@ -152,3 +154,29 @@ def test_the_verdicts_follow_the_rollout_and_forget_it_when_it_ends() -> None:
     assert verdicts.findings("digits", 3.0) == [] and verdicts.candidate_devices("digits") == 0
     verdicts.rollout_changed("other", 1, 2)  # not configured for rollouts
     assert "other" not in verdicts.comparisons
+
+
+def test_switching_devices_and_rate_dependent_arrival_are_no_regression() -> None:
+    """The null that arrival order can fake: candidates all start at their switch (with a slow
+    first report, the model warming up) while current devices have run for long; faster devices
+    run more inferences, so they count sooner. Same versions: nothing may regress."""
+    regressed = 0
+    for seed in range(20):
+        rng = random.Random(100 + seed)
+        comparison = new()
+        devices = []
+        for cohort in COHORTS[:2]:
+            for i in range(600):
+                speed = 5.0 * math.exp(rng.gauss(0, 0.5))
+                devices.append((cohort, f"{cohort}/{i}", rng.random() < 0.1, speed))
+        for round_ in range(8):
+            for cohort, device, candidate, speed in devices:
+                t = 1000.0 + 60 * round_ + (30 if candidate else 0) + rng.random()
+                if candidate and round_ == 0:
+                    continue  # candidates switch half a minute into the rollout
+                warm = 5.0 if candidate and round_ == 1 else 1.0
+                inferences = max(1, round(20 * (5.0 / speed) ** 3))  # fast devices run more
+                comparison.observe(report(t, 2 if candidate else 1, cohort, device,
+                                          speed * warm * math.exp(rng.gauss(0, 0.2)), inferences))
+        regressed += any(f.verdict == REGRESSION for f in comparison.evaluate(2000.0))
+    assert regressed == 0

@@ -275,3 +275,41 @@ def test_operators_requests_that_do_not_apply_journal_nothing(tmp_path: Path) ->
     assert h.status.phase == EdgePhase.IDLE  # auto_start off
     answer = asyncio.run(h.runner.manual("digits", "start", {"version": 2}))
     assert answer["candidate"] == 2 and answer["percent"] == 5
+
+
+def test_a_cohort_an_operator_unpins_is_not_pinned_again_in_this_rollout(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    publish(h.base, 1)
+    asyncio.run(h.runner.start())
+    publish(h.base, 2)
+    h.tick()
+    h.verdicts.current = [finding(REGRESSION, "gpu")]
+    h.tick()
+    assert h.status.pinned == {"gpu": 1}
+    asyncio.run(h.runner.manual("digits", "unpin", {"cohort": "gpu"}))
+    h.tick()  # the finding still stands: the operator's word wins for this rollout
+    assert h.status.pinned == {} and h.status.overridden == ("gpu",)
+
+
+def test_a_model_with_nothing_published_at_start_adopts_its_first_version(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    asyncio.run(h.runner.start())
+    assert h.status.current is None
+    publish(h.base, 1)
+    h.tick()
+    assert h.status.current == 1 and h.status.phase == EdgePhase.IDLE
+    publish(h.base, 2)
+    h.tick()
+    assert h.status.candidate == 2
+
+
+def test_versions_must_be_positive_integers_and_odd_directories_are_ignored(tmp_path: Path) -> None:
+    for bad in (1e999, True, 2.5, -1, "²", "x"):
+        with pytest.raises(ActionRefused, match="start: parameters"):
+            edge.edge_action_from("start", {"version": bad})
+    h = Harness(tmp_path)
+    publish(h.base, 1)
+    (h.base / "²").mkdir()
+    (h.base / "²" / "manifest.json").write_text("{}")
+    asyncio.run(h.runner.start())
+    assert sorted(h.runner.manifests["digits"]) == [1]
