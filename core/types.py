@@ -48,6 +48,12 @@ class ProbeResult:
         }
 
 
+# The Samples an edge device's report becomes (probes/edge -> detectors/edge; labels: cohort,
+# hashed device, count): its mean inference time, failed inferences, load time, memory, error logs
+EDGE_INFERENCE_MS, EDGE_FAILED_INFERENCES = "edge_inference_ms", "edge_failed_inferences"
+EDGE_LOAD_MS, EDGE_MEMORY_BYTES = "edge_load_ms", "edge_memory_bytes"
+EDGE_ERROR_LOGS = "edge_error_logs"
+
 OK = "ok"
 REGRESSION = "regression"
 INCONCLUSIVE = "inconclusive"

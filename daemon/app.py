@@ -225,12 +225,7 @@ class Daemon:
         if edge is None or self.pipeline is None or \
                 model not in self.pipeline.edge_rollouts.statuses:
             return None
-        from tfwarden.probes.edge.receiver import OTHER, cohort_name
-
-        cohort = cohort_name(edge.models[model].cohort_by, attributes)
-        known = edge.known.get(model, set())
-        if cohort not in known and len(known) >= edge.models[model].max_cohorts:
-            cohort = OTHER
+        cohort = edge.cohort_of(model, attributes, remember=False)
         try:
             return self.pipeline.edge_rollouts.assignment(model, edge.hasher(device_id), cohort)
         except LifecycleError as exc:

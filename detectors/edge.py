@@ -42,11 +42,22 @@ from typing import Any
 from pydantic import Field
 
 from tfwarden.core.settings import Settings
-from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Finding, Sample
+from tfwarden.core.types import (
+    EDGE_ERROR_LOGS,
+    EDGE_FAILED_INFERENCES,
+    EDGE_INFERENCE_MS,
+    EDGE_LOAD_MS,
+    EDGE_MEMORY_BYTES,
+    INCONCLUSIVE,
+    OK,
+    REGRESSION,
+    Finding,
+    Sample,
+)
 from tfwarden.detectors.base import MixtureECusum, median_ci, quantile
 
-INFERENCE_MS, FAILED_INFERENCES = "edge_inference_ms", "edge_failed_inferences"
-LOAD_MS, MEMORY_BYTES, ERROR_LOGS = "edge_load_ms", "edge_memory_bytes", "edge_error_logs"
+INFERENCE_MS, FAILED_INFERENCES = EDGE_INFERENCE_MS, EDGE_FAILED_INFERENCES
+LOAD_MS, MEMORY_BYTES, ERROR_LOGS = EDGE_LOAD_MS, EDGE_MEMORY_BYTES, EDGE_ERROR_LOGS
 METRICS = ("latency", "errors", "load", "memory")  # one test each per cohort
 DETECTOR = {m: f"edge_{m}" for m in METRICS}
 MAX_WAITING = 5000  # device records waiting for enough inferences, per comparison and version

@@ -26,7 +26,14 @@ from typing import Any, TypeVar
 from tfwarden.core.errors import Refused
 from tfwarden.core.ports import SampleSink
 from tfwarden.core.ratelimit import RateBuckets
-from tfwarden.core.types import Sample
+from tfwarden.core.types import (
+    EDGE_ERROR_LOGS,
+    EDGE_FAILED_INFERENCES,
+    EDGE_INFERENCE_MS,
+    EDGE_LOAD_MS,
+    EDGE_MEMORY_BYTES,
+    Sample,
+)
 from tfwarden.probes.edge import otlp, otlpjson
 from tfwarden.probes.edge.otlp import (
     ExportLogsServiceRequest,
@@ -49,9 +56,7 @@ from tfwarden.probes.edge.points import (
 from tfwarden.probes.edge.settings import EdgeSettings
 
 OTHER = "other"
-# the Samples a device report becomes (labels: cohort, device, count)
-INFERENCE_MS, FAILED_INFERENCES = "edge_inference_ms", "edge_failed_inferences"
-LOAD_MS, MEMORY_BYTES, ERROR_LOGS = "edge_load_ms", "edge_memory_bytes", "edge_error_logs"
+
 INLINE_BYTES = 64 * 1024  # larger bodies are decoded in a thread, off the event loop
 MAX_DEVICES = 10_000  # hashed ids remembered per cohort (beyond: counted as "at least")
 ERROR_SEVERITY = 17  # OTLP SeverityNumber ERROR and above
@@ -221,7 +226,7 @@ class EdgeReceiver:
                         cohort.exceptions[key] = cohort.exceptions.get(key, 0) + 1
                     if exception or record.severity_number >= ERROR_SEVERITY:
                         cohort.error_logs += 1
-                        self._tell(time.time(), ERROR_LOGS, 1.0, model, version, name, device)
+                        self._tell(time.time(), EDGE_ERROR_LOGS, 1.0, model, version, name, device)
         response = ExportLogsServiceResponse()
         if rejected:
             response.partial_success.rejected_log_records = rejected
@@ -254,18 +259,25 @@ class EdgeReceiver:
     def _cohort(self, model: str, version: str,
                 attributes: Mapping[str, str]) -> tuple[str, _Cohort] | None:
         """The cohort's name and aggregate for a point (None: model not configured)."""
-        settings = self.models.get(model)
-        if settings is None or not version:
+        if model not in self.models or not version:
             return None
-        key = cohort_name(settings.cohort_by, attributes)
-        known = self.known.setdefault(model, set())  # per model: every version pools alike
-        if key not in known:
-            if len(known) >= settings.max_cohorts:
-                key = OTHER
-            else:
-                known.add(key)
+        key = self.cohort_of(model, attributes)
         cohorts = self.cohorts.setdefault((model, version[:100]), {})
         return key, cohorts.setdefault(key, _Cohort())
+
+    def cohort_of(self, model: str, attributes: Mapping[str, str], remember: bool = True) -> str:
+        """The pooled cohort name of a configured model's device (per model: every version
+        pools alike); a new name is remembered while the model has room, unless ``remember``
+        is False (an assignment names the cohort the device's telemetry will be kept in)."""
+        settings = self.models[model]
+        key = cohort_name(settings.cohort_by, attributes)
+        known = self.known.setdefault(model, set())
+        if key not in known:
+            if len(known) >= settings.max_cohorts:
+                return OTHER
+            if remember:
+                known.add(key)
+        return key
 
     # -- device reports as Samples -----------------------------------------------------------
     def _emit(self, point: EdgeHistogram | EdgeValue, cohort: str) -> None:
@@ -275,16 +287,16 @@ class EdgeReceiver:
         if self.sink is None:
             return
         if isinstance(point, EdgeValue):
-            self._tell(time.time(), MEMORY_BYTES, point.value, point.model, point.version, cohort,
+            self._tell(time.time(), EDGE_MEMORY_BYTES, point.value, point.model, point.version, cohort,
                        point.device)
         elif point.metric == LOAD:
-            self._tell(time.time(), LOAD_MS, point.total / point.count, point.model, point.version,
+            self._tell(time.time(), EDGE_LOAD_MS, point.total / point.count, point.model, point.version,
                        cohort, point.device, point.count)
         elif "error.type" in point.attributes:
-            self._tell(time.time(), FAILED_INFERENCES, float(point.count), point.model,
+            self._tell(time.time(), EDGE_FAILED_INFERENCES, float(point.count), point.model,
                        point.version, cohort, point.device, point.count)
         else:
-            self._tell(time.time(), INFERENCE_MS, point.total / point.count, point.model,
+            self._tell(time.time(), EDGE_INFERENCE_MS, point.total / point.count, point.model,
                        point.version, cohort, point.device, point.count)
 
     def _tell(self, t: float, metric: str, value: float, model: str, version: str, cohort: str,
