@@ -26,9 +26,13 @@ class _Strict(BaseModel):
 
 
 class FindingCondition(_Strict):
-    """Matches when the current finding of a detector for the model's ``role`` version says so."""
+    """Matches when the current finding of a detector for the model's ``role`` version says so.
 
-    detector: Literal["latency", "errors", "burn", "memory", "drift"]
+    ``detector`` is one of latency, errors, burn, memory, drift, or performance (accuracy
+    estimated without labels, target ``accuracy``; docs/performance.md).
+    """
+
+    detector: Literal["latency", "errors", "burn", "memory", "drift", "performance"]
     verdict: Literal["ok", "regression", "inconclusive"]
     role: Literal["canary", "stable", "any"] = "canary"
     target: list[str] | None = Field(
