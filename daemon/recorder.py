@@ -119,6 +119,19 @@ class Recorder:
             "tfwarden_finding",
             "1 for the current verdict of each detector (ok, regression, inconclusive), 0 else.",
             ["detector", "model", "version", "target", "verdict"], registry=r)
+        basis = ["detector", "model", "version", "target", "statistic"]
+        self._finding_value = Gauge(
+            "tfwarden_finding_statistic",
+            "The test statistic each current finding was judged on (evidence.value; the "
+            "statistic label names it).", basis, registry=r)
+        self._finding_threshold = Gauge(
+            "tfwarden_finding_threshold",
+            "The threshold that statistic is compared with (evidence.threshold).", basis,
+            registry=r)
+        self._finding_samples = Gauge(
+            "tfwarden_finding_samples", "Samples (pairs, rows, bins...) behind each current "
+            "finding (evidence.samples).", ["detector", "model", "version", "target"],
+            registry=r)
         self._median_ratio = Gauge(
             "tfwarden_latency_median_ratio",
             "Estimated median latency ratio of a version against its comparison.",
@@ -166,6 +179,14 @@ class Recorder:
             "tfwarden_drift_p_value",
             "Adjusted p-value (FDR or Bonferroni) of each input feature in the latest drift check.",
             ["model", "feature"], registry=r)
+        self._drift_log_e = Gauge(
+            "tfwarden_drift_log_e_value",
+            "Largest log e-value of each input feature's sequential drift tests.",
+            ["model", "feature"], registry=r)
+        self._drift_log_threshold = Gauge(
+            "tfwarden_drift_log_e_threshold",
+            "Log e-value at which a feature's sequential drift test alarms.", ["model"],
+            registry=r)
         self._drift_detected = Gauge(
             "tfwarden_drift_detected",
             "1 while the model's input drift finding says regression (confirmed drift).",
@@ -248,6 +269,19 @@ class Recorder:
         for verdict in ("ok", "regression", "inconclusive"):
             self._finding.labels(finding.detector, model, version, finding.target, verdict).set(
                 1 if finding.verdict == verdict else 0)
+        evidence = finding.evidence
+        statistic = evidence.get("statistic")
+        if isinstance(statistic, str):
+            labels = (finding.detector, model, version, finding.target, statistic)
+            for gauge, key in ((self._finding_value, "value"),
+                               (self._finding_threshold, "threshold")):
+                value = evidence.get(key)
+                if _number(value):
+                    gauge.labels(*labels).set(value)
+        samples = evidence.get("samples")
+        if _number(samples):
+            self._finding_samples.labels(finding.detector, model, version,
+                                         finding.target).set(samples)
         ratio = finding.effect.get("median_ratio")
         if finding.detector == "latency" and ratio is not None:
             self._median_ratio.labels(model, version, finding.target).set(ratio)
@@ -288,8 +322,13 @@ class Recorder:
 
     def drift_report(self, model: str, report: dict[str, Any], drifted: bool) -> None:
         for feature in report["features"]:
+            if report.get("engine") == "sequential":
+                self._drift_log_e.labels(model, feature["name"]).set(feature["statistic"])
+                continue
             p = feature["p_adjusted"]
             self._drift_p.labels(model, feature["name"]).set(float("nan") if p is None else p)
+        if report.get("engine") == "sequential":
+            self._drift_log_threshold.labels(model).set(report["log_threshold"])
         self._drift_detected.labels(model).set(1 if drifted else 0)
         self._drift_checks.labels(model, "drift" if report["drift"] else "no_drift").inc()
 
@@ -305,3 +344,7 @@ class Recorder:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -2,7 +2,9 @@
 
 - the reference: a configured file, or the first ``reference_rows`` rows captured for the
   stable version (saved in the state directory, so a restart keeps it);
-- input drift: disjoint windows against the reference (``InputWindows``);
+- input drift (``method: sequential``, the default): every new row through the sequential
+  engine's anytime-valid tests in the worker (``detectors.drift.sequential``);
+- input drift (``method: window``): disjoint windows against the reference (``InputWindows``);
 - online drift (optional): every row through CVMDriftOnline/FETDriftOnline at the configured ERT;
 - outputs: captured rows sent to the stable and canary versions (REST predict); each version's
   predictions are tested against stable's predictions on the reference inputs, and canary vs
@@ -32,10 +34,12 @@ from tfwarden.detectors.disagreement import Disagreement
 from tfwarden.detectors.drift.client import DriftWorkerClient
 from tfwarden.detectors.drift.settings import DriftSettings
 from tfwarden.detectors.drift.windows import InputWindows
+from tfwarden.detectors.driftverdict import sequential_drift_finding
 from tfwarden.serving.tfserving.client import ServingClient
 
 log = logging.getLogger("tfwarden.drift")
 MAX_PENDING_WINDOWS = 4
+SEQUENTIAL_BATCH_ROWS = 5000  # rows per sequential request (bounds one request's size)
 
 
 @dataclass(frozen=True)
@@ -149,15 +153,20 @@ class DriftChecks:
         state.rows_seen += len(added.rows)
         if state.settings.online is not None and added.rows:
             await self._observe(name, state, added.rows, now)
+        sequential = state.settings.method == "sequential"
+        if sequential and added.rows:
+            await self._sequential(name, state, added.rows, added.versions, now)
         checked: list[Row] = []
         while (window := state.windows.take()) is not None:
-            await self._check_inputs(name, state, window, now)
+            if not sequential:
+                await self._check_inputs(name, state, window, now)
             checked = window
         if state.inputs is None:
             pending = len(state.windows.pending)
             self._publish(state, ("drift", name, "inputs"), Finding(
                 "drift", INCONCLUSIVE, now, model=name, target="inputs",
-                reason=f"{pending} of {state.settings.window_rows} rows for the first check",
+                reason="no rows since the reference was complete" if sequential else
+                f"{pending} of {state.settings.window_rows} rows for the first check",
                 evidence={"samples": pending}))
         if checked and state.settings.outputs.enabled and stable is not None:
             await self._check_outputs(name, state, checked, stable, canary, now)
@@ -189,7 +198,8 @@ class DriftChecks:
         payload: dict[str, Any] = {
             "model": name, "engine": s.engine, "features": features,
             "kinds": s.kinds(features), "reference": reference, "online": online,
-            "batch": s.batch.model_dump()}
+            "batch": s.batch.model_dump(),
+            "sequential": s.sequential.model_dump() if s.method == "sequential" else None}
         if state.output_reference is not None:
             payload["outputs"] = state.output_reference
         answer = await self.worker.configure(payload)
@@ -215,6 +225,21 @@ class DriftChecks:
         finding = state.windows.record(name, report, now)
         self._publish(state, ("drift", name, "inputs"), finding)
         self.metrics.drift_report(name, report, drifted=finding.verdict == REGRESSION)
+
+    async def _sequential(self, name: str, state: _State, rows: list[Row],
+                          versions: list[int | None], now: float) -> None:
+        for begin in range(0, len(rows), SEQUENTIAL_BATCH_ROWS):
+            part = slice(begin, begin + SEQUENTIAL_BATCH_ROWS)
+            with trace.span("drift.sequential", model=name, rows=len(rows[part])) as current:
+                report = await self.worker.sequential(name, rows[part], versions[part])
+                current.set(drift=report["drift"], drifted_features=report["drifted_features"],
+                            seconds=report.get("seconds"))
+            report["t"] = now
+            state.inputs = report
+            finding = sequential_drift_finding(name, report, now)
+            self._publish(state, ("drift", name, "inputs"), finding)
+            self.metrics.drift_report(name, report,
+                                      drifted=finding.verdict == REGRESSION)
 
     async def _observe(self, name: str, state: _State, rows: list[Row], now: float) -> None:
         result = await self.worker.observe(name, rows)
@@ -317,7 +342,7 @@ class DriftChecks:
         if state.windows.collecting:
             collecting = {"rows": len(state.windows.collected), "needed": s.reference_rows}
         return {
-            "model": name, "engine": s.engine,
+            "model": name, "method": s.method, "engine": s.engine,
             "reference": state.reference, "collecting_reference": collecting,
             "window_rows": s.window_rows, "pending_rows": len(state.windows.pending),
             "windows_checked": state.windows.windows,

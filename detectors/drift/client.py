@@ -69,6 +69,11 @@ class DriftWorkerClient:
         return await self.process.request("check", {"model": model, "part": part,
                                                     "rows": list(rows)})
 
+    async def sequential(self, model: str, rows: Sequence[Row],
+                         versions: Sequence[int | None]) -> dict[str, Any]:
+        return await self.process.request("sequential", {"model": model, "rows": list(rows),
+                                                         "versions": list(versions)})
+
     async def observe(self, model: str, rows: Sequence[Row]) -> dict[str, Any]:
         return await self.process.request("observe", {"model": model, "rows": list(rows)})
 

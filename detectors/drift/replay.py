@@ -1,21 +1,25 @@
 """Input drift in ``tfwarden backtest``: ``inputs`` trace lines through the same engines.
 
 Per model the reference is the configured file, else the first ``reference_rows`` rows of the
-trace; then every ``window_rows`` rows are one check, and the finding follows the daemon's rule
-(the same ``InputWindows``).
+trace; then, as in the daemon, every row goes through the sequential engine (``method:
+sequential``, the default; findings carry the rows' version) or every ``window_rows`` rows are
+one check with the daemon's rule (the same ``InputWindows``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from tfwarden.core.errors import ReferenceError, TraceError
 from tfwarden.core.types import Finding
 from tfwarden.detectors.drift.engines import DriftEngine, make_engine
 from tfwarden.detectors.drift.reference import LoggedRows, Reference, load_reference_file
+from tfwarden.detectors.drift.sequential import SequentialDrift
 from tfwarden.detectors.drift.settings import DriftSettings
 from tfwarden.detectors.drift.windows import InputWindows
+from tfwarden.detectors.driftverdict import sequential_drift_finding
 from tfwarden.detectors.trace import TraceEvent
 
 
@@ -25,6 +29,7 @@ class _Model:
     windows: InputWindows
     engine: DriftEngine | None = None
     reference: Reference | None = None
+    sequential: SequentialDrift | None = None
 
 
 class InputDriftReplay:
@@ -40,7 +45,8 @@ class InputDriftReplay:
         if event.features != model.features:
             raise TraceError(f"line {event.line}: features {list(event.features)} differ from "
                              f"the model's earlier {list(model.features)}")
-        if model.windows.add(((None, list(r)) for r in event.rows), None).completed_reference:
+        added = model.windows.add(((event.version, list(r)) for r in event.rows), None)
+        if added.completed_reference:
             try:
                 reference = Reference.from_rows(model.windows.collected, event.features,
                                                 s.kinds(event.features),
@@ -50,16 +56,32 @@ class InputDriftReplay:
             self._use(model, s, reference)
         if model.engine is None or model.reference is None:
             return
+        if model.sequential is not None:
+            while model.windows.take() is not None:
+                pass  # rows go to the sequential engine, not to windows
+            if added.rows:
+                yield from self._changed(event.model, sequential_drift_finding(
+                    event.model, model.sequential.observe(
+                        self._encode(model.reference, added.rows, event.line), added.versions),
+                    event.t))
+            return
         while (window := model.windows.take()) is not None:
-            try:
-                batch = model.reference.encode(window)
-            except ReferenceError as exc:
-                raise TraceError(f"line {event.line}: {exc}") from None
-            finding = model.windows.record(event.model, model.engine.check(batch), event.t)
-            previous = self.current.get(event.model)
-            self.current[event.model] = finding
-            if previous is None or previous.verdict != finding.verdict:
-                yield finding
+            batch = self._encode(model.reference, window, event.line)
+            yield from self._changed(event.model, model.windows.record(
+                event.model, model.engine.check(batch), event.t))
+
+    def _changed(self, model: str, finding: Finding) -> Iterator[Finding]:
+        previous = self.current.get(model)
+        self.current[model] = finding
+        if previous is None or previous.verdict != finding.verdict:
+            yield finding
+
+    @staticmethod
+    def _encode(reference: Reference, rows: list[list[float | str]], line: int) -> Any:
+        try:
+            return reference.encode(rows)
+        except ReferenceError as exc:
+            raise TraceError(f"line {line}: {exc}") from None
 
     def _start(self, event: TraceEvent, s: DriftSettings) -> _Model:
         model = self.models[event.model] = _Model(event.features, InputWindows(
@@ -79,3 +101,5 @@ class InputDriftReplay:
     def _use(model: _Model, s: DriftSettings, reference: Reference) -> None:
         model.reference = reference
         model.engine = make_engine(s.engine, reference, s.batch)
+        if s.method == "sequential":
+            model.sequential = SequentialDrift(reference, s.sequential)

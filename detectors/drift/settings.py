@@ -56,6 +56,38 @@ class OnlineDriftSettings(OnlineSettings):
     hold_rows: int = Field(1000, ge=1, description="A detection keeps the finding for this many rows.")
 
 
+WEEK_SECONDS = 7 * 86400.0
+
+
+class SequentialSettings(Settings):
+    """Sequential input drift (the default ``method``): an anytime-valid test per feature and
+    direction, checked after every row, with no calibration (docs/drift.md)."""
+
+    false_alarm_weeks: float = Field(
+        4.0, gt=0, le=10_000,
+        description="At most one false drift alarm per this many weeks (expected, over all "
+                    "features together) ...")
+    rows_per_second: float = Field(
+        10.0, gt=0, le=1_000_000, description="... at this rate of captured rows.")
+    effect_floor: float = Field(
+        0.1, ge=0, le=1,
+        description="Smallest drift that makes a finding: Wasserstein distance in reference "
+                    "standard deviations (numeric features), total variation distance "
+                    "(categorical features).")
+    reference_margin_sd: float = Field(
+        2.0, ge=0, le=6,
+        description="Differences within this many standard errors of the reference's own "
+                    "sampling error are not evidence (a finite reference is compared with, "
+                    "not a known distribution).")
+    segment_rows: int = Field(20_000, ge=100, le=1_000_000,
+                              description="Recent rows kept to size a detected drift.")
+
+    @property
+    def arl_rows(self) -> float:
+        """Rows between false alarms the bound guarantees (on average)."""
+        return self.false_alarm_weeks * WEEK_SECONDS * self.rows_per_second
+
+
 class OutputDriftSettings(DisagreementSettings):
     """Output drift and canary-vs-stable disagreement on captured inputs (REST predict)."""
 
@@ -75,6 +107,10 @@ class FeatureKind(Settings):
 class DriftSettings(BatchSettings):
     """Data drift of one model's inputs and outputs (docs/drift.md)."""
 
+    method: Literal["sequential", "window"] = Field(
+        "sequential", description="sequential: every row through anytime-valid tests (no "
+                                  "calibration); window: batch tests of window_rows windows.")
+    sequential: SequentialSettings = SequentialSettings()
     engine: Literal["alibi", "scipy"] = Field(
         "alibi", description="alibi: alibi-detect (Business Source License); scipy: BSD.")
     reference: Path | None = Field(
@@ -83,9 +119,12 @@ class DriftSettings(BatchSettings):
     reference_rows: int = Field(2000, ge=100, le=100_000)
     features: list[FeatureKind] | None = Field(
         None, description="Feature kinds; default numeric, categorical for string inputs.")
-    window_rows: int = Field(500, ge=20, le=100_000, description="Rows per batch check.")
+    window_rows: int = Field(500, ge=20, le=100_000,
+                             description="Rows per batch check (method window) and per output "
+                                         "check.")
     consecutive: int = Field(2, ge=1, le=20,
-                             description="Drifted windows in a row before the finding says so.")
+                             description="Drifted windows in a row before the finding says so "
+                                         "(method window).")
     interval_seconds: float = Field(10.0, ge=0.5, le=3600)
     online: OnlineDriftSettings | None = None
     outputs: OutputDriftSettings = OutputDriftSettings()

@@ -9,6 +9,8 @@ corrupt the protocol). Requests (``op``):
   features and kinds, optional ``online`` settings and ``outputs`` reference rows. Answers the
   reference hash. A model whose settings and reference hash did not change keeps its detectors.
 - ``check``: model, ``part`` (inputs|outputs), rows -> the engine's per-feature report.
+- ``sequential``: model, rows, versions -> the sequential engine's report after those rows
+  (``detectors.drift.sequential``; its state lives here, a restarted worker starts afresh).
 - ``observe``: model, rows -> online detections (``calibrating`` until thresholds exist).
 - ``sample``: model, n -> up to n reference rows, decoded (categories as strings).
 - ``stats``: pid, RSS, models, calibrations.
@@ -65,6 +67,7 @@ class ModelDrift:
     outputs: Any = None
     output_engine: Any = None
     online: Any = None
+    sequential: Any = None
     online_settings: dict[str, Any] | None = None
     calibration: Future[float] | None = None
     calibration_seconds: float | None = None
@@ -114,7 +117,8 @@ class Worker:
                                             source=source.get("name", "captured"))
         batch = BatchSettings(**request.get("batch", {}))
         online = request.get("online")
-        key = (reference.hash, request["engine"], batch, repr(online))
+        sequential = request.get("sequential")
+        key = (reference.hash, request["engine"], batch, repr(online), repr(sequential))
         current = self.models.get(model)
         if current is None or current.key != key:
             current = ModelDrift(key, reference, make_engine(request["engine"], reference, batch),
@@ -122,6 +126,11 @@ class Worker:
             self.models[model] = current
             if online:
                 current.online = OnlineDrift(reference, OnlineSettings(**online), self.cache_dir)
+            if sequential is not None:
+                from tfwarden.detectors.drift.sequential import SequentialDrift
+                from tfwarden.detectors.drift.settings import SequentialSettings
+
+                current.sequential = SequentialDrift(reference, SequentialSettings(**sequential))
         outputs = request.get("outputs")
         if outputs:
             out_ref = Reference.from_rows(outputs["rows"], outputs["features"],
@@ -182,6 +191,19 @@ class Worker:
             raise ValueError(f"model {request['model']!r} has no {part} reference")
         started = time.monotonic()
         report = engine.check(reference.encode(request["rows"]))
+        report["seconds"] = round(time.monotonic() - started, 6)
+        return dict(report)
+
+    def op_sequential(self, request: dict[str, Any]) -> dict[str, Any]:
+        state = self._model(request)
+        if state.sequential is None:
+            raise ValueError(f"model {request['model']!r} has no sequential drift configured")
+        rows = request["rows"]
+        versions = list(request.get("versions") or [None] * len(rows))
+        if len(versions) != len(rows):
+            raise ValueError(f"versions: expected {len(rows)} entries, got {len(versions)}")
+        started = time.monotonic()
+        report = state.sequential.observe(state.reference.encode(rows), versions)
         report["seconds"] = round(time.monotonic() - started, 6)
         return dict(report)
 

@@ -79,6 +79,11 @@ class InProcessDriftWorker:
     async def observe(self, model: str, rows: Sequence[Row]) -> dict[str, Any]:
         return await self._request("observe", {"model": model, "rows": list(rows)})
 
+    async def sequential(self, model: str, rows: Sequence[Row],
+                         versions: Sequence[int | None]) -> dict[str, Any]:
+        return await self._request("sequential", {"model": model, "rows": list(rows),
+                                                  "versions": list(versions)})
+
     async def sample(self, model: str, n: int) -> dict[str, Any]:
         return await self._request("sample", {"model": model, "n": n})
 
@@ -121,7 +126,7 @@ def bad_canary_fn(x: float) -> float:
 
 def settings(**overrides: Any) -> DriftSettings:
     values: dict[str, Any] = {
-        "engine": "scipy", "reference_rows": 100, "window_rows": WINDOW, "consecutive": 2,
+        "method": "window", "engine": "scipy", "reference_rows": 100, "window_rows": WINDOW, "consecutive": 2,
         "interval_seconds": INTERVAL,
         "outputs": OutputDriftSettings(enabled=False)}
     return DriftSettings(**{**values, **overrides})
@@ -242,6 +247,35 @@ def test_clean_windows_are_ok_and_drift_needs_consecutive_windows(tmp_path: Path
     kinds = [e.payload["verdict"] for e in h.roster.journal.store.entries()  # type: ignore[union-attr]
              if e.payload.get("target") == "inputs"]
     assert kinds == ["inconclusive", "ok", "regression", "ok"]
+
+
+def test_sequential_drift_is_found_within_a_tick_and_names_the_rows_version(
+        tmp_path: Path) -> None:
+    h = Harness(tmp_path, settings(method="sequential"))
+    h.collect_reference()
+    h.captured.feed(1, normal(20, 300))
+    h.tick()
+    clean = h.finding()
+    assert clean.verdict == "ok" and clean.reason == "no drift in 300 rows"
+    assert clean.evidence["statistic"] == "log_e_value"
+    assert clean.evidence["value"] < clean.evidence["threshold"]
+    threshold = h.metric("tfwarden_drift_log_e_threshold", model="m")
+    assert threshold == clean.evidence["threshold"]
+    assert h.metric("tfwarden_finding_threshold", detector="drift", model="m", version="",
+                    target="inputs", statistic="log_e_value") == threshold
+
+    h.captured.feed(2, normal(21, 200, shift=2.0))  # the canary's rows drift
+    h.tick()
+    drifted = h.finding()
+    assert drifted.verdict == "regression" and drifted.version == 2
+    assert drifted.effect["drifted_features"] == ["x"] and drifted.effect["wasserstein_sd"] > 1
+    assert h.metric("tfwarden_drift_detected", model="m") == 1
+    assert h.metric("tfwarden_drift_log_e_value", model="m", feature="x") >= threshold
+    assert h.metric("tfwarden_finding_samples", detector="drift", model="m", version="2",
+                    target="inputs") == 500
+    assert "check" not in h.worker.requests  # no window checks: every row was tested
+    report = h.checks.report("m")
+    assert report is not None and report["method"] == "sequential"
 
 
 def test_ticks_wait_for_the_interval(tmp_path: Path) -> None:
