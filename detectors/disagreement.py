@@ -75,5 +75,9 @@ class Disagreement:
                        target="disagreement", reason=reason,
                        effect={"disagreement": round(rate, 6), "ci_low": round(low, 6) if
                                self.rows else 0.0, "ci_high": round(high, 6) if self.rows else 1.0},
-                       evidence={"samples": self.rows, "disagreeing": self.disagreeing,
+                       evidence={"statistic": "disagreement_ci_low" if verdict == REGRESSION
+                                 else "disagreement_ci_high", "value": round(low if verdict ==
+                                 REGRESSION else high, 6) if self.rows else None,
+                                 "threshold": s.disagreement_threshold,
+                                 "samples": self.rows, "disagreeing": self.disagreeing,
                                  "stable_version": self.stable})

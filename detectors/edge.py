@@ -238,7 +238,9 @@ class EdgeComparison:
     def _judge(self, name: str, cohort: _Cohort, metric: str, now: float) -> Finding:
         paired = cohort.metrics[metric]
         test = paired.test
-        evidence = {"cohort": name, "pairs": test.n, "log_e_value": round(test.log_e, 3),
+        evidence = {"statistic": "log_e_value", "value": round(test.log_e, 3),
+                    "threshold": round(test.log_threshold, 3), "samples": test.n,
+                    "cohort": name, "pairs": test.n, "log_e_value": round(test.log_e, 3),
                     "log_threshold": round(test.log_threshold, 3), "tests": self.tests,
                     "alpha": self.settings.alpha, "candidate_devices": cohort.devices[True],
                     "current_devices": cohort.devices[False]}

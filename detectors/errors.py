@@ -99,7 +99,9 @@ class CanaryErrors:
 
     def evaluate(self, now: float) -> Finding:
         base: dict[str, Any] = {"model": self.model, "version": self.canary, "target": f"v{self.stable}"}
-        evidence = {"pairs": self.pairs, "discordant_pairs": self.detector.n,
+        evidence = {"statistic": "log_e_value", "value": round(self.detector.log_e, 3),
+                    "threshold": round(self.detector.log_threshold, 3), "samples": self.pairs,
+                    "pairs": self.pairs, "discordant_pairs": self.detector.n,
                     "log_e_value": round(self.detector.log_e, 3),
                     "log_threshold": round(self.detector.log_threshold, 3)}
         for version in (self.stable, self.canary):
@@ -181,6 +183,22 @@ class BurnRate:
         errors = self.cum_errors[-1] - before_errors
         return (None if requests == 0 else errors / requests), requests
 
+    def _basis(self, burns: dict[str, float | None], now: float,
+               fired: tuple[str, float, int, int] | None = None) -> dict[str, Any]:
+        """The rule nearest to firing (or the one that fired): its burn rate (the smaller of
+        its long and short windows), the rate it needs, and the requests in its long window."""
+        best: tuple[float, float, int] | None = None
+        for _, rate, long, short in BURN_RULES if fired is None else (fired,):
+            a, b = burns.get(f"burn_{long}s"), burns.get(f"burn_{short}s")
+            if a is None or b is None:
+                continue
+            if best is None or min(a, b) / rate > best[0] / best[1]:
+                best = (min(a, b), rate, long)
+        if best is None:
+            return {"statistic": "burn_rate", "value": None, "threshold": None, "samples": 0}
+        return {"statistic": f"burn_rate_{best[2]}s", "value": best[0], "threshold": best[1],
+                "samples": int(self._ratio(now, best[2])[1])}
+
     def evaluate(self, now: float) -> Finding:
         base: dict[str, Any] = {"model": self.model, "version": self.version,
                                 "target": "slo" if self.version is not None else "slo:serving"}
@@ -203,10 +221,10 @@ class BurnRate:
                 fired = (severity, rate, long, short)
         if fired is None:
             return Finding(self.name, OK, now, **base, effect=burns,
-                           evidence={"requests_5m": short_requests})
+                           evidence={**self._basis(burns, now), "requests_5m": short_requests})
         severity, rate, long, short = fired
         return Finding(self.name, REGRESSION, now, **base, effect=burns, severity=severity,
-                       evidence={"requests_5m": short_requests, "rule": f"{rate}x over {long}s "
-                                 f"and {short}s"},
+                       evidence={**self._basis(burns, now, fired), "requests_5m": short_requests,
+                                 "rule": f"{rate}x over {long}s and {short}s"},
                        reason=f"error budget burning at >= {rate}x over {long // 60} min and "
                               f"{short // 60} min")

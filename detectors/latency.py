@@ -232,7 +232,13 @@ class CanaryLatency:
         return effect
 
     def _evidence(self) -> dict[str, Any]:
+        median, tail = self.test.detector, self.tail
+        lead = median if median.log_e - median.log_threshold >= tail.log_e - tail.log_threshold \
+            else tail
         return {
+            "statistic": "log_e_value" if lead is median else "tail_log_e_value",
+            "value": round(lead.log_e, 3), "threshold": round(lead.log_threshold, 3),
+            "samples": median.n,
             "pairs": self.test.detector.n,
             "log_e_value": round(self.test.detector.log_e, 3),
             "log_threshold": round(self.test.detector.log_threshold, 3),
@@ -328,7 +334,10 @@ class BaselineLatency:
 
     def evaluate(self, now: float) -> Finding:
         base: dict[str, Any] = {"model": self.model, "version": self.version, "target": "baseline"}
-        evidence = {"pairs": self.test.detector.n, "baseline_samples": len(self.baseline),
+        evidence = {"statistic": "log_e_value", "value": round(self.test.detector.log_e, 3),
+                    "threshold": round(self.test.detector.log_threshold, 3),
+                    "samples": self.test.detector.n,
+                    "pairs": self.test.detector.n, "baseline_samples": len(self.baseline),
                     "log_e_value": round(self.test.detector.log_e, 3),
                     "log_threshold": round(self.test.detector.log_threshold, 3)}
         if len(self.baseline) < self.settings.min_baseline:
