@@ -45,7 +45,8 @@ class InputDriftReplay:
         if event.features != model.features:
             raise TraceError(f"line {event.line}: features {list(event.features)} differ from "
                              f"the model's earlier {list(model.features)}")
-        added = model.windows.add(((event.version, list(r)) for r in event.rows), None)
+        # every row of the trace may be reference (the replay has no stable version)
+        added = model.windows.add(((event.version, list(r)) for r in event.rows), event.version)
         if added.completed_reference:
             try:
                 reference = Reference.from_rows(model.windows.collected, event.features,
@@ -54,7 +55,7 @@ class InputDriftReplay:
             except ReferenceError as exc:
                 raise TraceError(f"line {event.line}: {exc}") from None
             self._use(model, s, reference)
-        if model.engine is None or model.reference is None:
+        if model.reference is None:
             return
         if model.sequential is not None:
             while model.windows.take() is not None:
@@ -65,6 +66,7 @@ class InputDriftReplay:
                         self._encode(model.reference, added.rows, event.line), added.versions),
                     event.t))
             return
+        assert model.engine is not None
         while (window := model.windows.take()) is not None:
             batch = self._encode(model.reference, window, event.line)
             yield from self._changed(event.model, model.windows.record(
@@ -100,6 +102,7 @@ class InputDriftReplay:
     @staticmethod
     def _use(model: _Model, s: DriftSettings, reference: Reference) -> None:
         model.reference = reference
-        model.engine = make_engine(s.engine, reference, s.batch)
-        if s.method == "sequential":
+        if s.method == "sequential":  # no batch engine: alibi-detect would import TensorFlow
             model.sequential = SequentialDrift(reference, s.sequential)
+        else:
+            model.engine = make_engine(s.engine, reference, s.batch)

@@ -21,8 +21,8 @@ The false-alarm bound is set in operator terms: at most one false alarm per ``ar
 (``false_alarm_weeks`` at ``rows_per_second``) over all ``S`` streams together, by alarming a
 stream at ``S x arl_rows`` (the average of the streams' e-detectors is an e-detector). An alarm
 becomes drift only when the rows since the alarmed component started differ from the reference
-by at least ``effect_floor`` (Wasserstein distance in reference standard deviations, or total
-variation distance for categories), so huge volumes do not flag trivial shifts.
+by at least ``effect_floor`` (Wasserstein distance in reference standard deviations) or
+``categorical_floor`` (total variation distance of category shares), so huge volumes do not flag trivial shifts.
 
 Rows are processed in chunks with cumulative sums (the CUSUM recursion has a closed form), so a
 week of rows at 10/s replays in minutes. Log e-values are capped a few nats above the threshold
@@ -228,7 +228,7 @@ class SequentialDrift:
                 "reference": {"hash": self.reference.hash, "rows": self.reference.rows}}
 
     def _floor(self, j: int) -> float:
-        return self.settings.effect_floor
+        return self.settings.effect_floor if j in self.sorted else self.settings.categorical_floor
 
     def _effect(self, j: int, values: Array) -> dict[str, Any]:
         """Size of the drift of feature ``j`` in these rows, with an interval."""

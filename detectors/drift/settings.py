@@ -71,9 +71,12 @@ class SequentialSettings(Settings):
         10.0, gt=0, le=1_000_000, description="... at this rate of captured rows.")
     effect_floor: float = Field(
         0.1, ge=0, le=1,
-        description="Smallest drift that makes a finding: Wasserstein distance in reference "
-                    "standard deviations (numeric features), total variation distance "
-                    "(categorical features).")
+        description="Smallest drift of a numeric feature that makes a finding: Wasserstein "
+                    "distance in reference standard deviations.")
+    categorical_floor: float = Field(
+        0.05, ge=0, le=1,
+        description="Smallest drift of a categorical feature that makes a finding: total "
+                    "variation distance between category shares.")
     reference_margin_sd: float = Field(
         2.0, ge=0, le=6,
         description="Differences within this many standard errors of the reference's own "
