@@ -22,7 +22,8 @@ The false-alarm bound is set in operator terms: at most one false alarm per ``ar
 stream at ``S x arl_rows`` (the average of the streams' e-detectors is an e-detector). An alarm
 becomes drift only when the rows since the alarmed component started differ from the reference
 by at least ``effect_floor`` (Wasserstein distance in reference standard deviations) or
-``categorical_floor`` (total variation distance of category shares), so huge volumes do not flag trivial shifts.
+``categorical_floor`` (total variation distance of category shares), so huge volumes do not
+flag trivial shifts.
 
 Rows are processed in chunks with cumulative sums (the CUSUM recursion has a closed form), so a
 week of rows at 10/s replays in minutes. Log e-values are capped a few nats above the threshold
