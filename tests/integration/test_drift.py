@@ -52,7 +52,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     config = daemon_config(
         work, port, dev,
         models=[{"name": "m", "drift": {
-                    "engine": "scipy", "reference": "reference.npz", "window_rows": 200,
+                    "method": "window", "engine": "scipy", "reference": "reference.npz", "window_rows": 200,
                     "consecutive": 2, "interval_seconds": 0.5,
                     "outputs": {"rows_per_check": 100, "min_rows": 100, "reference_rows": 300}}},
                 {"name": "a", "drift": {
@@ -178,7 +178,12 @@ def test_online_detector_calibrates_in_the_background_and_reuses_it(
                      f["verdict"] == "regression" and f, timeout=30, what="online drift")
     assert "x" in found["reason"]
     alibi = daemon.client.get("/api/v1/models/a/drift").json()
-    assert alibi["engine"] == "alibi" and alibi["inputs"]["features"][0]["test"] == "ks"
+    # model a runs the default sequential tests on its inputs beside the online detector
+    assert alibi["engine"] == "alibi" and alibi["method"] == "sequential"
+    assert alibi["inputs"]["features"][0]["test"] == "e-cusum"
+    inputs = wait_for(lambda: (f := finding(daemon, "a", "inputs")) and
+                      f["verdict"] == "regression" and f, timeout=30, what="sequential drift")
+    assert inputs["evidence"]["value"] >= inputs["evidence"]["threshold"]
     # restart the daemon: the calibrated thresholds are read back, not computed again
     daemon.terminate()
     daemon.close()
