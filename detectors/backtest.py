@@ -5,7 +5,8 @@ a canary deploy starts canary-vs-stable latency and error detectors; a stable de
 or a direct deploy) starts a baseline latency detector against the previous stable version's
 last ``baseline_seconds`` of samples. Every version gets an SLO burn-rate detector on its probe
 outcomes and every memory target a leak detector. After each event the detectors it reached are
-evaluated at the event's time; a finding is reported when its verdict changes.
+evaluated at the event's time; a finding is reported when its verdict changes. ``version``
+events (a version loaded or unloaded on a memory target) go to that target's memory detectors.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class Backtest:
                             labels={"outcome": "ok" if event.ok else "error"})
             self.windows.add(sample)
             keys = self.roster.observe(sample)
+        elif event.type == "version":
+            assert event.version is not None
+            keys = self.roster.version_event(event.target, event.model, event.version,
+                                             event.state, event.t)
         else:
             keys = self.roster.observe(Sample(event.t, "trace", "rss_bytes", event.rss_bytes,
                                               target=event.target))

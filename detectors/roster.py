@@ -8,7 +8,8 @@ latest finding of each. One roster serves the daemon and ``tfwarden backtest``.
   one with the previous one's recent samples (from the series windows); with
   ``slo.latency_p99_ms`` the stable version's p99 is judged against it.
 - Every memory target (configured, or named by a PromQL query giving ``rss_bytes``) gets a leak
-  detector.
+  detector and a retention detector; ``version_event`` tells them a version was loaded or
+  unloaded there (the leak detector re-bases its level, the retention one judges the unload).
 - Findings also come from outside the detectors: the drift checks publish theirs, and alerts
   received from Alertmanager become findings until they expire.
 
@@ -34,11 +35,12 @@ from tfwarden.core.settings import Settings
 from tfwarden.core.types import REGRESSION, Finding, Sample
 from tfwarden.detectors.errors import BurnRate, CanaryErrors, ErrorSettings
 from tfwarden.detectors.latency import BaselineLatency, CanaryLatency, LatencySettings, LatencySLO
-from tfwarden.detectors.memory import MemoryLeak, MemorySettings
+from tfwarden.detectors.memory import MemoryLeak, MemoryRetention, MemorySettings
 from tfwarden.detectors.roles import Pair
 
 log = logging.getLogger("tfwarden.detection")
 _NONE: set[FindingKey] = set()
+MEMORY_KINDS = ("memory", "memory_retention")
 
 
 class Detector(Protocol):
@@ -92,15 +94,14 @@ class Roster:
         self.objectives = dict(self.objectives)
         self._configured_targets = dict(self.memory_targets)
         for target in self._configured_targets:
-            self._add(("memory", target, None), MemoryLeak(target, self.settings.memory))
+            self._add_memory(target)
 
     # -- samples -----------------------------------------------------------------------------
     def observe(self, sample: Sample) -> set[FindingKey]:
         """Feed one sample to the detectors it concerns; returns their keys."""
         if sample.metric == "rss_bytes" and sample.source in ("promql", "trace"):
-            key: FindingKey = ("memory", sample.target, None)  # a target found by its samples
-            if key not in self.detectors:
-                self._add(key, MemoryLeak(sample.target, self.settings.memory))
+            if ("memory", sample.target, None) not in self.detectors:  # found by its samples
+                self._add_memory(sample.target)
         if sample.metric in ("serving_requests", "serving_errors"):
             # Serving's own request counter: model-wide (no version label), all clients
             burn = self._burn(sample.model, None)
@@ -115,6 +116,23 @@ class Roster:
         for key in keys:
             self.detectors[key].observe(sample)
         return keys
+
+    def version_event(self, target: str | None, model: str, version: int, state: str,
+                      t: float) -> set[FindingKey]:
+        """Version ``version`` of ``model`` was ``loaded`` or ``unloaded`` at ``t`` on memory
+        target ``target`` (None: every memory target); returns the keys of the memory
+        detectors told."""
+        keys = {key for key in self.detectors if key[0] in MEMORY_KINDS and (
+            target is None or key[1] == target)}
+        for key in keys:
+            handler = getattr(self.detectors[key], "version_event", None)
+            if handler is not None:
+                handler(model, version, state, t)
+        return keys
+
+    def _add_memory(self, target: str) -> None:
+        self._add(("memory", target, None), MemoryLeak(target, self.settings.memory))
+        self._add(("memory_retention", target, None), MemoryRetention(target, self.settings.memory))
 
     def _burn(self, model: str, version: int | None) -> BurnRate:
         key: FindingKey = ("burn", model, version)
@@ -235,6 +253,7 @@ class Roster:
             same = old_objectives.get(subject) == self.objectives.get(subject)
             stale = {
                 "memory": old.memory != settings.memory or subject in removed_targets,
+                "memory_retention": old.memory != settings.memory or subject in removed_targets,
                 "burn": subject not in self.objectives or not same,
                 "latency": subject not in self.objectives or (
                     not same if part == "slo" else old.latency != settings.latency),
@@ -246,7 +265,7 @@ class Roster:
         self._configured_targets = targets
         for target in targets:
             if ("memory", target, None) not in self.detectors:
-                self._add(("memory", target, None), MemoryLeak(target, settings.memory))
+                self._add_memory(target)
         self._roles = {m: pair for m, pair in self._roles.items() if m in self.objectives}
         for model, (stable, canary) in self._roles.items():
             self._compare(model, stable, canary)

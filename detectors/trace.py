@@ -4,6 +4,8 @@
     {"t": 1764000000.1, "type": "latency", "model": "m", "version": 1, "ms": 12.5, "ok": true}
     {"t": 1764000010.0, "type": "memory", "target": "serving-0", "rss_bytes": 812000000,
      "limit_bytes": 4000000000}
+    {"t": 1764000015.0, "type": "version", "target": "serving-0", "model": "m", "version": 2,
+     "state": "loaded"}
     {"t": 1764000020.0, "type": "inputs", "model": "m", "version": 1, "features": ["x", "c"],
      "rows": [[0.5, "red"], [1.25, "blue"]]}
 
@@ -20,7 +22,8 @@ from typing import Any
 
 from tfwarden.core.errors import TraceError
 
-TYPES = ("deploy", "latency", "memory", "inputs")
+TYPES = ("deploy", "latency", "memory", "inputs", "version")
+VERSION_STATES = ("loaded", "unloaded")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class TraceEvent:
     limit_bytes: float | None = None
     features: tuple[str, ...] = ()
     rows: tuple[tuple[float | str, ...], ...] = ()
+    state: str = ""
 
 
 def _number(record: dict[str, Any], key: str, line: int, positive: bool = False) -> float:
@@ -71,6 +75,11 @@ def parse_line(text: str, line: int) -> TraceEvent | None:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TraceError(f"line {line}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+    return parse_record(record, line)
+
+
+def parse_record(record: object, line: int) -> TraceEvent:
+    """One event from an already decoded JSON value."""
     if not isinstance(record, dict):
         raise TraceError(f"line {line}: expected a JSON object")
     kind = record.get("type")
@@ -91,6 +100,12 @@ def parse_line(text: str, line: int) -> TraceEvent | None:
                           ms=_number(record, "ms", line, positive=True), ok=ok)
     if kind == "inputs":
         return _inputs(record, line, t)
+    if kind == "version":
+        state = record.get("state")
+        if state not in VERSION_STATES:
+            raise TraceError(f"line {line}: 'state' must be 'loaded' or 'unloaded', got {state!r}")
+        return TraceEvent(line, t, kind, _text(record, "model", line), _version(record, line),
+                          target=_text(record, "target", line), state=str(state))
     limit = record.get("limit_bytes")
     return TraceEvent(line, t, kind, target=_text(record, "target", line),
                       rss_bytes=_number(record, "rss_bytes", line, positive=True),

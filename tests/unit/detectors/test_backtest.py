@@ -50,7 +50,7 @@ def test_bad_lines_give_line_numbered_errors(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"tfwarden backtest: {trace}: line 3: unknown type 'cpu' (expected one of deploy, "
-        "latency, memory, inputs)"]
+        "latency, memory, inputs, version)"]
 
 
 @pytest.mark.parametrize("line,message", [
@@ -104,3 +104,16 @@ def test_inputs_lines_drift_after_the_reference(tmp_path: Path) -> None:
     assert drift[1]["evidence"]["reference"] and drift[1]["evidence"]["engine"] == "scipy"
     alert = [d for d in findings if d.get("type") == "decision"]
     assert [(d["rule"], d["action"]) for d in alert] == [("alert-on-input-drift", "alert")]
+
+
+def test_version_events_reach_the_memory_detectors() -> None:
+    from tfwarden.detectors.backtest import Backtest
+    from tfwarden.detectors.memory import MemoryLeak
+
+    engine = Backtest()
+    list(engine.feed(parse_line('{"t": 0, "type": "memory", "target": "s", "rss_bytes": 1e9}', 1)))
+    list(engine.feed(parse_line('{"t": 5, "type": "version", "target": "s", "model": "m", '
+                                '"version": 2, "state": "loaded"}', 2)))
+    leak = engine.roster.detectors[("memory", "s", None)]
+    assert isinstance(leak, MemoryLeak) and leak.settle_until == 5 + leak.settings.settle_seconds
+    assert ("memory_retention", "s", None) in engine.roster.detectors
