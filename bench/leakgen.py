@@ -107,18 +107,16 @@ def leak_trace(s: LeakScenario, c: Components | None = None) -> Iterator[dict[st
     restarts = list(c.restarts_s)
     # per component: (cycle start, cycle length) with jitter
     cycles = [[rng.uniform(-p, 0), p] for p, _, _ in c.saws]
-    # versions: v1 loaded at start (its memory is part of the base); each swap loads v+1
-    events = []
+    # versions: v1 loaded at 1 h; each swap loads v+1 and later unloads v
+    events = [(3600.0, "loaded", 1, rng.uniform(100, 600), 0.0)]  # v1: its load is seen
     for i, (t_load, size, delay, kept) in enumerate(c.swaps_s):
         events.append((t_load, "loaded", i + 2, size, 0.0))
         events.append((t_load + delay, "unloaded", i + 1, -1.0, kept))
     events.sort()
-    sizes = {1: 0.0}
+    sizes: dict[int, float] = {}
     loaded: list[tuple[float, float, float]] = []  # (t, delta MB, ramp s)
     limit = c.limit or 8 * 1024 * MB
     onset_level = None
-    yield {"t": s.t0, "type": "version", "target": TARGET, "model": "m", "version": 1,
-           "state": "loaded"}
     for k in range(n):
         elapsed = k * s.interval_s
         t = s.t0 + elapsed
