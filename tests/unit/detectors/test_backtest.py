@@ -92,7 +92,7 @@ def test_inputs_lines_drift_after_the_reference(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("state_dir: s\nserving: {d: {kind: tfserving, rest_url: 'http://x:1', "
                       "grpc_address: 'x:2'}}\nmodels:\n  - {name: m, serving: d, drift: "
-                      "{engine: scipy, window_rows: 500, consecutive: 2}}\n")
+                      "{method: window, engine: scipy, window_rows: 500, consecutive: 2}}\n")
     result = backtest(str(trace), "--config", str(config))
     assert result.returncode == 0, result.stderr
     findings = [json.loads(line) for line in result.stdout.splitlines()]

@@ -185,3 +185,25 @@ def test_the_worker_runs_the_engine_and_refuses_bad_requests(tmp_path: object) -
                    "reference": {"rows": rows}})
     missing = worker.handle({"op": "sequential", "model": "w", "rows": shifted})
     assert "has no sequential drift configured" in missing["error"]
+
+
+def test_the_backtest_replay_finds_drift_row_by_row_and_names_the_version() -> None:
+    from tfwarden.detectors.drift.replay import InputDriftReplay
+    from tfwarden.detectors.drift.settings import DriftSettings
+    from tfwarden.detectors.trace import TraceEvent
+
+    replay = InputDriftReplay(lambda model: DriftSettings(engine="scipy"))
+    rng = np.random.default_rng(16)
+    found = []
+    for line in range(300):  # 10 rows a line: 2,000 reference rows, then live ones
+        rows = rng.normal(size=(10, 3))
+        if line >= 250:
+            rows[:, 0] += 1.0
+        event = TraceEvent(line + 1, 1000.0 + line, "inputs", "m", 1 if line < 250 else 2,
+                           features=("a", "b", "c"), rows=tuple(map(tuple, rows.tolist())))
+        found += list(replay.feed(event))
+    assert [f.verdict for f in found] == ["ok", "regression"]
+    regression = found[1]
+    assert regression.version == 2 and regression.effect["drifted_features"] == ["a"]
+    assert 1250.0 < regression.t <= 1262.0  # within 120 rows of the change
+    assert replay.models["m"].engine is None  # no batch engine built for the default method
