@@ -36,7 +36,7 @@ from tfwarden.detectors.drift.checks import DriftChecks, DriftedModel
 from tfwarden.detectors.drift.client import DriftWorkerClient
 from tfwarden.detectors.drift.settings import DriftSettings
 from tfwarden.detectors.edge import EdgeVerdicts, EdgeVerdictSettings
-from tfwarden.detectors.roles import RoleTracker
+from tfwarden.detectors.roles import RoleTracker, VersionEvents
 from tfwarden.detectors.roster import ModelObjectives, Roster
 from tfwarden.lifecycle.alerts import AlertBook
 from tfwarden.lifecycle.edgerunner import EdgeModel, EdgeRolloutRunner
@@ -136,7 +136,8 @@ def build(config: Config, process: Process) -> Pipeline:
     drift = DriftChecks(drifted_models(config, endpoints), config.state_dir, drift_worker, capture,
                         roles, roster, p.recorder, p.clock)
     probes = ProbeSupervisor(probe_settings(config, endpoints), p.jobs, p.probe_http, windows,
-                             roster, roles, p.recorder, p.clock)
+                             roster, VersionEvents(roster, roles, p.clock.now), p.recorder,
+                             p.clock)
     policy = PolicyEngine(load_ruleset(config.policies.ruleset), config.policies.dry_run)
     dispatcher = Dispatcher(notifiers_of(config, p.http), on_result=p.recorder.notified)
     alerts = AlertBook(dispatcher, p.journal, p.clock, config.alerting.labels)

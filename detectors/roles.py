@@ -16,7 +16,7 @@ Each change is passed on to the subscribed listeners (the detector roster).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from tfwarden.core.status import ModelStatus
@@ -90,3 +90,36 @@ class RoleTracker:
         log.info("model %s: stable version %s, canary %s", model, *current)
         for listener in self._listeners:
             listener.roles_changed(model, previous, current)
+
+
+class VersionEventListener(Protocol):
+    def version_event(self, target: str | None, model: str, version: int, state: str,
+                      t: float) -> object: ...
+
+
+class VersionEvents:
+    """Turns what the server reports into version ``loaded`` / ``unloaded`` events for the
+    memory detectors (an RSS step at a load or unload is not a leak; memory kept after an unload
+    is retention), then passes the report on to ``then`` (the role tracker).
+
+    The first report of a model is the baseline (no events). The server does not say which
+    process or cgroup holds a model, so events go to every memory target (``target`` None).
+    """
+
+    def __init__(self, listener: VersionEventListener, then: RoleTracker,
+                 now: Callable[[], float]) -> None:
+        self.listener, self.then, self.now = listener, then, now
+        self._available: dict[str, set[int]] = {}
+
+    def versions_seen(self, model: str, versions: Sequence[VersionState],
+                      labels: Mapping[str, int] | None) -> None:
+        available = {v.version for v in versions if v.available}
+        before = self._available.get(model)
+        self._available[model] = available
+        if before is not None and available != before:
+            t = self.now()
+            for version in sorted(available - before):
+                self.listener.version_event(None, model, version, "loaded", t)
+            for version in sorted(before - available):
+                self.listener.version_event(None, model, version, "unloaded", t)
+        self.then.versions_seen(model, versions, labels)
