@@ -32,7 +32,8 @@ class FindingCondition(_Strict):
     estimated without labels, target ``accuracy``; docs/performance.md).
     """
 
-    detector: Literal["latency", "errors", "burn", "memory", "drift", "performance"]
+    detector: Literal["latency", "errors", "burn", "memory", "memory_retention", "drift",
+                      "performance"]
     verdict: Literal["ok", "regression", "inconclusive"]
     role: Literal["canary", "stable", "any"] = "canary"
     target: list[str] | None = Field(
