@@ -141,3 +141,23 @@ def test_shadow_canary_is_promoted_after_a_healthy_replay() -> None:
     decisions = run(healthy, shadow, [0.0, 60.0, 121.0])
     assert [(d.rule, d.action) for d in decisions] == [("promote-shadow-canary", "promote")]
     assert run([finding("latency", "regression")], shadow, [0.0])[0].action == "rollback"
+
+
+def test_an_estimated_accuracy_drop_holds_the_canary_instead_of_stepping() -> None:
+    findings = [finding("latency", "ok"), finding("errors", "ok"),
+                Finding("performance", "regression", 0.0, model="m", version=2,
+                        target="accuracy", evidence={"samples": 1000})]
+    decisions = run(findings, CANARY, [0.0, 25.0])
+    assert [(d.rule, d.action) for d in decisions] == [
+        ("hold-canary-on-estimated-accuracy-drop", "hold")]
+    healthy = run(findings[:2], CANARY, [0.0, 25.0])
+    assert [d.action for d in healthy] == ["set_weight"]
+
+
+def test_memory_a_version_swap_left_behind_raises_a_ticket() -> None:
+    retention = Finding("memory_retention", "regression", 0.0, target="serving-0",
+                        evidence={"samples": 100}, severity="ticket")
+    stable = ModelStatus("m", Phase.STABLE, stable_version=1, since=0.0)
+    decisions = run([retention], stable, [100.0, 200.0])
+    assert [(d.rule, d.action, d.alert) for d in decisions] == [
+        ("alert-on-memory-retention", "alert", "ticket")]  # once: the cooldown holds the second
