@@ -15,9 +15,12 @@ not change since the reference (no concept shift): see docs/performance.md for w
 
 from __future__ import annotations
 
+import csv
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
@@ -40,8 +43,9 @@ MIN_REFERENCE_ROWS = 50
 SUM_TOLERANCE = 1e-3  # float32 softmax rows sum to 1 within ~1e-6; leave room for rounding
 RANGE_TOLERANCE = 1e-6
 
-__all__ = ["Calibrator", "CbpeReference", "PerformanceSettings", "check_probabilities",
-           "fit_isotonic", "pav", "performance_finding", "select_output", "top_class"]
+__all__ = ["Calibrator", "CbpeReference", "PerformanceSettings", "PerformanceWindows",
+           "check_probabilities", "fit_isotonic", "load_labels", "pav", "performance_finding",
+           "select_output", "top_class"]
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -286,3 +290,115 @@ class CbpeReference:
         p = check_probabilities(probabilities, self.classes, "window probabilities")
         report = self.estimate(p[-settings.window_rows:], settings.confidence)
         return performance_finding(model, version, report, settings, now)
+
+
+# -- the drift worker's state -------------------------------------------------------------------
+def load_labels(path: Path) -> NDArray[np.int64]:
+    """Class indices from ``.npy`` (1-D or one column) or ``.csv`` (one column, a non-numeric
+    first line is a header); InvalidInput naming the file when it is not that."""
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+            if array.ndim == 2 and array.shape[1] == 1:
+                array = array[:, 0]
+        elif path.suffix == ".csv":
+            with path.open(newline="") as handle:
+                records = [r for r in csv.reader(handle) if r]
+            if records and len(records[0]) == 1 and not _is_number(records[0][0]):
+                records = records[1:]
+            if any(len(r) != 1 for r in records):
+                raise InvalidInput(f"reference_labels {path}: expected one column of class "
+                                   f"indices")
+            array = np.asarray([float(r[0]) for r in records])
+        else:
+            raise InvalidInput(f"reference_labels {path}: expected a .npy or .csv file")
+    except InvalidInput:
+        raise
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"reference_labels {path}: {exc}") from None
+    if array.ndim != 1:
+        raise InvalidInput(f"reference_labels {path}: expected a 1-D array of class indices, "
+                           f"got shape {array.shape}")
+    if array.dtype.kind == "f" and not (np.isfinite(array).all() and
+                                        (array == np.round(array)).all()):
+        raise InvalidInput(f"reference_labels {path}: expected integer class indices")
+    if array.dtype.kind not in "iubf":
+        raise InvalidInput(f"reference_labels {path}: expected integer class indices, got "
+                           f"dtype {array.dtype}")
+    labels: NDArray[np.int64] = array.astype(np.int64)
+    return labels
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass
+class PerformanceWindows:
+    """One model's estimator in the drift worker: the reference fitted on stable's predictions
+    on the reference inputs, and the most recent ``window_rows`` probability rows of each
+    version. ``error`` says why there is no reference (the fit refused its inputs)."""
+
+    key: tuple[Any, ...]
+    output: str | None
+    window_rows: int
+    reference: CbpeReference | None = None
+    error: str = ""
+    windows: dict[int | None, deque[Array]] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, key: tuple[Any, ...], names: Sequence[str],
+            rows: Sequence[Sequence[float | str]], output: str | None, window_rows: int,
+            labels: NDArray[np.int64] | None = None,
+            indices: Sequence[int] | None = None) -> PerformanceWindows:
+        """Fit on stable's prediction rows; ``labels`` of the reference file's rows, picked by
+        ``indices`` (the rows that were predicted). A refused fit is kept as ``error``."""
+        state = cls(key, output, window_rows)
+        try:
+            probabilities = select_output(names, rows, output)
+            picked = None
+            if labels is not None:
+                picked = _aligned(labels, indices, len(rows))
+            state.reference = CbpeReference.fit(probabilities, picked)
+        except InvalidInput as exc:
+            state.error = str(exc)
+        return state
+
+    def summary(self) -> dict[str, Any]:
+        if self.reference is None:
+            return {"error": self.error}
+        r = self.reference
+        return {"rows": r.rows, "classes": r.classes, "reference_accuracy": r.reference_accuracy,
+                "reference_accuracy_source": r.reference_accuracy_source,
+                "calibrated": r.calibrated, "calibrator": r.calibrator}
+
+    def observe(self, version: int | None, names: Sequence[str],
+                rows: Sequence[Sequence[float | str]], confidence: float) -> dict[str, Any]:
+        """Add a version's new prediction rows; the estimate of its last ``window_rows`` rows
+        (InvalidInput, nothing added, when they are not probabilities like the reference's)."""
+        if self.reference is None:
+            raise InvalidInput(f"no performance reference: {self.error}")
+        new = check_probabilities(select_output(names, rows, self.output),
+                                  self.reference.classes, "window probabilities")
+        window = self.windows.setdefault(version, deque(maxlen=self.window_rows))
+        window.extend(new)
+        report = self.reference.estimate(np.vstack(window), confidence)
+        report["window_rows"] = self.window_rows
+        return report
+
+
+def _aligned(labels: NDArray[np.int64], indices: Sequence[int] | None,
+             rows: int) -> NDArray[np.int64]:
+    picked = np.arange(rows) if indices is None else np.asarray(indices, dtype=np.int64)
+    if len(picked) != rows:
+        raise InvalidInput(f"reference_labels: {len(picked)} row indices for {rows} predicted "
+                           f"rows")
+    if len(picked) and int(picked.max()) >= len(labels):
+        raise InvalidInput(f"reference_labels: {len(labels)} labels, but the reference has at "
+                           f"least {int(picked.max()) + 1} rows; expected one label per row of "
+                           f"the reference file")
+    return np.asarray(labels[picked], dtype=np.int64)

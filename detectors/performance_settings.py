@@ -13,11 +13,12 @@ or without a report.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
-from tfwarden.core.settings import Settings
+from tfwarden.core.settings import Settings, existing_file
 from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Finding
 
 DETECTOR = "performance"
@@ -40,6 +41,18 @@ class PerformanceSettings(Settings):
     output: str | None = Field(
         None, description="Output tensor with the class probabilities (softmax rows, or one "
                           "sigmoid column for binary); default: the model's only output.")
+    reference_labels: Path | None = Field(
+        None, description=".npy (1-D or one column) or .csv (one column, optional header) of "
+                          "class indices, one per row of the drift reference file, in its order; "
+                          "default: no labels (probabilities assumed calibrated).")
+
+    @field_validator("reference_labels")
+    @classmethod
+    def _check_labels(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        value = existing_file(value, info, "reference_labels")
+        if value is not None and value.suffix not in (".npy", ".csv"):
+            raise ValueError(f"reference_labels {str(value)!r}: expected a .npy or .csv file")
+        return value
 
 
 def performance_finding(model: str, version: int | None, report: Mapping[str, Any] | None,

@@ -8,7 +8,10 @@
 - online drift (optional): every row through CVMDriftOnline/FETDriftOnline at the configured ERT;
 - outputs: captured rows sent to the stable and canary versions (REST predict); each version's
   predictions are tested against stable's predictions on the reference inputs, and canary vs
-  stable disagreement on the same rows gates the canary (``detectors.disagreement``).
+  stable disagreement on the same rows gates the canary (``detectors.disagreement``);
+- performance (optional, classifiers): each version's estimated accuracy from its class
+  probabilities on those rows, against stable's on the reference inputs (CBPE, in the worker;
+  ``detectors.performance``), published as detector ``performance``, target ``accuracy``.
 
 While the worker is down, or the signature cannot be read, every drift finding is
 ``inconclusive``; rows keep queueing (bounded) and are checked when it is back.
@@ -35,6 +38,7 @@ from tfwarden.detectors.drift.client import DriftWorkerClient
 from tfwarden.detectors.drift.settings import DriftSettings
 from tfwarden.detectors.drift.windows import InputWindows
 from tfwarden.detectors.driftverdict import sequential_drift_finding
+from tfwarden.detectors.performance_settings import performance_finding
 from tfwarden.serving.tfserving.client import ServingClient
 
 log = logging.getLogger("tfwarden.drift")
@@ -63,6 +67,8 @@ class _State:
     output_reference: dict[str, Any] | None = None
     output_stable: int | None = None
     disagreement: Disagreement | None = None
+    performance: dict[int, dict[str, Any]] = field(default_factory=dict)  # version -> estimate
+    performance_reference: dict[str, Any] | None = None  # the worker's fit (or its error)
     online: dict[str, Any] = field(default_factory=dict)
     rows_seen: int = 0
     last_detection_row: int | None = None
@@ -202,7 +208,13 @@ class DriftChecks:
             "sequential": s.sequential.model_dump() if s.method == "sequential" else None}
         if state.output_reference is not None:
             payload["outputs"] = state.output_reference
+            if s.performance is not None:
+                labels = s.performance.reference_labels
+                payload["performance"] = {
+                    "output": s.performance.output, "window_rows": s.performance.window_rows,
+                    "labels": None if labels is None else str(labels)}
         answer = await self.worker.configure(payload)
+        self._performance_reference(name, state, answer.get("performance"))
         if state.reference is None or state.reference["hash"] != answer["reference"]["hash"]:
             log.info("model %s: drift reference %s (%d rows, %s), engine %s", name,
                      answer["reference"]["hash"], answer["reference"]["rows"],
@@ -212,6 +224,17 @@ class DriftChecks:
         state.online["calibration_seconds"] = answer.get("calibration_seconds")
         state.problem = ""
         state.configured = (self.worker.generation, output_key)
+
+    def _performance_reference(self, name: str, state: _State,
+                               fitted: dict[str, Any] | None) -> None:
+        if fitted is not None and fitted != state.performance_reference:
+            if "error" in fitted:
+                log.error("model %s: no performance estimate: %s", name, fitted["error"])
+            else:
+                log.info("model %s: performance reference of %d rows, accuracy %.3f (%s)", name,
+                         fitted["rows"], fitted["reference_accuracy"],
+                         fitted["reference_accuracy_source"])
+        state.performance_reference = fitted
 
     async def _check_inputs(self, name: str, state: _State, window: list[Row],
                             now: float) -> None:
@@ -282,9 +305,11 @@ class DriftChecks:
         if state.output_stable != stable or state.output_reference is None:
             sample = await self.worker.sample(name, s.reference_rows)
             names, predictions = await self._predict(state, stable, sample["rows"])
-            state.output_reference = {"features": names, "rows": predictions}
+            state.output_reference = {"features": names, "rows": predictions,
+                                      "indices": sample.get("indices")}
             state.output_stable = stable
             state.outputs.clear()
+            state.performance.clear()
             state.configured = None
             await self._configure(name, state, sample["features"])
         rows = window[-s.rows_per_check:]
@@ -292,12 +317,15 @@ class DriftChecks:
         for role, version in (("stable", stable), ("canary", canary)):
             if version is None:
                 continue
-            _, answers[version] = await self._predict(state, version, rows)
+            names, answers[version] = await self._predict(state, version, rows)
             report = await self.worker.check(name, "outputs", answers[version])
             report["t"] = now
             state.outputs[version] = report
             self._publish(state, ("drift", name, f"outputs:{role}"),
                                   _output_finding(name, version, stable, report, len(rows), now))
+            if state.settings.performance is not None:
+                await self._performance(name, state, role, version, names, answers[version],
+                                        now)
         if canary is None:
             state.disagreement = None
             return
@@ -308,6 +336,25 @@ class DriftChecks:
         finding = state.disagreement.evaluate(now)
         self._publish(state, ("drift", name, "disagreement"), finding)
         self.metrics.drift_disagreement(name, canary, finding.effect["disagreement"])
+
+    async def _performance(self, name: str, state: _State, role: str, version: int,
+                           names: list[str], predictions: list[Row], now: float) -> None:
+        """The version's estimated accuracy; a refusal (outputs that are not probabilities, no
+        reference) is an inconclusive finding saying why, never a failed check."""
+        settings = state.settings.performance
+        assert settings is not None
+        try:
+            report = await self.worker.performance(name, version, names, predictions,
+                                                   settings.confidence)
+        except WorkerFailed as exc:
+            state.performance.pop(version, None)
+            finding = performance_finding(name, version, None, settings, now,
+                                          reason=f"no performance estimate: {exc}"[:300])
+        else:
+            report["t"] = now
+            state.performance[version] = report
+            finding = performance_finding(name, version, report, settings, now)
+        self._publish(state, ("performance", name, f"accuracy:{role}"), finding)
 
     def _all_inconclusive(self, name: str, state: _State, reason: str, now: float) -> None:
         stable, canary = self.roles.roles(name)
@@ -325,6 +372,13 @@ class DriftChecks:
             self._publish(state, ("drift", name, key), Finding(
                 "drift", INCONCLUSIVE, now, model=name, version=version, target=target,
                 reason=reason))
+        performance = state.settings.performance
+        if performance is not None and state.settings.outputs.enabled:
+            for role, version in (("stable", stable), ("canary", canary)):
+                if version is not None:
+                    self._publish(state, ("performance", name, f"accuracy:{role}"),
+                                  performance_finding(name, version, None, performance, now,
+                                                      reason=reason))
 
     def _publish(self, state: _State, key: tuple[str, str, str], finding: Finding) -> None:
         """Publish unless a reload removed or replaced the model's checks while this one ran
@@ -352,6 +406,9 @@ class DriftChecks:
             "disagreement": None if state.disagreement is None else
             state.disagreement.evaluate(self.clock.now()).to_json(),
             "online": state.online or None,
+            "performance": None if s.performance is None else {
+                "reference": state.performance_reference,
+                "versions": {str(v): r for v, r in sorted(state.performance.items())}},
             "problem": state.problem or None,
             "worker": self.worker.status(),
         }

@@ -80,6 +80,12 @@ class DriftWorkerClient:
     async def sample(self, model: str, n: int) -> dict[str, Any]:
         return await self.process.request("sample", {"model": model, "n": n})
 
+    async def performance(self, model: str, version: int, features: Sequence[str],
+                          rows: Sequence[Row], confidence: float) -> dict[str, Any]:
+        return await self.process.request("performance", {
+            "model": model, "version": version, "features": list(features), "rows": list(rows),
+            "confidence": confidence})
+
     async def stats(self) -> dict[str, Any]:
         return await self.process.request("stats", timeout=STATS_TIMEOUT_SECONDS)
 

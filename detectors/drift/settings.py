@@ -11,10 +11,11 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from tfwarden.core.settings import Settings, existing_file
 from tfwarden.detectors.disagreement import DisagreementSettings
+from tfwarden.detectors.performance_settings import PerformanceSettings
 
 
 class BatchSettings(Settings):
@@ -131,11 +132,27 @@ class DriftSettings(BatchSettings):
     interval_seconds: float = Field(10.0, ge=0.5, le=3600)
     online: OnlineDriftSettings | None = None
     outputs: OutputDriftSettings = OutputDriftSettings()
+    performance: PerformanceSettings | None = Field(
+        None, description="Estimated accuracy of each version from its class probabilities on "
+                          "the captured rows (classifiers; docs/performance.md).")
 
     @field_validator("reference")
     @classmethod
     def _check_reference(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return existing_file(value, info, "reference", directory_too=True)
+
+    @model_validator(mode="after")
+    def _check_performance(self) -> DriftSettings:
+        if self.performance is None:
+            return self
+        if not self.outputs.enabled:
+            raise ValueError("performance needs outputs.enabled: it estimates the accuracy "
+                             "from the output checks' predictions")
+        if self.performance.reference_labels is not None and self.reference is None:
+            raise ValueError("performance.reference_labels are aligned with the rows of the "
+                             "drift reference file; set reference (a captured reference has "
+                             "no labels)")
+        return self
 
     @property
     def batch(self) -> BatchSettings:

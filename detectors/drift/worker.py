@@ -6,13 +6,20 @@ descriptor 1 points at stderr before anything heavy is imported, so library outp
 corrupt the protocol). Requests (``op``):
 
 - ``configure``: model, engine (alibi|scipy), batch settings, reference (``path`` or ``rows``),
-  features and kinds, optional ``online`` settings and ``outputs`` reference rows. Answers the
-  reference hash. A model whose settings and reference hash did not change keeps its detectors.
+  features and kinds, optional ``online`` settings, ``outputs`` reference rows (stable's
+  predictions on reference rows, with their ``indices`` in the reference) and ``performance``
+  (output, window_rows, labels file): fits the accuracy estimator on those predictions
+  (``detectors.performance``, once per output reference). Answers the reference hash. A model
+  whose settings and reference hash did not change keeps its detectors.
 - ``check``: model, ``part`` (inputs|outputs), rows -> the engine's per-feature report.
 - ``sequential``: model, rows, versions -> the sequential engine's report after those rows
   (``detectors.drift.sequential``; its state lives here, a restarted worker starts afresh).
 - ``observe``: model, rows -> online detections (``calibrating`` until thresholds exist).
-- ``sample``: model, n -> up to n reference rows, decoded (categories as strings).
+- ``performance``: model, version, features (output names), rows (that version's predictions)
+  -> the estimated accuracy of its last ``window_rows`` rows (a bounded buffer per version,
+  here; a restarted worker or a new output reference starts it afresh).
+- ``sample``: model, n -> up to n reference rows, decoded (categories as strings), and their
+  indices in the reference.
 - ``stats``: pid, RSS, models, calibrations.
 
 Online thresholds are calibrated in a child process (spawned, one at a time) that writes them to
@@ -68,6 +75,7 @@ class ModelDrift:
     output_engine: Any = None
     online: Any = None
     sequential: Any = None
+    performance: Any = None  # detectors.performance.PerformanceWindows
     online_settings: dict[str, Any] | None = None
     calibration: Future[float] | None = None
     calibration_seconds: float | None = None
@@ -138,6 +146,7 @@ class Worker:
             if current.outputs is None or current.outputs.hash != out_ref.hash:
                 current.outputs = out_ref
                 current.output_engine = make_engine(request["engine"], out_ref, batch)
+        self._configure_performance(current, outputs, request.get("performance"))
         self._advance_calibration(current)
         return {"model": model, "reference": {"hash": reference.hash, "rows": reference.rows,
                                               "features": reference.features,
@@ -146,7 +155,44 @@ class Worker:
                 "outputs": None if current.outputs is None else {
                     "hash": current.outputs.hash, "rows": current.outputs.rows},
                 "online": self._online_state(current),
+                "performance": None if current.performance is None else
+                current.performance.summary(),
                 "calibration_seconds": current.calibration_seconds}
+
+    def _configure_performance(self, state: ModelDrift, outputs: dict[str, Any] | None,
+                               settings: dict[str, Any] | None) -> None:
+        """Fit the accuracy estimator on stable's predictions (kept while they, the output and
+        the labels file stay the same)."""
+        from tfwarden.core.errors import InvalidInput
+        from tfwarden.detectors.performance import PerformanceWindows, load_labels
+
+        if not outputs or not settings or state.outputs is None:
+            state.performance = None
+            return
+        labels_path = settings.get("labels")
+        try:
+            stamp = os.stat(labels_path).st_mtime_ns if labels_path else None
+        except OSError:
+            stamp = -1
+        key = (state.outputs.hash, settings.get("output"), int(settings["window_rows"]),
+               labels_path, stamp, repr(outputs.get("indices")))
+        if state.performance is not None and state.performance.key == key:
+            return
+        labels = None
+        if labels_path:
+            try:
+                labels = load_labels(Path(labels_path))
+                if len(labels) < state.reference.rows:
+                    raise InvalidInput(f"reference_labels {labels_path}: {len(labels)} labels "
+                                       f"for a reference of {state.reference.rows} rows")
+            except InvalidInput as exc:
+                state.performance = PerformanceWindows(key, settings.get("output"),
+                                                       int(settings["window_rows"]),
+                                                       error=str(exc))
+                return
+        state.performance = PerformanceWindows.fit(
+            key, outputs["features"], outputs["rows"], settings.get("output"),
+            int(settings["window_rows"]), labels, outputs.get("indices"))
 
     def _advance_calibration(self, state: ModelDrift) -> None:
         online = state.online
@@ -202,6 +248,8 @@ class Worker:
         versions = list(request.get("versions") or [None] * len(rows))
         if len(versions) != len(rows):
             raise ValueError(f"versions: expected {len(rows)} entries, got {len(versions)}")
+        if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in versions):
+            raise ValueError("versions: expected integers or null")
         started = time.monotonic()
         report = state.sequential.observe(state.reference.encode(rows), versions)
         report["seconds"] = round(time.monotonic() - started, 6)
@@ -215,15 +263,29 @@ class Worker:
         result = state.online.observe(state.reference.encode(request["rows"]))
         return {"online": "ready", "calibration_seconds": state.calibration_seconds, **result}
 
+    def op_performance(self, request: dict[str, Any]) -> dict[str, Any]:
+        state = self._model(request)
+        if state.performance is None:
+            raise ValueError(f"model {request['model']!r} has no performance estimation "
+                             f"configured (it needs the outputs reference)")
+        started = time.monotonic()
+        report = state.performance.observe(request.get("version"), list(request["features"]),
+                                           request["rows"], float(request.get("confidence",
+                                                                              0.95)))
+        report["seconds"] = round(time.monotonic() - started, 6)
+        return dict(report)
+
     def op_sample(self, request: dict[str, Any]) -> dict[str, Any]:
         state = self._model(request)
         ref = state.reference
-        step = max(1, ref.rows // max(1, int(request.get("n", 500))))
+        n = int(request.get("n", 500))
+        step = max(1, ref.rows // max(1, n))
+        indices = list(range(0, ref.rows, step))[:n]
         rows = []
-        for raw in ref.data[::step][:int(request.get("n", 500))]:
+        for raw in ref.data[indices]:
             rows.append([ref.vocab[j][int(v)] if j in ref.vocab and int(v) < len(ref.vocab[j])
                          else float(v) for j, v in enumerate(raw)])
-        return {"features": ref.features, "rows": rows}
+        return {"features": ref.features, "rows": rows, "indices": indices}
 
     def op_stats(self, request: dict[str, Any]) -> dict[str, Any]:
         return {"pid": os.getpid(), "rss_bytes": _rss_bytes(), "models": {

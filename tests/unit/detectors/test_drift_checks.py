@@ -1,7 +1,8 @@
 """The drift checks on fakes, with the real scipy engine in process: the reference collected from
 stable's first rows and saved, input windows and their verdicts, canary outputs and
 disagreement, a crashed worker (inconclusive, rows kept within bounds, checked when it is back),
-reconfiguration, and the calibration inputs they offer."""
+reconfiguration, the calibration inputs they offer, and each version's estimated accuracy
+(performance findings, their refusals and a rule acting on them)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,23 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from tests.fakes import FakeClock, FakeServingClient, MemoryStateStore
 from tfwarden.core.errors import WorkerDown, WorkerFailed
 from tfwarden.core.ports import Row
 from tfwarden.core.series import SeriesWindows
+from tfwarden.core.status import ModelStatus, Phase
 from tfwarden.core.types import Finding
 from tfwarden.daemon.recorder import Recorder
 from tfwarden.daemon.state import EventJournal
 from tfwarden.detectors.drift.checks import MAX_PENDING_WINDOWS, DriftChecks, DriftedModel
 from tfwarden.detectors.drift.settings import DriftSettings, OutputDriftSettings
 from tfwarden.detectors.drift.worker import Worker
+from tfwarden.detectors.performance_settings import PerformanceSettings
 from tfwarden.detectors.roster import DetectionSettings, ModelObjectives, Roster
+from tfwarden.policies.engine import PolicyMemory, evaluate, remember
+from tfwarden.policies.rules import load_ruleset
 
 INTERVAL = 10.0
 WINDOW = 50
@@ -86,6 +92,12 @@ class InProcessDriftWorker:
 
     async def sample(self, model: str, n: int) -> dict[str, Any]:
         return await self._request("sample", {"model": model, "n": n})
+
+    async def performance(self, model: str, version: int, features: Sequence[str],
+                          rows: Sequence[Row], confidence: float) -> dict[str, Any]:
+        return await self._request("performance", {
+            "model": model, "version": version, "features": list(features), "rows": list(rows),
+            "confidence": confidence})
 
     async def stats(self) -> dict[str, Any]:
         return await self._request("stats", {})
@@ -171,6 +183,9 @@ class Harness:
 
     def drift_findings(self) -> dict[Any, Finding]:
         return {key[2]: f for key, f in self.roster.latest.items() if key[0] == "drift"}
+
+    def performance(self, role: str) -> Finding:
+        return self.roster.latest[("performance", "m", f"accuracy:{role}")]
 
     def metric(self, name: str, **labels: str) -> float | None:
         return self.metrics.registry.get_sample_value(name, labels)
@@ -303,7 +318,9 @@ def test_a_canary_whose_outputs_differ_regresses(tmp_path: Path) -> None:
     assert found["outputs:canary"].effect["drifted_features"] == ["output"]
     disagreement = found["disagreement"]
     assert (disagreement.verdict, disagreement.version) == ("regression", 2)
-    assert disagreement.evidence == {"samples": WINDOW, "disagreeing": WINDOW, "stable_version": 1}
+    assert {k: disagreement.evidence[k] for k in ("samples", "disagreeing", "stable_version")} \
+        == {"samples": WINDOW, "disagreeing": WINDOW, "stable_version": 1}
+    assert disagreement.evidence["statistic"] == "disagreement_ci_low"
     assert h.metric("tfwarden_drift_disagreement_ratio", model="m", version="2") == 1.0
     # the output reference: stable's predictions on 50 reference rows, then each version's window
     assert [c[2:] for c in h.serving.calls if c[0] == "predict_rows"] == \
@@ -436,3 +453,214 @@ def test_a_worker_failure_is_inconclusive_and_configures_again(tmp_path: Path) -
     assert h.checks.report("m")["problem"] is not None  # type: ignore[index]
     with pytest.raises(KeyError):
         h.finding("outputs:stable")  # outputs disabled: no such finding
+
+
+# -- performance (estimated accuracy) -----------------------------------------------------------
+PERF_ROWS = 200
+
+
+def confident(x: float) -> float:
+    """A binary classifier's P(class 1): sure of itself away from the boundary."""
+    return float(1 / (1 + np.exp(-4 * x)))
+
+
+def unsure(x: float) -> float:
+    """The same ranking, much less confident: a worse canary."""
+    return float(1 / (1 + np.exp(-0.3 * x)))
+
+
+def with_performance(**overrides: Any) -> DriftSettings:
+    values: dict[str, Any] = {"min_rows": 100, "tolerance": 0.1, "window_rows": 400}
+    performance = PerformanceSettings(**{**values, **overrides.pop("performance", {})})
+    return settings(window_rows=PERF_ROWS, performance=performance,
+                    outputs=outputs(rows_per_check=PERF_ROWS, min_rows=PERF_ROWS), **overrides)
+
+
+def test_a_less_confident_canary_has_an_estimated_accuracy_regression(tmp_path: Path) -> None:
+    h = Harness(tmp_path, with_performance(), roles=Roles(1, 2),
+                functions={1: confident, 2: unsure})
+    h.collect_reference()
+    h.captured.feed(2, normal(80, PERF_ROWS))
+    h.tick()
+    stable, canary = h.performance("stable"), h.performance("canary")
+    assert (stable.detector, stable.target, stable.version, stable.verdict) == \
+        ("performance", "accuracy", 1, "ok")
+    assert (canary.version, canary.verdict) == (2, "regression")
+    assert canary.effect["accuracy_drop"] > 0.2
+    assert canary.evidence["samples"] == PERF_ROWS and canary.evidence["calibrated"] is False
+    assert canary.evidence["reference_accuracy_source"] == "estimated"
+    assert "assumed calibrated" in canary.reason
+    # both versions are judged against stable's confidence on the reference inputs
+    assert canary.evidence["reference_accuracy"] == stable.evidence["reference_accuracy"]
+
+    h.captured.feed(2, normal(81, PERF_ROWS))
+    h.captured.feed(2, normal(82, PERF_ROWS))
+    h.tick()  # two windows: only the last one is predicted; the worker keeps 400 rows a version
+    assert h.performance("canary").evidence["samples"] == 2 * PERF_ROWS
+    h.captured.feed(2, normal(83, PERF_ROWS))
+    h.tick()
+    assert h.performance("canary").evidence["samples"] == 400  # window_rows, not more
+    report = h.checks.report("m")
+    assert report is not None and report["performance"]["reference"]["rows"] == 50
+    assert set(report["performance"]["versions"]) == {"1", "2"}
+    assert h.metric("tfwarden_finding_samples", detector="performance", model="m", version="2",
+                    target="accuracy") == 400
+
+
+def test_outputs_that_are_not_probabilities_are_inconclusive_and_say_why(tmp_path: Path) -> None:
+    h = Harness(tmp_path, with_performance(), roles=Roles(1, 2),
+                functions={1: stable_fn, 2: stable_fn})  # x / 2 + 2: not probabilities
+    h.collect_reference()
+    h.captured.feed(1, normal(84, PERF_ROWS))
+    h.tick()
+    for role in ("stable", "canary"):
+        finding = h.performance(role)
+        assert finding.verdict == "inconclusive"
+        assert finding.reason.startswith("no performance estimate: performance: no performance "
+                                         "reference: reference probabilities: row 0 has values "
+                                         "outside [0, 1]")
+        assert "not logits" in finding.reason
+    assert h.finding("outputs:stable").verdict == "ok"  # the other checks go on
+    assert h.finding("disagreement").verdict == "ok"
+    report = h.checks.report("m")
+    assert report is not None and "outside [0, 1]" in report["performance"]["reference"]["error"]
+
+
+def test_an_unknown_output_is_inconclusive_and_names_the_outputs(tmp_path: Path) -> None:
+    h = Harness(tmp_path, with_performance(performance={"output": "probabilities"}),
+                functions={1: confident})
+    h.collect_reference()
+    h.captured.feed(1, normal(85, PERF_ROWS))
+    h.tick()
+    finding = h.performance("stable")
+    assert finding.verdict == "inconclusive"
+    assert "no output 'probabilities'; the model has output" in finding.reason
+
+
+def test_reference_labels_calibrate_and_are_aligned_with_the_reference_rows(
+        tmp_path: Path) -> None:
+    x = np.random.default_rng(86).normal(size=200)
+    np.save(tmp_path / "reference.npy", x[:, None])
+    predicted = (x > 0).astype(int)
+    labels = np.where(np.arange(200) % 2 == 0, predicted, 1 - predicted)  # odd rows all wrong
+    labels[0:40:8] = 1 - labels[0:40:8]  # and a few even rows
+    np.save(tmp_path / "labels.npy", labels)
+    drift = with_performance(reference=tmp_path / "reference.npy",
+                             performance={"reference_labels": tmp_path / "labels.npy"})
+    h = Harness(tmp_path, drift, functions={1: confident})
+    h.captured.feed(1, normal(87, PERF_ROWS))
+    h.tick()
+    finding = h.performance("stable")
+    assert finding.evidence["calibrated"] is True
+    assert finding.evidence["reference_accuracy_source"] == "labels"
+    # 100 reference rows read (reference_rows), 50 predicted: every second one, even rows
+    assert finding.evidence["reference_accuracy"] == 0.9
+    assert finding.evidence["reference_rows"] == 50
+
+
+def test_too_few_reference_labels_are_inconclusive(tmp_path: Path) -> None:
+    np.save(tmp_path / "reference.npy", np.random.default_rng(88).normal(size=(200, 1)))
+    (tmp_path / "labels.csv").write_text("label\n" + "1\n" * 60)
+    drift = with_performance(reference=tmp_path / "reference.npy",
+                             performance={"reference_labels": tmp_path / "labels.csv"})
+    h = Harness(tmp_path, drift, functions={1: confident})
+    h.captured.feed(1, normal(89, PERF_ROWS))
+    h.tick()
+    finding = h.performance("stable")
+    assert finding.verdict == "inconclusive"
+    assert "60 labels for a reference of 100 rows" in finding.reason
+
+
+def test_performance_settings_are_checked_at_load(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.npy"
+    np.save(labels, np.zeros(10, dtype=int))
+    with pytest.raises(ValidationError, match="aligned with the rows of the drift reference"):
+        DriftSettings(performance={"reference_labels": labels})
+    with pytest.raises(ValidationError, match="performance needs outputs.enabled"):
+        DriftSettings(performance={}, outputs={"enabled": False})
+    with pytest.raises(ValidationError, match="does not exist"):
+        PerformanceSettings(reference_labels=tmp_path / "missing.npy")
+    (tmp_path / "labels.txt").write_text("1\n")
+    with pytest.raises(ValidationError, match="expected a .npy or .csv file"):
+        PerformanceSettings(reference_labels=tmp_path / "labels.txt")
+    assert DriftSettings().performance is None  # opt-in
+
+
+def test_a_down_worker_makes_performance_findings_inconclusive(tmp_path: Path) -> None:
+    h = Harness(tmp_path, with_performance(), roles=Roles(1, 2),
+                functions={1: confident, 2: unsure})
+    h.collect_reference()
+    h.captured.feed(1, normal(90, PERF_ROWS))
+    h.tick()
+    assert h.performance("canary").verdict == "regression"
+    h.worker.crash()
+    h.captured.feed(1, normal(91, PERF_ROWS))
+    h.tick()
+    for role, version in (("stable", 1), ("canary", 2)):
+        finding = h.performance(role)
+        assert (finding.verdict, finding.version, finding.reason) == ("inconclusive", version,
+                                                                       CRASH)
+    h.worker.restart()  # a fresh worker: refitted, its window starts afresh
+    h.tick()
+    assert h.performance("canary").verdict == "regression"
+    assert h.performance("canary").evidence["samples"] == PERF_ROWS
+
+
+def test_a_policy_rule_on_the_performance_finding_rolls_the_canary_back(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("""rules:
+  - name: rollback-canary-on-accuracy-drop
+    when:
+      status: {phase: [canary_live]}
+      any:
+        - {detector: performance, verdict: regression, role: canary, target: [accuracy],
+           min_samples: 100, min_effect: {accuracy_drop: 0.1}}
+    action: rollback
+""")
+    h = Harness(tmp_path, with_performance(), roles=Roles(1, 2),
+                functions={1: confident, 2: unsure})
+    h.collect_reference()
+    h.captured.feed(1, normal(92, PERF_ROWS))
+    h.tick()
+    status = ModelStatus("m", Phase.CANARY_LIVE, stable_version=1, canary_version=2, since=0.0)
+    findings = h.roster.findings()
+    memory = PolicyMemory()
+    remember(memory, findings, h.clock.now())
+    (decision,) = evaluate(load_ruleset(str(rules)), findings, {"m": status}, h.clock.now(),
+                           memory)
+    assert decision.action == "rollback" and decision.params["to_version"] == 1
+    (used,) = decision.findings
+    assert (used["detector"], used["version"], used["target"]) == ("performance", 2, "accuracy")
+
+
+def test_the_worker_refuses_bad_performance_requests(tmp_path: Path) -> None:
+    worker = Worker(tmp_path)
+    reference = normal(93, 100)
+    predictions = [[confident(float(row[0]))] for row in reference]
+    base = {"op": "configure", "model": "m", "engine": "scipy", "features": ["x"],
+            "reference": {"rows": reference}}
+    worker.handle({**base, "outputs": {"features": ["output"], "rows": predictions}})
+    asked = {"op": "performance", "model": "m", "version": 2, "features": ["output"],
+             "rows": [[0.9], [0.2]]}
+    assert worker.handle(asked)["error"] == (
+        "performance: model 'm' has no performance estimation configured (it needs the "
+        "outputs reference)")
+    answer = worker.handle({**base, "outputs": {"features": ["output"], "rows": predictions},
+                            "performance": {"output": None, "window_rows": 30, "labels": None}})
+    assert answer["performance"]["rows"] == 100 and answer["performance"]["calibrated"] is False
+    logits = worker.handle({**asked, "rows": [[2.5], [-1.0]]})
+    assert logits["error"].startswith("performance: window probabilities: row 0 has values "
+                                      "outside [0, 1]")
+    wrong = worker.handle({**asked, "features": ["output[0]", "output[1]"],
+                           "rows": [[0.5, 0.5]]})
+    assert wrong["error"] == ("performance: window probabilities: expected 1 column(s) like the "
+                              "reference, got 2")
+    assert worker.handle({**asked, "rows": [["a"]]})["error"].startswith(
+        "performance: output 'output': expected numeric probabilities")
+    assert "not configured" in worker.handle({**asked, "model": "other"})["error"]
+    for _ in range(20):  # the refused rows were not kept; the buffer is bounded
+        report = worker.handle(asked)
+    assert report["rows"] == 30 and report["window_rows"] == 30
+    assert report["estimated_accuracy"] == pytest.approx(0.85)
+    other = worker.handle({**asked, "version": 3})
+    assert other["rows"] == 2  # each version has its own window

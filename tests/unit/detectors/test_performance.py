@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,9 @@ from tfwarden.core.errors import InvalidInput
 from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION
 from tfwarden.detectors.performance import (
     CbpeReference,
+    PerformanceWindows,
     fit_isotonic,
+    load_labels,
     pav,
     select_output,
     top_class,
@@ -207,3 +210,43 @@ def test_window_must_match_the_reference_and_reference_needs_rows() -> None:
     with pytest.raises(InvalidInput, match="at least 50 rows"):
         CbpeReference.fit(GOOD[:10])
     assert issubclass(InvalidInput, ValueError)  # the worker answers ValueErrors as errors
+
+
+def test_labels_load_from_npy_and_csv_and_bad_files_are_refused(tmp_path: Path) -> None:
+    np.save(tmp_path / "column.npy", np.array([[0], [2], [1]]))
+    assert load_labels(tmp_path / "column.npy").tolist() == [0, 2, 1]
+    (tmp_path / "labels.csv").write_text("label\n1\n0\n\n1.0\n")
+    assert load_labels(tmp_path / "labels.csv").tolist() == [1, 0, 1]
+    (tmp_path / "headerless.csv").write_text("3\n4\n")
+    assert load_labels(tmp_path / "headerless.csv").tolist() == [3, 4]
+    np.save(tmp_path / "floats.npy", np.array([0.5, 1.0]))
+    with pytest.raises(InvalidInput, match="expected integer class indices"):
+        load_labels(tmp_path / "floats.npy")
+    np.save(tmp_path / "wide.npy", np.zeros((3, 2)))
+    with pytest.raises(InvalidInput, match="expected a 1-D array of class indices"):
+        load_labels(tmp_path / "wide.npy")
+    (tmp_path / "two.csv").write_text("1,2\n")
+    with pytest.raises(InvalidInput, match="expected one column"):
+        load_labels(tmp_path / "two.csv")
+    with pytest.raises(InvalidInput, match="missing.npy"):
+        load_labels(tmp_path / "missing.npy")
+
+
+def test_windows_are_fitted_on_the_picked_labels_and_keep_each_versions_last_rows() -> None:
+    rng = np.random.default_rng(7)
+    p, labels = calibrated(rng, 400, 3)
+    names = ["probs[0]", "probs[1]", "probs[2]"]
+    picked = list(range(0, 400, 2))
+    windows = PerformanceWindows.fit(("k",), names, p[picked].tolist(), "probs", 50, labels,
+                                     picked)
+    assert windows.reference is not None and windows.summary()["calibrated"] is True
+    assert windows.summary()["reference_accuracy"] == pytest.approx(
+        realized(p[picked], labels[picked]))
+    for _ in range(3):
+        report = windows.observe(2, names, p[:30].tolist(), 0.95)
+    assert report["rows"] == 50 and windows.observe(3, names, p[:5].tolist(), 0.9)["rows"] == 5
+    short = PerformanceWindows.fit(("k",), names, p[picked].tolist(), "probs", 50, labels[:100],
+                                   picked)
+    assert short.reference is None and "100 labels" in short.summary()["error"]
+    with pytest.raises(InvalidInput, match="no performance reference: reference_labels"):
+        short.observe(2, names, p[:5].tolist(), 0.95)
