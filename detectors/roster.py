@@ -259,6 +259,7 @@ class Roster:
                     not same if part == "slo" else old.latency != settings.latency),
                 "errors": subject not in self.objectives or old.errors != settings.errors,
                 "drift": subject not in drifting,
+                "performance": subject not in drifting,  # published by the drift checks
             }.get(kind, False)
             if stale:
                 self._drop(key)

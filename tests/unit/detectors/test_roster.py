@@ -133,3 +133,15 @@ def test_a_model_no_longer_managed_follows_the_server_again() -> None:
     roles.forget("m")  # a reload took the model out of the lifecycle
     roles.versions_seen("m", AVAILABLE, {"stable": 2})
     assert roles.roles("m") == (2, None) and heard.changes[-1] == ("m", (None, None), (2, None))
+
+
+def test_a_model_that_loses_its_drift_checks_loses_its_performance_findings_too() -> None:
+    r = roster()
+    r.reconfigure(DetectionSettings(), {"m": ModelObjectives()}, {"serving-0": "pid 1"}, ["m"])
+    key = ("performance", "m", "accuracy:canary")
+    r.publish(key, Finding("performance", "regression", 1.0, model="m", version=2,
+                           target="accuracy"))
+    r.reconfigure(DetectionSettings(), {"m": ModelObjectives()}, {"serving-0": "pid 1"}, ["m"])
+    assert key in r.latest  # still checked: kept
+    r.reconfigure(DetectionSettings(), {"m": ModelObjectives()}, {"serving-0": "pid 1"}, [])
+    assert key not in r.latest  # no detector stands behind it any more
