@@ -3,6 +3,11 @@ replayed through ``tfwarden.detectors.backtest.Backtest`` (the engine of ``tfwar
 with DEFAULT settings. One JSON line per scenario, then a readable summary.
 
     python bench/leaks.py [--seeds 5] [--first-seed 0] [--null-days 3] [--jobs 2] [--only NAME]
+                          [--baseline-v1]
+
+``--baseline-v1`` replays the same traces through the v1 leak detector (detectors/memory.py at
+commit ``V1_COMMIT``, read with ``git show`` at run time, its own default settings; v1 had no
+retention detector, so none runs).
 """
 
 from __future__ import annotations
@@ -10,15 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
+import types
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from leakgen import LeakScenario, draw, floor_hours, leak_trace  # noqa: E402
 
-from tfwarden.core.types import REGRESSION  # noqa: E402
+from tfwarden.core.types import INCONCLUSIVE, REGRESSION, Finding  # noqa: E402
 from tfwarden.detectors.backtest import Backtest  # noqa: E402
 from tfwarden.detectors.trace import parse_record  # noqa: E402
 
@@ -34,7 +41,41 @@ SCENARIOS: dict[str, dict[str, object]] = {
 }
 
 
-def run_one(name: str, seed: int, null_days: float) -> dict[str, object]:
+V1_COMMIT = "63c0aa4"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class _NoRetention:
+    """v1 had no retention detector: this one never judges."""
+
+    name = "memory_retention"
+
+    def __init__(self, target: str, *_: object, **__: object) -> None:
+        self.target = target
+
+    def observe(self, sample: object) -> None:
+        return None
+
+    def evaluate(self, now: float) -> Finding:
+        return Finding(self.name, INCONCLUSIVE, now, target=self.target, reason="v1 baseline")
+
+
+def use_v1() -> None:
+    """Route the roster's memory detectors to v1 (in this process only)."""
+    from tfwarden.detectors import roster
+
+    source = subprocess.run(["git", "show", f"{V1_COMMIT}:detectors/memory.py"], cwd=ROOT,
+                            check=True, capture_output=True, text=True).stdout
+    module = types.ModuleType("tfwarden_memory_v1")
+    exec(compile(source, f"memory.py@{V1_COMMIT}", "exec"), module.__dict__)  # noqa: S102
+    v1 = module.__dict__["MemoryLeak"]
+    roster.MemoryLeak = lambda target, settings=None: v1(target)  # type: ignore[misc,assignment]
+    roster.MemoryRetention = _NoRetention  # type: ignore[misc,assignment]
+
+
+def run_one(name: str, seed: int, null_days: float, v1: bool = False) -> dict[str, object]:
+    if v1:
+        use_v1()
     spec = dict(SCENARIOS[name])
     spec.pop("goal_h", None)
     if spec.pop("null", False):
@@ -96,11 +137,13 @@ def main() -> None:
     parser.add_argument("--null-days", type=float, default=3.0)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", action="append", choices=list(SCENARIOS))
+    parser.add_argument("--baseline-v1", action="store_true",
+                        help=f"replay through the v1 leak detector (git show {V1_COMMIT})")
     args = parser.parse_args()
     started = time.monotonic()
     names = args.only or list(SCENARIOS)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    jobs = [(n, s, args.null_days) for n in names for s in seeds]
+    jobs = [(n, s, args.null_days, args.baseline_v1) for n in names for s in seeds]
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(run_one, *zip(*jobs, strict=True)))
     summaries = []
@@ -110,7 +153,8 @@ def main() -> None:
             print(json.dumps({"kind": "seed", **row}))
         summaries.append(summarize(name, rows))
         print(json.dumps({"kind": "scenario", **summaries[-1]}))
-    print(f"\nmemory leak benchmark, seeds {seeds.start}-{seeds.stop - 1}, "
+    label = " (v1 baseline)" if args.baseline_v1 else ""
+    print(f"\nmemory leak benchmark{label}, seeds {seeds.start}-{seeds.stop - 1}, "
           f"{time.monotonic() - started:.0f} s", file=sys.stderr)
     for s in summaries:
         detail = ", ".join(f"{k} {v}" for k, v in s.items() if k not in ("scenario", "seeds"))

@@ -45,7 +45,9 @@ from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Finding, Sample
 MIB = 1024 * 1024
 HARMONICS = 3
 CONCAVITY_T = 2.5  # curvature t below -this: still settling (a cache filling)
-FAST_RECENT_SECONDS = (900.0, 1800.0)
+# recent stretches the fast path tests; the hour covers an onset 30-60 min back, where a knot at
+# 15 or 30 min misfits the ramp before it (residual autocorrelation inflated the SE 20-160x)
+FAST_RECENT_SECONDS = (900.0, 1800.0, 3600.0)
 LOADED, UNLOADED = "loaded", "unloaded"
 
 
@@ -81,6 +83,11 @@ class MemorySettings(Settings):
     retention_min_bytes: float = Field(64.0 * MIB, ge=0)
     retention_share: float = Field(0.3, gt=0, le=1,
                                    description="Retained share of the version's load step.")
+    persist_refits: int = Field(3, ge=1, le=60,
+                                description="A leak must hold on this many consecutive refits.")
+    half_share: float = Field(0.5, ge=0, le=1,
+                              description="Slow path: the window's recent half must grow at "
+                                          "least this share of the whole window's slope.")
 
 
 def _t_to_p(t: float, dof: float) -> float:
@@ -187,7 +194,11 @@ def fit_trend(times: list[float], values: list[float], steps: list[float], perio
     fitted = [sum(beta[j] * columns[j][i] for j in range(p)) for i in range(n)]
     residuals = [y - f for y, f in zip(ys, fitted, strict=True)]
     s2 = sum(r * r for r in residuals) / (n - p)
-    factor, n_eff = _inflation(residuals)
+    factor, _ = _inflation(residuals)
+    # the level, steps and harmonics are estimated from all n points: p is subtracted from n
+    # before the autocorrelation shrinks it (n_eff - p, with n_eff = n / factor, dropped below
+    # one degree of freedom on long misfit windows and put the 1e-6 threshold above 100)
+    n_eff = (n - p) / factor + p
 
     def t_of(index: int, combo: int | None = None) -> tuple[float, float]:
         var = inverse[index][index]
@@ -255,6 +266,7 @@ class MemoryLeak:
         self.period_seconds: float | None = None
         self.judged_bin: float | None = None
         self.judgement: Finding | None = None
+        self.streak = 0  # consecutive refits that met a leak condition
 
     # -- samples and lifecycle ---------------------------------------------------------------
     def observe(self, sample: Sample) -> None:
@@ -306,6 +318,7 @@ class MemoryLeak:
         self.steps.clear()
         self.window_start = -math.inf
         self.period_seconds = None
+        self.streak = 0
 
     def _close_point(self) -> None:
         if self.raw and self.raw_start is not None:
@@ -356,14 +369,21 @@ class MemoryLeak:
         f_times, f_values, f_steps = self._window(now - self.settings.fast_window_seconds)
         for recent in FAST_RECENT_SECONDS:
             change_at = now - recent
-            if any(step > change_at - 900 for step in f_steps):
+            # all known steps, also one with no point after it yet (f_steps omits those, and
+            # the first points after a load would then read as a steep recent slope)
+            if any(step > change_at - 900 for step in self.steps):
                 continue  # a step this recent is confounded with a change of slope
             if f_times and f_times[-1] - f_times[0] >= recent + 900:
                 candidate = fit_trend(f_times, f_values, f_steps, period,
                                       change_at=change_at)
                 if candidate is not None and (fast is None or candidate.t > fast.t):
                     fast = candidate
-        return {"settling": False, "slow": slow, "fast": fast, "points": len(times),
+        # the recent half of the window, fitted alone: a leak grows at the same rate there, a
+        # rise that flattens (a cache filling slower than the concavity test can tell) does not
+        middle = times[0] + (times[-1] - times[0]) / 2
+        h_times, h_values, h_steps = self._window(middle)
+        half = fit_trend(h_times, h_values, h_steps, period) if h_times else None
+        return {"settling": False, "slow": slow, "fast": fast, "half": half, "points": len(times),
                 "span_seconds": times[-1] - times[0]}
 
     def evaluate(self, now: float) -> Finding:
@@ -381,6 +401,8 @@ class MemoryLeak:
         stats = self.judge(now)
         samples = {"raw": self.samples_seen, "points": len(self.times),
                    "point_seconds": self.settings.point_seconds}
+        if stats is None or stats["settling"]:
+            self.streak = 0
         if stats is None:
             return Finding(self.name, INCONCLUSIVE, now, **base,
                            evidence={"samples": samples, "restarts": self.restarts},
@@ -396,14 +418,28 @@ class MemoryLeak:
         s = self.settings
         slow_threshold = _t_threshold(s.alpha, slow.dof)
         leak, path, fit, threshold = False, "slow", slow, slow_threshold
-        if slow.t > slow_threshold and slow.slope >= s.min_slope_bytes_per_hour and \
-                stats["span_seconds"] >= 2 * need:
+        half: Fit | None = stats["half"]
+        # a step's size is estimated from the points after it, and it can absorb the drop of a
+        # sawtooth (a GC or cache cycle hidden in the settle gap): until a longest period of
+        # points follows it, a slope fitted across a recent load is confounded with both
+        young = any(step > now - max(need, s.max_period_seconds) for step in self.steps)
+        # a window shorter than three longest periods cannot tell an undetected slow sawtooth's
+        # climb (periods up to ``max_period_seconds``) from a trend
+        short = stats["span_seconds"] < max(2 * need, 3 * s.max_period_seconds)
+        if not young and not short and slow.t > slow_threshold and \
+                slow.slope >= s.min_slope_bytes_per_hour and \
+                half is not None and half.t > 1.0 and half.slope >= s.half_share * slow.slope:
             leak = True
         elif fast is not None:
             fast_threshold = _t_threshold(s.fast_alpha, fast.dof)
             if fast.t > fast_threshold and fast.slope >= s.fast_min_slope_bytes_per_hour and \
                     fast.change_t > 0:
                 leak, path, fit, threshold = True, "fast", fast, fast_threshold
+        # refits two minutes apart share almost all their points, so a single crossing is
+        # often one excursion of autocorrelated noise (or the tail of a ramp); a leak only
+        # grows more significant, so it must hold on ``persist_refits`` consecutive refits
+        self.streak = self.streak + 1 if leak else 0
+        leak = leak and self.streak >= s.persist_refits
         return self._finding(now, leak, path, fit, threshold, samples, stats)
 
     def _finding(self, now: float, leak: bool, path: str, fit: Fit, threshold: float,
@@ -460,6 +496,7 @@ class MemoryRetention:
         self.loads: dict[tuple[str, int], _Load] = {}
         self.pending: list[tuple[_Load, float, float]] = []  # (load, unload t, level before)
         self.last_t: float | None = None
+        self.last_event_t = -math.inf
         self.finding: Finding | None = None
 
     def _level(self, start: float, end: float) -> float | None:
@@ -487,7 +524,13 @@ class MemoryRetention:
             self._judge(*pending, now=sample.t)
 
     def version_event(self, model: str, version: int, state: str, t: float) -> None:
-        before = self._level(t - self.settings.retention_seconds / 2, t)
+        # the level before an event counts only from the settle after the previous event: a
+        # swap unloads the old version 10-40 min after loading the new one, and a window that
+        # reached back into that load's ramp would read low, so returned memory as retained
+        since = max(t - self.settings.retention_seconds / 2,
+                    self.last_event_t + self.settings.settle_seconds)
+        self.last_event_t = t
+        before = self._level(since, t)
         if state == LOADED:
             self.loads[(model, version)] = _Load(model, version, t, before)
         elif state == UNLOADED:

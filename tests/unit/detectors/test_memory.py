@@ -7,7 +7,7 @@ import pytest
 
 from tfwarden.core.errors import TraceError
 from tfwarden.core.types import INCONCLUSIVE, OK, REGRESSION, Sample
-from tfwarden.detectors.memory import MemoryLeak, MemoryRetention, detect_period
+from tfwarden.detectors.memory import MemoryLeak, MemoryRetention, MemorySettings, detect_period
 from tfwarden.detectors.trace import parse_line
 
 MB = 1024 * 1024
@@ -154,3 +154,30 @@ def test_version_event_parses() -> None:
                        '"version": 2, "state": "unloaded"}', 1)
     assert event is not None and (event.target, event.model, event.version, event.state) == (
         "serving-0", "m", 2, "unloaded")
+
+
+def test_unload_soon_after_the_next_load_is_not_retention() -> None:
+    # v2 loads (+300 MB) 8 min before v1's unload gives back its 200 MB: the level before the
+    # unload must not reach back before v2's load (it would read 300 MB low: "retained")
+    retention = MemoryRetention("x")
+    load2, unload1 = 2 * 3600, 2 * 3600 + 480
+    for t, value in series(4, seed=10):
+        if t == 1800:
+            retention.version_event("m", 1, "loaded", t)
+        if t == load2:
+            retention.version_event("m", 2, "loaded", t)
+        if t == unload1:
+            retention.version_event("m", 1, "unloaded", t)
+        extra = (200 * MB if 1800 <= t < unload1 else 0.0) + (300 * MB if t >= load2 else 0.0)
+        retention.observe(Sample(t, "t", "rss_bytes", value + extra, target="x"))
+    assert retention.evaluate(4 * 3600).verdict != REGRESSION
+
+
+def test_a_leak_must_hold_on_consecutive_refits() -> None:
+    def first_t(persist: int) -> float:
+        settings = MemorySettings(persist_refits=persist)
+        first, _ = feed(MemoryLeak("x", settings), series(6, leak_mb_h=40, seed=1), limit=8e9)
+        assert first is not None
+        return first[0]
+
+    assert first_t(3) - first_t(1) >= 2 * MemorySettings().bin_seconds
