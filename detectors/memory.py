@@ -21,7 +21,14 @@ trend tests at 1 % fire on 30-45 % of leak-free series (reference/detection.md).
    least ``min_slope_bytes_per_hour``; fast path: a change of slope within the last
    ``fast_window_seconds`` (recent slope over the last 15 or 30 minutes, the history before it
    fitted with the same level/steps/harmonics) needs ``fast_alpha`` and ``fast_min_slope``;
-6. severity comes from the projected time to the limit (page under ``page_seconds``, ticket under
+6. guards against false findings (each one removed false findings on the benchmark traces): a
+   finding must hold on ``persist_refits`` consecutive refits; the slow path needs a window of
+   three ``max_period_seconds`` (an undetected slow sawtooth's climb is not a trend), a longest
+   period of points after the latest step (a step can absorb a sawtooth drop hidden in the
+   settle gap), and the window's recent half growing at ``half_share`` of the slope (a fill
+   flattens, a leak does not); the fast path needs an hour of history before its knot (a fill's
+   steep start) and no step, even one without points yet, near the knot;
+7. severity comes from the projected time to the limit (page under ``page_seconds``, ticket under
    ``ticket_seconds``, info beyond; ticket when no limit is known).
 
 ``MemoryRetention`` judges what a version unload gave back: RSS that does not return toward the
@@ -373,7 +380,9 @@ class MemoryLeak:
             # the first points after a load would then read as a steep recent slope)
             if any(step > change_at - 900 for step in self.steps):
                 continue  # a step this recent is confounded with a change of slope
-            if f_times and f_times[-1] - f_times[0] >= recent + 900:
+            # the history before the knot must outlast a cache fill (95 % within an hour of a
+            # (re)start): a fill's own early, steep part read as a recent change of slope
+            if f_times and f_times[-1] - f_times[0] >= recent + max(900.0, 2 * need):
                 candidate = fit_trend(f_times, f_values, f_steps, period,
                                       change_at=change_at)
                 if candidate is not None and (fast is None or candidate.t > fast.t):
