@@ -66,7 +66,8 @@ def test_drift_checks_and_decisions_are_traced(tmp_path: Path) -> None:
     daemon = DaemonProcess(daemon_config(
         tmp_path, port, dev, model_config_file="./models.config",
         models=[{"name": "m", "lifecycle": {"version_poll_seconds": 1},
-                 "drift": {"engine": "scipy", "reference": "reference.npy", "window_rows": 100,
+                 "drift": {"method": "window",  # the batch checks' drift.check spans
+                           "engine": "scipy", "reference": "reference.npy", "window_rows": 100,
                            "consecutive": 1, "interval_seconds": 0.5,
                            "outputs": {"enabled": False}}}],
         capture={"client_rows_per_second": 100000},
