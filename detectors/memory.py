@@ -408,18 +408,20 @@ class MemoryLeak:
     def _judge_finding(self, now: float) -> Finding:
         base: dict[str, Any] = {"target": self.target}
         stats = self.judge(now)
-        samples = {"raw": self.samples_seen, "points": len(self.times),
-                   "point_seconds": self.settings.point_seconds}
+        # evidence.samples is a count (policies compare it with min_samples); the detail beside it
+        detail = {"samples": self.samples_seen, "samples_detail": {
+            "raw": self.samples_seen, "points": len(self.times),
+            "point_seconds": self.settings.point_seconds}}
         if stats is None or stats["settling"]:
             self.streak = 0
         if stats is None:
             return Finding(self.name, INCONCLUSIVE, now, **base,
-                           evidence={"samples": samples, "restarts": self.restarts},
+                           evidence={**detail, "restarts": self.restarts},
                            reason="not enough memory history after warm-up")
         if stats["settling"]:
             return Finding(self.name, OK, now, **base, evidence={
                 "statistic": "curvature_t", "value": round(stats["curvature_t"], 3),
-                "threshold": -CONCAVITY_T, "samples": samples, "restarts": self.restarts},
+                "threshold": -CONCAVITY_T, **detail, "restarts": self.restarts},
                 reason="memory still settling (concave rise)")
         need = self.settings.min_bins * self.settings.bin_seconds
         slow: Fit = stats["slow"]
@@ -449,12 +451,13 @@ class MemoryLeak:
         # grows more significant, so it must hold on ``persist_refits`` consecutive refits
         self.streak = self.streak + 1 if leak else 0
         leak = leak and self.streak >= s.persist_refits
-        return self._finding(now, leak, path, fit, threshold, samples, stats)
+        return self._finding(now, leak, path, fit, threshold, detail, stats)
 
     def _finding(self, now: float, leak: bool, path: str, fit: Fit, threshold: float,
-                 samples: dict[str, Any], stats: dict[str, Any]) -> Finding:
+                 detail: dict[str, Any], stats: dict[str, Any]) -> Finding:
         z = NormalDist().inv_cdf(0.975)
-        samples = {**samples, "window_points": fit.points}
+        detail = {**detail, "samples_detail": {**detail["samples_detail"],
+                                               "window_points": fit.points}}
         effect: dict[str, Any] = {
             "slope_mib_per_hour": round(fit.slope / MIB, 3),
             "slope_mib_per_hour_ci": [round((fit.slope - z * fit.se) / MIB, 3),
@@ -462,7 +465,7 @@ class MemoryLeak:
         evidence: dict[str, Any] = {
             "statistic": "slope_t" if path == "slow" else "recent_slope_t",
             "value": round(fit.t, 3), "threshold": round(threshold, 3), "path": path,
-            "samples": samples, "window_seconds": round(stats["span_seconds"]),
+            **detail, "window_seconds": round(stats["span_seconds"]),
             "variance_inflation": round(fit.inflation, 2), "dof": round(fit.dof, 1),
             "period_seconds": None if self.period_seconds is None else round(self.period_seconds),
             "steps": len(self.steps), "restarts": self.restarts,
@@ -563,7 +566,7 @@ class MemoryRetention:
                     "loaded_t": load.t, "unloaded_t": unloaded_t,
                     "level_before_unload_bytes": round(before),
                     "level_after_unload_bytes": round(after),
-                    "samples": {"raw": sum(1 for t, _ in self.recent if t >= unloaded_t)}}
+                    "samples": sum(1 for t, _ in self.recent if t >= unloaded_t)}
         if found:
             self.finding = Finding(self.name, REGRESSION, now, model=load.model,
                                    version=load.version, target=self.target, effect=effect,

@@ -74,6 +74,8 @@ def _matches(condition: FindingCondition, finding: Finding, status: ModelStatus,
             return False
     evidence = finding.evidence
     samples = evidence.get("pairs", evidence.get("samples", evidence.get("bins", 0)))
+    if not isinstance(samples, int | float) or isinstance(samples, bool):
+        samples = 0  # a detector's evidence that is not a count never crashes the decisions
     if samples < condition.min_samples:
         return False
     held = memory.held.get(_key(finding))

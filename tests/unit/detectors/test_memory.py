@@ -42,6 +42,7 @@ def test_steady_leak_is_found_with_explained_evidence() -> None:
     t, finding = first
     assert t <= 4 * 3600
     assert {"statistic", "value", "threshold", "samples"} <= set(finding.evidence)
+    assert isinstance(finding.evidence["samples"], int)  # policies compare it with min_samples
     assert finding.evidence["value"] > finding.evidence["threshold"]
     low, high = finding.effect["slope_mib_per_hour_ci"]
     assert low <= 40 * 1.05 <= high * 1.5

@@ -161,3 +161,11 @@ def test_memory_a_version_swap_left_behind_raises_a_ticket() -> None:
     decisions = run([retention], stable, [100.0, 200.0])
     assert [(d.rule, d.action, d.alert) for d in decisions] == [
         ("alert-on-memory-retention", "alert", "ticket")]  # once: the cooldown holds the second
+
+
+def test_evidence_whose_samples_is_not_a_count_never_crashes_the_decisions() -> None:
+    odd = Finding("memory_retention", "regression", 0.0, target="serving-0",
+                  evidence={"samples": {"raw": 12}}, severity="ticket")
+    rollback = finding("latency", "regression", median_ratio=2.0)
+    decisions = run([odd, rollback, finding("errors", "ok")], CANARY, [100.0])
+    assert "rollback" in [d.action for d in decisions]  # the other model's rules still run
