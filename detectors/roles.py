@@ -102,7 +102,8 @@ class VersionEvents:
     memory detectors (an RSS step at a load or unload is not a leak; memory kept after an unload
     is retention), then passes the report on to ``then`` (the role tracker).
 
-    The first report of a model is the baseline (no events). The server does not say which
+    The first report of a model is the baseline (no events); a report with no version available
+    (a restarting server) changes nothing. The server does not say which
     process or cgroup holds a model, so events go to every memory target (``target`` None).
     """
 
@@ -115,6 +116,11 @@ class VersionEvents:
                       labels: Mapping[str, int] | None) -> None:
         available = {v.version for v in versions if v.available}
         before = self._available.get(model)
+        if before and not available:
+            # every version gone at once is a server restart or outage, not unloads (its
+            # memory comes back with the versions): keep the last set as the baseline
+            self.then.versions_seen(model, versions, labels)
+            return
         self._available[model] = available
         if before is not None and available != before:
             t = self.now()

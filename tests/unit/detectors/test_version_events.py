@@ -39,3 +39,12 @@ def test_loads_and_unloads_are_told_after_the_first_report_and_roles_still_follo
     assert len(listener.events) == 2
     events.versions_seen("other", states(v7="AVAILABLE"), None)
     assert len(listener.events) == 2 and roles.roles("other") == (7, None)
+
+
+def test_a_restarting_server_is_not_a_round_of_unloads_and_loads() -> None:
+    listener, roles = Listener(), RoleTracker()
+    events = VersionEvents(listener, roles, lambda: 5.0)
+    events.versions_seen("m", states(v1="AVAILABLE", v2="AVAILABLE"), None)
+    events.versions_seen("m", states(v1="LOADING", v2="START"), None)  # restarting
+    events.versions_seen("m", states(v1="AVAILABLE", v2="AVAILABLE"), None)
+    assert listener.events == []
