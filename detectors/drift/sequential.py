@@ -4,9 +4,10 @@ Each feature is turned into scores with mean <= 0 while the live rows come from 
 distribution, and each score stream feeds a mixture e-CUSUM (the same family as the latency
 detector, ``detectors.base.MixtureECusum``: an average over bets of ``max(M, 1) (1 + bet w)``):
 
-- numeric feature: the live value's mid-rank among the ``n`` reference values, ``u`` in (0, 1),
-  which is uniform under exchangeability. ``2u - 1`` (larger values) and ``1 - 2u`` (smaller)
-  find location shifts; ``2|2u - 1| - 1`` (wider) and its negative (narrower) scale changes;
+- numeric feature: the live value's rank among the ``n`` reference values (ties broken at
+  random, seeded), scaled to ``u`` in (0, 1), which is uniform under exchangeability.
+  ``2u - 1`` (larger values) and ``1 - 2u`` (smaller) find location shifts; ``2|2u - 1| - 1``
+  (wider) and its negative (narrower) scale changes;
 - categorical feature: per category ``c`` with reference share ``p_c``, ``1{x = c} - p_c`` and
   its negative; values the reference never had get one stream against the Good-Turing share of
   unseen values.
@@ -98,6 +99,7 @@ class SequentialDrift:
         self.start = np.zeros((len(streams), len(BETS)), dtype=np.int64)
         self.rows_seen = 0
         self._gate_after = 0
+        self._ties = np.random.default_rng(0)  # seeded: same rows in, same findings out
         width = len(reference.features)
         self.buffer = np.zeros((settings.segment_rows, width))
         self.versions: list[int | None] = [None] * settings.segment_rows
@@ -114,7 +116,10 @@ class SequentialDrift:
             x = batch[:, j]
             below = np.searchsorted(ref, x, side="left")
             ties = np.searchsorted(ref, x, side="right") - below
-            u = (below + ties / 2 + 0.5) / (n + 1)
+            # the rank among the n + 1 values, ties broken at random, is uniform under no
+            # drift; mid-ranks would give tied data (flags, one-hot) a positive spread score
+            rank = below + np.floor(self._ties.random(x.shape[0]) * (ties + 1))
+            u = (rank + 0.5) / (n + 1)
             loc = 2 * u - 1
             spread = 2 * np.abs(loc) - 1
             for score in (loc, -loc, spread, -spread):

@@ -207,3 +207,19 @@ def test_the_backtest_replay_finds_drift_row_by_row_and_names_the_version() -> N
     assert regression.version == 2 and regression.effect["drifted_features"] == ["a"]
     assert 1250.0 < regression.t <= 1262.0  # within 120 rows of the change
     assert replay.models["m"].engine is None  # no batch engine built for the default method
+
+
+def test_tied_values_flags_and_constants_are_no_drift() -> None:
+    """Ranks with ties broken at random stay uniform: a 0/1 flag or a constant feature equal to
+    the reference does not sit at its threshold (mid-ranks gave them a positive spread score)."""
+    rng = np.random.default_rng(17)
+    ref = np.column_stack([rng.integers(0, 2, 2000), np.full(2000, 3.0), rng.poisson(2, 2000)])
+    det = SequentialDrift(Reference.from_rows(ref.tolist(), ["flag", "const", "count"]),
+                          SequentialSettings())
+    live = np.column_stack([rng.integers(0, 2, 30_000), np.full(30_000, 3.0),
+                            rng.poisson(2, 30_000)])
+    report = det.observe(live.astype(float))
+    assert not any(f["alarmed"] for f in report["features"]), report["features"]
+    shifted = np.column_stack([(rng.random(3000) < 0.8).astype(float), np.full(3000, 3.0),
+                               rng.poisson(2, 3000)])
+    assert det.observe(shifted)["drifted_features"] == ["flag"]
