@@ -6,6 +6,8 @@ Tests build a Recorder on a fresh CollectorRegistry and read values with
 
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import Any
 
 from prometheus_client import (
@@ -34,6 +36,7 @@ class Recorder:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._declare_process(self.registry, version)
         self._declare_probes(self.registry)
+        self._exported: dict[tuple[str, str, str], tuple[str, str | None]] = {}
         self._declare_findings(self.registry)
         self._declare_lifecycle(self.registry)
         self._declare_drift(self.registry)
@@ -266,18 +269,19 @@ class Recorder:
         """Export one Finding (core.types.Finding)."""
         version = "" if finding.version is None else str(finding.version)
         model = finding.model or ""
+        evidence = finding.evidence
+        statistic = evidence.get("statistic")
+        statistic = statistic if isinstance(statistic, str) else None
+        self._forget_changed_labels(finding.detector, model, finding.target, version, statistic)
         for verdict in ("ok", "regression", "inconclusive"):
             self._finding.labels(finding.detector, model, version, finding.target, verdict).set(
                 1 if finding.verdict == verdict else 0)
-        evidence = finding.evidence
-        statistic = evidence.get("statistic")
-        if isinstance(statistic, str):
+        if statistic is not None:
             labels = (finding.detector, model, version, finding.target, statistic)
             for gauge, key in ((self._finding_value, "value"),
                                (self._finding_threshold, "threshold")):
                 value = evidence.get(key)
-                if _number(value):
-                    gauge.labels(*labels).set(value)
+                gauge.labels(*labels).set(value if _number(value) else math.nan)
         samples = evidence.get("samples")
         if _number(samples):
             self._finding_samples.labels(finding.detector, model, version,
@@ -292,6 +296,26 @@ class Recorder:
             ttl = finding.effect.get("time_to_limit_seconds")
             if ttl is not None:
                 self._time_to_limit.labels(finding.target).set(ttl)
+
+    def _forget_changed_labels(self, detector: str, model: str, target: str, version: str,
+                               statistic: str | None) -> None:
+        """A finding whose version or statistic label changed (a drift finding names the rows'
+        version while drifted, none after; a latency finding leads with its median or its tail
+        test) drops its old series, which would otherwise report their last values forever."""
+        key = (detector, model, target)
+        previous = self._exported.get(key)
+        self._exported[key] = (version, statistic)
+        if previous is None or previous == (version, statistic):
+            return
+        old_version, old_statistic = previous
+        with contextlib.suppress(KeyError):
+            if old_version != version:
+                for verdict in ("ok", "regression", "inconclusive"):
+                    self._finding.remove(detector, model, old_version, target, verdict)
+                self._finding_samples.remove(detector, model, old_version, target)
+            if old_statistic is not None:
+                for gauge in (self._finding_value, self._finding_threshold):
+                    gauge.remove(detector, model, old_version, target, old_statistic)
 
     def decision(self, model: str, action: str, dry_run: bool) -> None:
         self._decisions.labels(model, action, str(dry_run).lower()).inc()

@@ -59,3 +59,37 @@ def test_a_regression_is_over_its_threshold_and_an_interval_comes_with_it() -> N
     assert low <= latency.effect["median_ratio"] <= high
     errors = next(f for f in regressions if f.detector == "errors")
     assert len(errors.effect["canary_error_rate_ci"]) == 2
+
+
+def test_metrics_drop_series_whose_version_or_statistic_label_changed() -> None:
+    from tfwarden.core.types import Finding
+    from tfwarden.daemon.recorder import Recorder
+
+    recorder = Recorder()
+
+    def value(name: str, **labels: str) -> float | None:
+        return recorder.registry.get_sample_value(name, labels)
+
+    base = {"detector": "drift", "model": "m", "target": "inputs"}
+    drifted = Finding("drift", "regression", 1.0, model="m", version=2, target="inputs",
+                      evidence={"statistic": "log_e_value", "value": 25.0, "threshold": 20.7,
+                                "samples": 900})
+    recorder.finding(drifted)
+    assert value("tfwarden_finding", **base, version="2", verdict="regression") == 1
+    cleared = Finding("drift", "ok", 2.0, model="m", target="inputs",
+                      evidence={"statistic": "log_e_value", "value": None, "threshold": 20.7,
+                                "samples": 1200})
+    recorder.finding(cleared)
+    assert value("tfwarden_finding", **base, version="2", verdict="regression") is None
+    assert value("tfwarden_finding", **base, version="", verdict="ok") == 1
+    assert value("tfwarden_finding_statistic", **base, version="2",
+                 statistic="log_e_value") is None
+    now = value("tfwarden_finding_statistic", **base, version="", statistic="log_e_value")
+    assert now is not None and math.isnan(now)  # no value now: not the last one forever
+    tail = Finding("drift", "ok", 3.0, model="m", target="inputs",
+                   evidence={"statistic": "p_adjusted", "value": 0.5, "threshold": 0.01,
+                             "samples": 10})
+    recorder.finding(tail)
+    assert value("tfwarden_finding_statistic", **base, version="",
+                 statistic="log_e_value") is None
+    assert value("tfwarden_finding_statistic", **base, version="", statistic="p_adjusted") == 0.5
