@@ -43,7 +43,8 @@ from tfwarden.serving.tfserving.client import ServingClient
 
 log = logging.getLogger("tfwarden.drift")
 MAX_PENDING_WINDOWS = 4
-SEQUENTIAL_BATCH_ROWS = 5000  # rows per sequential request (bounds one request's size)
+SEQUENTIAL_BATCH_ROWS = 5000  # rows per sequential request (bounds one request's size) ...
+SEQUENTIAL_BATCH_VALUES = 200_000  # ... and values per request (a few MB of JSON)
 
 
 @dataclass(frozen=True)
@@ -251,8 +252,10 @@ class DriftChecks:
 
     async def _sequential(self, name: str, state: _State, rows: list[Row],
                           versions: list[int | None], now: float) -> None:
-        for begin in range(0, len(rows), SEQUENTIAL_BATCH_ROWS):
-            part = slice(begin, begin + SEQUENTIAL_BATCH_ROWS)
+        # bounded in values, not rows: 5,000 rows of 784 features would exceed a frame
+        step = max(1, min(SEQUENTIAL_BATCH_ROWS, SEQUENTIAL_BATCH_VALUES // max(1, len(rows[0]))))
+        for begin in range(0, len(rows), step):
+            part = slice(begin, begin + step)
             with trace.span("drift.sequential", model=name, rows=len(rows[part])) as current:
                 report = await self.worker.sequential(name, rows[part], versions[part])
                 current.set(drift=report["drift"], drifted_features=report["drifted_features"],
