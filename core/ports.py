@@ -38,7 +38,8 @@ class StateStore(Protocol):
     """Durable state of one daemon.
 
     ``append`` adds an event to the append-only journal and returns its id; ``entries`` reads
-    events after ``after_id`` in id order, optionally filtered by kind and model; ``put``/``get``
+    events after ``after_id`` in id order (``newest_first``: the latest ``limit`` of them, latest
+    first), optionally filtered by kind and model; ``put``/``get``
     store JSON-serialisable values by key (``get`` returns None when absent); what is written
     inside ``transaction()`` commits together or not at all; ``prune`` applies the journal's
     retention (the oldest entries only) and returns how many went. Methods raise StateError
@@ -49,7 +50,7 @@ class StateStore(Protocol):
         ...
 
     def entries(self, after_id: int = 0, limit: int = 100, kind: str | None = None,
-                model: str | None = None) -> list[JournalEntry]: ...
+                model: str | None = None, newest_first: bool = False) -> list[JournalEntry]: ...
 
     def put(self, key: str, value: Any, t: float) -> None: ...
 

@@ -7,8 +7,10 @@ histogram buckets, so quantiles stay exact). Each window is a ring buffer of at 
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from threading import Lock
 
 from tfwarden.core.types import Sample
@@ -67,3 +69,44 @@ class SeriesWindows:
 
     def __iter__(self) -> Iterator[SeriesKey]:
         return iter(self.keys())
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """The samples of one version in one time bucket: exact quantiles of the successful ones
+    (None when none succeeded), and how many there were in all and how many failed."""
+
+    start: float
+    quantiles: tuple[float | None, ...]
+    count: int
+    failed: int
+
+
+def version_buckets(windows: SeriesWindows, model: str, metric: str, since: float,
+                    bucket_seconds: float, quantiles: tuple[float, ...]) -> dict[int, list[Bucket]]:
+    """Per version of ``model``: its ``metric`` samples since ``since`` (every target pooled:
+    version and label probes alike) cut into ``bucket_seconds`` buckets, oldest first; empty
+    buckets (and versions without samples) are left out. Quantiles are nearest-rank over the
+    bucket's successful samples."""
+    pooled: dict[int, list[Sample]] = {}
+    for key_model, version, target, key_metric in windows.keys():
+        if key_model == model and key_metric == metric and version is not None:
+            pooled.setdefault(version, []).extend(
+                windows.window(model, version, metric, target, since=since))
+    out: dict[int, list[Bucket]] = {}
+    for version, samples in sorted(pooled.items()):
+        if not samples:
+            continue
+        cut: dict[int, list[Sample]] = {}
+        for sample in samples:
+            cut.setdefault(int((sample.t - since) // bucket_seconds), []).append(sample)
+        out[version] = [_bucket(since + index * bucket_seconds, cut[index], quantiles)
+                        for index in sorted(cut)]
+    return out
+
+
+def _bucket(start: float, samples: list[Sample], quantiles: tuple[float, ...]) -> Bucket:
+    ok = sorted(s.value for s in samples if s.ok)
+    picked = tuple(ok[max(0, min(len(ok) - 1, math.ceil(q * len(ok)) - 1))] if ok else None
+                   for q in quantiles)
+    return Bucket(start, picked, len(samples), sum(1 for s in samples if not s.ok))

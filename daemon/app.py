@@ -38,7 +38,8 @@ from tfwarden.core.errors import (
 )
 from tfwarden.core.events import ConfigLoaded, ConfigReloadFailed, DaemonStarting, DaemonStopped, Event
 from tfwarden.core.ports import StateStore
-from tfwarden.daemon import build, tracing
+from tfwarden.core.series import Bucket, version_buckets
+from tfwarden.daemon import build, statuspage, tracing
 from tfwarden.daemon.config import (
     Config,
     load_config,
@@ -241,6 +242,30 @@ class Daemon:
 
     def capture_stats(self, model: str) -> dict[str, Any]:
         return self.pipeline.capture.stats(model) if self.pipeline else {}
+
+    # -- the status page ---------------------------------------------------------------------
+    def now(self) -> float:
+        return self.clock.now()
+
+    def edge_models(self) -> list[str]:
+        return sorted(self.pipeline.edge_rollouts.statuses) if self.pipeline is not None else []
+
+    def drift_worker(self) -> dict[str, Any] | None:
+        if self.pipeline is None or not self.pipeline.drift.states:
+            return None
+        return self.pipeline.drift_worker.status()
+
+    def timeline(self, model: str, limit: int) -> list[dict[str, Any]]:
+        if self.process is None:
+            return []
+        return [{"id": e.id, "t": e.t, "kind": e.kind, "model": e.model, "payload": e.payload}
+                for e in self.process.store.entries(0, limit, None, model, newest_first=True)]
+
+    def latency(self, model: str, since: float, bucket_seconds: float) -> dict[int, list[Bucket]]:
+        if self.pipeline is None:
+            return {}
+        return version_buckets(self.pipeline.windows, model, "latency_ms", since, bucket_seconds,
+                               statuspage.QUANTILES)
 
     def receive_alerts(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Alertmanager webhook: configured alerts become findings for the policies."""

@@ -14,16 +14,18 @@ from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tfwarden.core.errors import ActionRefused, ApiError, Refused
+from tfwarden.daemon import statuspage
 from tfwarden.daemon.recorder import Recorder
+from tfwarden.daemon.statuspage import PageSource
 
 
-class DaemonControl(Protocol):
-    """What the HTTP layer needs from the daemon."""
+class DaemonControl(PageSource, Protocol):
+    """What the HTTP layer needs from the daemon (the status page's reads among it)."""
 
     recorder: Recorder
 
@@ -99,6 +101,12 @@ class DaemonControl(Protocol):
 MAX_JSON_DEPTH = 64
 WEBHOOK_MAX_BYTES = 1024 * 1024  # Alertmanager batches stay far below this
 MAX_JOURNAL_ID = 2**63 - 1  # SQLite's largest INTEGER; a larger one cannot even be compared
+MAX_REFRESH_SECONDS = 3600
+# the page runs its own inline script and nothing from anywhere else
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+                "style-src 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
+                "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+                "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 def _require_token(daemon: DaemonControl, request: Request,
@@ -164,7 +172,7 @@ def create_app(daemon: DaemonControl) -> FastAPI:
     app = FastAPI(title="tfwarden", docs_url=None, redoc_url=None, openapi_url="/api/v1/openapi.json")
     _errors_as_json(app)
     for router in (_process_routes(daemon), _model_routes(daemon), _capture_routes(daemon),
-                   _edge_routes(daemon), _edge_rollout_routes(daemon)):
+                   _edge_routes(daemon), _edge_rollout_routes(daemon), _page_routes(daemon)):
         app.include_router(router)
     return app
 
@@ -428,6 +436,33 @@ def _edge_rollout_routes(daemon: DaemonControl) -> APIRouter:
             return await daemon.edge_action(model, action, params)
         except ActionRefused as exc:
             raise ApiError(409, str(exc)) from None
+
+    return routes
+
+
+def _page_routes(daemon: DaemonControl) -> APIRouter:
+    """The status page and the alerts' runbooks: HTML for people, read-only like every GET."""
+    routes = APIRouter()
+
+    @routes.get("/", response_class=HTMLResponse)
+    async def page(refresh: int = statuspage.DEFAULT_REFRESH_SECONDS,
+                   model: str | None = None) -> HTMLResponse:
+        if not 1 <= refresh <= MAX_REFRESH_SECONDS:
+            raise ApiError(400, f"refresh must be between 1 and {MAX_REFRESH_SECONDS} seconds")
+        snapshot = statuspage.collect(daemon, refresh, model)
+        html = await asyncio.to_thread(statuspage.render, daemon, snapshot)
+        return HTMLResponse(html, 404 if snapshot.unknown else 200, headers=PAGE_HEADERS)
+
+    @routes.get("/runbooks/", response_class=HTMLResponse)
+    async def runbooks() -> HTMLResponse:
+        return HTMLResponse(statuspage.runbook_index(), headers=PAGE_HEADERS)
+
+    @routes.get("/runbooks/{name}", response_class=HTMLResponse)
+    async def runbook(name: str) -> HTMLResponse:
+        html = statuspage.runbook(name)
+        if html is None:
+            raise ApiError(404, f"no runbook named {name!r} (the list: /runbooks/)")
+        return HTMLResponse(html, headers=PAGE_HEADERS)
 
     return routes
 

@@ -128,7 +128,7 @@ class SQLiteStateStore:
 
     def entries(
         self, after_id: int = 0, limit: int = 100, kind: str | None = None,
-        model: str | None = None,
+        model: str | None = None, newest_first: bool = False,
     ) -> list[JournalEntry]:
         sql = "SELECT id, t, kind, model, payload FROM journal WHERE id > ?"
         args: list[Any] = [after_id]
@@ -138,7 +138,7 @@ class SQLiteStateStore:
         if model is not None:
             sql += " AND model = ?"
             args.append(model)
-        sql += " ORDER BY id LIMIT ?"
+        sql += " ORDER BY id DESC LIMIT ?" if newest_first else " ORDER BY id LIMIT ?"
         args.append(limit)
         with self._lock:
             rows = self._run(sql, args).fetchall()

@@ -48,10 +48,10 @@ class MemoryStateStore:
         return entry.id
 
     def entries(self, after_id: int = 0, limit: int = 100, kind: str | None = None,
-                model: str | None = None) -> list[JournalEntry]:
+                model: str | None = None, newest_first: bool = False) -> list[JournalEntry]:
         selected = [e for e in self._journal
                     if e.id > after_id and kind in (None, e.kind) and model in (None, e.model)]
-        return selected[:limit]
+        return selected[::-1][:limit] if newest_first else selected[:limit]
 
     def put(self, key: str, value: Any, t: float) -> None:
         self._kv[key] = json.dumps(value)

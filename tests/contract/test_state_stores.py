@@ -38,6 +38,9 @@ def test_journal_appends_in_order_and_filters(store: StateStore) -> None:
     assert [e.id for e in store.entries(model="m")] == [b]
     assert [e.id for e in store.entries(after_id=a, limit=1)] == [b]
     assert store.entries()[1].t == 2.0
+    assert [e.id for e in store.entries(limit=2, newest_first=True)] == [c, b]
+    assert [e.id for e in store.entries(kind="decision", newest_first=True)] == [c, b]
+    assert [e.id for e in store.entries(after_id=b, newest_first=True)] == [c]
 
 
 def test_append_returns_strictly_increasing_ids_that_entries_report(store: StateStore) -> None:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tfwarden.core.series import SeriesWindows
+from tfwarden.core.series import SeriesWindows, version_buckets
 from tfwarden.core.types import Sample
 
 
@@ -34,3 +34,25 @@ def test_series_count_is_bounded() -> None:
     for version in range(5):
         windows.add(latency(1.0, 1.0, version=version))
     assert len(windows.keys()) == 2 and windows.dropped_series == 3
+
+
+def test_version_buckets_pool_targets_and_give_exact_quantiles() -> None:
+    windows = SeriesWindows()
+    for i in range(100):  # version 1 through its label and its version address, minute 0
+        windows.add(Sample(t=1000.0 + i * 0.5, source="predict", metric="latency_ms",
+                           value=float(i + 1), model="m", version=1,
+                           target="stable" if i % 2 else ""))
+    windows.add(Sample(t=1070.0, source="predict", metric="latency_ms", value=500.0, model="m",
+                       version=1, ok=False))  # minute 1: one failure, no success
+    windows.add(Sample(t=1010.0, source="predict", metric="latency_ms", value=7.0, model="m",
+                       version=2))
+    windows.add(Sample(t=1010.0, source="predict", metric="latency_ms", value=9.0, model="other",
+                       version=1))
+    windows.add(Sample(t=900.0, source="predict", metric="latency_ms", value=9.0, model="m",
+                       version=3))  # before the horizon
+    buckets = version_buckets(windows, "m", "latency_ms", 1000.0, 60.0, (0.5, 0.99))
+    assert sorted(buckets) == [1, 2]
+    first, second = buckets[1]
+    assert (first.start, first.quantiles, first.count, first.failed) == (1000.0, (50.0, 99.0), 100, 0)
+    assert (second.start, second.quantiles, second.count, second.failed) == (1060.0, (None, None), 1, 1)
+    assert buckets[2][0].quantiles == (7.0, 7.0)
