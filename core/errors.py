@@ -7,6 +7,7 @@ object concerned (file, YAML path, model, version, line)::
     ├── ConfigError            a configuration or rule file is missing, unparsable or invalid
     ├── StateError             the state directory or its database cannot be used
     ├── StartupError           the daemon (or the demo) could not start
+    ├── ControlError           an operator command got no usable answer from the daemon
     ├── InvalidInput           data tfwarden was given does not fit (also a ValueError)
     │   ├── CaptureError         a captured body or sample batch does not fit the signature
     │   ├── GoldenConversionError  a golden request does not fit the model's gRPC signature
@@ -80,6 +81,12 @@ class StateError(TfwardenError):
 
 class StartupError(TfwardenError):
     """The daemon could not start."""
+
+
+class ControlError(TfwardenError):
+    """An operator command (``tfwarden status``...) got no usable answer from the daemon: it
+    could not be reached, did not answer in time, or answered with something not JSON. The
+    daemon's own refusals are ``ApiError``."""
 
 
 # -- input --------------------------------------------------------------------------------------

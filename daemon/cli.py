@@ -1,8 +1,10 @@
 """The ``tfwarden`` command line.
 
-Exit codes: 0 success; 1 the command ran and failed (invalid config, start-up error); 2 the
-command line itself was wrong (unknown subcommand, bad flag). Errors are one readable line on
-stderr, never a traceback.
+Exit codes: 0 success; 1 the command ran and failed (invalid config, start-up error, daemon
+unreachable); 2 the command line itself was wrong (unknown subcommand, bad flag). The operator
+commands (status, findings, journal, promote, rollback, pause, resume, approve; clients of a
+running daemon, ``tfwarden.daemon.ctl``) add 3 the daemon refused the action (409), 4 not found
+(404), 5 not authorized (401/403). Errors are one readable line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -38,8 +40,86 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+OPERATOR_EPILOG = """\
+Operator commands talk to a running daemon over HTTP: reads are open, actions need the bearer
+token when server.bearer_token_file is configured (--token-file FILE or $TFWARDEN_TOKEN).
+
+exit codes:
+  0  success
+  1  runtime failure: invalid config, start-up error; the daemon unreachable or timed out,
+     a 5xx, an answer that is not JSON
+  2  usage error: unknown command, bad flag, unreadable --token-file or --cacert
+  3  the daemon refused the action (409, e.g. nothing to promote)
+  4  not found (404, e.g. an unknown model)
+  5  not authorized (401 missing token, 403 wrong token)
+"""
+
+
+def _operator_flags() -> _Parser:
+    """The flags every operator command takes (an argparse parent parser)."""
+    flags = _Parser(add_help=False)
+    flags.add_argument("--url", metavar="URL",
+                       help="the daemon (default: $TFWARDEN_URL or http://127.0.0.1:9321)")
+    flags.add_argument("--token-file", metavar="FILE",
+                       help="the operators' bearer token (default: $TFWARDEN_TOKEN)")
+    flags.add_argument("--cacert", metavar="FILE", help="CA bundle of a daemon serving HTTPS")
+    flags.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS",
+                       help="per request (default: 5)")
+    flags.add_argument("-o", "--output", choices=("human", "json"), default="human",
+                       help="human tables (default) or the daemon's JSON")
+    return flags
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds between 0 and 3600, got {text!r}")
+    return seconds
+
+
+def _journal_limit(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"expected a number of entries from 1 to 1000, got {text!r}")
+    return int(text)
+
+
+def _add_operator_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    flags = _operator_flags()
+
+    def command(name: str, text: str) -> _Parser:
+        return sub.add_parser(name, help=text, parents=[flags], epilog=OPERATOR_EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    status = command("status", "models' lifecycle status, or one model's tree")
+    status.add_argument("model", nargs="?", metavar="MODEL")
+    status.add_argument("--watch", "-w", action="store_true", help="redraw every 2 s until Ctrl-C")
+
+    findings = command("findings", "every detector's current finding")
+    findings.add_argument("model", nargs="?", metavar="MODEL")
+
+    journal = command("journal", "the journal: decisions, actions, findings, alerts")
+    journal.add_argument("model", nargs="?", metavar="MODEL")
+    journal.add_argument("--kind", metavar="KIND", help="only this kind (decision, action_done...)")
+    journal.add_argument("--limit", type=_journal_limit, default=20, metavar="N",
+                         help="the last N entries, 1-1000 (default: 20)")
+    journal.add_argument("--after", type=int, metavar="ID",
+                         help="the first N entries after entry ID instead of the last N")
+    journal.add_argument("--follow", "-f", action="store_true",
+                         help="then print new entries as they come, until Ctrl-C")
+
+    for action, text in (("promote", "promote the canary now"),
+                         ("rollback", "roll back to the previous good version"),
+                         ("pause", "pause automation for a model"), ("resume", "resume automation"),
+                         ("approve", "carry out the decision awaiting approval")):
+        command(action, text).add_argument("model", metavar="MODEL")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="tfwarden", description="Keep production TensorFlow models healthy.")
+    parser = _Parser(prog="tfwarden", description="Keep production TensorFlow models healthy.",
+                     epilog=OPERATOR_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"tfwarden {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -88,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop after this many seconds (default: when the story is told)")
     demo.add_argument("--keep-running", action="store_true",
                       help="keep observing after the story, until Ctrl-C or --duration")
+    _add_operator_commands(sub)
     return parser
 
 
@@ -202,6 +283,12 @@ def cmd_devserver(args: argparse.Namespace) -> int:
     return devserver_main(flags)
 
 
+def cmd_operator(args: argparse.Namespace) -> int:
+    from tfwarden.daemon.ctl import run as run_operator_command
+
+    return run_operator_command(args)
+
+
 COMMANDS = {
     "backtest": cmd_backtest,
     "devserver": cmd_devserver,
@@ -210,6 +297,8 @@ COMMANDS = {
     "config-schema": cmd_config_schema,
     "demo": cmd_demo,
     "optimize": cmd_optimize,
+    **{verb: cmd_operator for verb in ("status", "findings", "journal", "promote", "rollback",
+                                       "pause", "resume", "approve")},
 }
 
 
