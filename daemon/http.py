@@ -450,8 +450,10 @@ def _page_routes(daemon: DaemonControl) -> APIRouter:
         if not 1 <= refresh <= MAX_REFRESH_SECONDS:
             raise ApiError(400, f"refresh must be between 1 and {MAX_REFRESH_SECONDS} seconds")
         snapshot = statuspage.collect(daemon, refresh, model)
+        if snapshot.unknown:  # like every 4xx: JSON that says what was wrong
+            raise ApiError(404, f"tfwarden knows no model named {model!r} (all of them: /)")
         html = await asyncio.to_thread(statuspage.render, daemon, snapshot)
-        return HTMLResponse(html, 404 if snapshot.unknown else 200, headers=PAGE_HEADERS)
+        return HTMLResponse(html, headers=PAGE_HEADERS)
 
     @routes.get("/runbooks/", response_class=HTMLResponse)
     async def runbooks() -> HTMLResponse:

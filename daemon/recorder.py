@@ -297,6 +297,26 @@ class Recorder:
             if ttl is not None:
                 self._time_to_limit.labels(finding.target).set(ttl)
 
+    def forget_finding(self, detector: str, model: str, target: str) -> None:
+        """A detector that no longer exists (a comparison dropped when the roles changed): its
+        series go, instead of reporting its last verdict forever."""
+        previous = self._exported.pop((detector, model, target), None)
+        if previous is None:
+            return
+        version, statistic = previous
+        removals: list[tuple[Any, tuple[str, ...]]] = [
+            *((self._finding, (detector, model, version, target, verdict))
+              for verdict in ("ok", "regression", "inconclusive")),
+            (self._finding_samples, (detector, model, version, target))]
+        if statistic is not None:
+            removals += [(gauge, (detector, model, version, target, statistic))
+                         for gauge in (self._finding_value, self._finding_threshold)]
+        if detector == "latency":
+            removals.append((self._median_ratio, (model, version, target)))
+        for gauge, labels in removals:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+
     def _forget_changed_labels(self, detector: str, model: str, target: str, version: str,
                                statistic: str | None) -> None:
         """A finding whose version or statistic label changed (a drift finding names the rows'

@@ -535,10 +535,10 @@ def _runbook_files() -> dict[str, Traversable]:
     """The shipped runbook pages (docs/runbooks, installed as ``tfwarden.docs.runbooks``)."""
     try:
         folder = importlib.resources.files("tfwarden.docs.runbooks")
-    except ModuleNotFoundError:
+        return {f.name.removesuffix(".md"): f for f in folder.iterdir()
+                if f.name.endswith(".md") and f.name != "README.md" and f.is_file()}
+    except (ModuleNotFoundError, OSError):  # not installed: the index says so, pages are 404
         return {}
-    return {f.name.removesuffix(".md"): f for f in folder.iterdir()
-            if f.name.endswith(".md") and f.name != "README.md"}
 
 
 def runbook(name: str) -> str | None:

@@ -277,5 +277,7 @@ class Roster:
 
     def _drop(self, key: FindingKey) -> None:
         self.detectors.pop(key, None)
-        self.latest.pop(key, None)
+        finding = self.latest.pop(key, None)
+        if finding is not None and self.metrics is not None:
+            self.metrics.forget_finding(finding.detector, finding.model or "", finding.target)
         self._by_subject.get(key[1], set()).discard(key)

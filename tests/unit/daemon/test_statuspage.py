@@ -205,7 +205,8 @@ def test_served_at_the_root_as_html_that_loads_nothing_from_elsewhere() -> None:
     assert get("/?refresh=2").text.count("var every = 2000") == 1
     bad = get("/?refresh=0")
     assert bad.status_code == 400 and "refresh" in bad.json()["error"]
-    assert get("/?model=nope").status_code == 404
+    unknown = get("/?model=nope")
+    assert unknown.status_code == 404 and "no model named 'nope'" in unknown.json()["error"]
 
 
 def test_runbooks_are_served_for_every_shipped_alert() -> None:

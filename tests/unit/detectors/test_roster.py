@@ -145,3 +145,27 @@ def test_a_model_that_loses_its_drift_checks_loses_its_performance_findings_too(
     assert key in r.latest  # still checked: kept
     r.reconfigure(DetectionSettings(), {"m": ModelObjectives()}, {"serving-0": "pid 1"}, [])
     assert key not in r.latest  # no detector stands behind it any more
+
+
+def test_a_dropped_comparison_takes_its_metrics_with_it() -> None:
+    """After a rollback the canary's comparison is gone: its tfwarden_finding series must go
+    too, or the TfwardenCanaryFailed alert keeps firing on a verdict nobody holds any more."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    clock, store = FakeClock(), MemoryStateStore()
+    r = Roster(DetectionSettings(), {"m": ModelObjectives()}, {}, SeriesWindows(), clock,
+               EventJournal(store, clock, Recorder()), Recorder(registry))
+    r.roles_changed("m", (None, None), (1, 2))
+    r.publish(("latency", "m", "canary"), Finding(
+        "latency", "regression", clock.now(), model="m", version=2, target="v1",
+        effect={"median_ratio": 3.0},
+        evidence={"statistic": "log_e_value", "value": 20.0, "threshold": 16.1, "samples": 60}))
+
+    def series() -> str:
+        return "\n".join(line for line in generate_latest(registry).decode().splitlines()
+                         if line.startswith("tfwarden_") and 'version="2"' in line)
+
+    assert 'tfwarden_finding{detector="latency"' in series()
+    r.roles_changed("m", (1, 2), (1, None))  # rolled back
+    assert series() == ""
