@@ -1,12 +1,14 @@
 """The project as a new user gets it: a wheel built from the repository, installed (not editable)
 into a fresh virtual environment, run from outside the repository.
 
-The wheel must hold every file git tracks under the stage folders as ``tfwarden/<path>`` and no
-other top-level name. The fresh environment borrows the already-resolved dependencies of the
+The wheel must hold every file git tracks under the stage folders and the shipped asset folders
+(the Grafana dashboard, the Prometheus rules, the runbooks) as ``tfwarden/<path>`` and no other
+top-level name. The fresh environment borrows the already-resolved dependencies of the
 development virtualenv through a ``.pth`` path line (which does not activate its editable-install
 hook), and gets only the project from the wheel. From that copy: ``--version``,
 ``check-config``, ``tfwarden run`` adopting a model on a devserver (also started from it), one
-drift check in the drift worker and one optimizer worker job."""
+drift check in the drift worker and one optimizer worker job; the assets read as package
+resources."""
 
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ from tests.helpers import REPO, TESTDATA, free_port
 
 pytestmark = pytest.mark.integration
 STAGES = ("core", "serving", "probes", "detectors", "policies", "lifecycle", "optimizers", "daemon")
+# folders outside the stages whose files ship too, as tfwarden.deploy.grafana and so on
+ASSETS = ("deploy/grafana", "deploy/prometheus", "docs/runbooks")
 MODEL = TESTDATA / "tfserving" / "saved_model_half_plus_two_cpu" / "00000123"
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 
@@ -129,7 +133,7 @@ def fresh(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fre
 
 
 def test_wheel_holds_every_tracked_file_and_only_tfwarden(wheel: Path) -> None:
-    tracked = subprocess.run(["git", "ls-files", *STAGES], capture_output=True, text=True,
+    tracked = subprocess.run(["git", "ls-files", *STAGES, *ASSETS], capture_output=True, text=True,
                              check=True, cwd=REPO, timeout=30).stdout.split()
     tracked = [p for p in tracked if (REPO / p).is_file()]  # not a deletion in progress
     assert len(tracked) > 50
@@ -141,8 +145,16 @@ def test_wheel_holds_every_tracked_file_and_only_tfwarden(wheel: Path) -> None:
     missing = sorted(p for p in tracked if p not in in_wheel)
     assert not missing, f"tracked files missing from the wheel: {missing}"
     for required in ("policies/rulesets/default.yaml", "lifecycle/routers/nginx.py",
-                     "lifecycle/notifiers/dispatch.py"):
+                     "lifecycle/notifiers/dispatch.py", "deploy/grafana/tfwarden.json",
+                     "deploy/prometheus/tfwarden-rules.yml"):
         assert required in in_wheel
+    # of deploy/ and docs/ only the asset folders (no Kubernetes manifests, no docs/*.md)
+    outside = sorted(p for p in in_wheel if p.split("/")[0] not in STAGES
+                     and not any(p.startswith(f"{folder}/") for folder in ASSETS))
+    assert not outside, f"wheel files outside the stages and assets: {outside}"
+    runbooks = {p.name for p in (REPO / "docs" / "runbooks").glob("*.md")}
+    assert runbooks == {p.removeprefix("docs/runbooks/") for p in in_wheel
+                        if p.startswith("docs/runbooks/")}
     demo = [p for p in tracked if p.startswith("daemon/demo-data/")]
     assert any(p.endswith("saved_model.pb") for p in demo) and set(demo) <= in_wheel
     # nothing stale (an in-tree build keeps build/lib between builds), nothing compiled
@@ -173,6 +185,34 @@ print(json.dumps({
     # nothing of the repository on the path but the borrowed dependencies
     inside = [p for p in where["sys_path"] if Path(p or fresh.work).resolve().is_relative_to(REPO)]
     assert inside in ([], [sysconfig.get_path("purelib")]), where["sys_path"]
+
+
+RESOURCES_SCRIPT = """
+import importlib.resources as resources, json
+dashboard = resources.files("tfwarden.deploy.grafana").joinpath("tfwarden.json")
+rules = resources.files("tfwarden.deploy.prometheus")
+try:
+    runbooks = sorted(p.name for p in resources.files("tfwarden.docs.runbooks").iterdir()
+                      if p.name.endswith(".md"))
+except ModuleNotFoundError:  # a tree without docs/runbooks
+    runbooks = None
+print(json.dumps({
+    "dashboard": str(dashboard), "title": json.loads(dashboard.read_text())["title"],
+    "rules": sorted(p.name for p in rules.iterdir()),
+    "rules_text": rules.joinpath("tfwarden-rules.yml").read_text(),
+    "runbooks": runbooks}))
+"""
+
+
+def test_assets_are_package_resources(fresh: Fresh) -> None:
+    answer = json.loads(check(fresh.script("resources.py", RESOURCES_SCRIPT), "resources.py"))
+    assert Path(answer["dashboard"]).is_relative_to(fresh.site_packages), answer["dashboard"]
+    assert answer["title"] == "tfwarden"
+    assert answer["rules"] == sorted(p.name for p in (REPO / "deploy" / "prometheus").glob("*.yml"))
+    assert answer["rules_text"] == (REPO / "deploy" / "prometheus" / "tfwarden-rules.yml").read_text()
+    folder = REPO / "docs" / "runbooks"
+    assert answer["runbooks"] == (sorted(p.name for p in folder.glob("*.md"))
+                                  if folder.is_dir() else None)
 
 
 def test_version_and_check_config(fresh: Fresh, tmp_path: Path) -> None:
