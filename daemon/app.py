@@ -156,11 +156,11 @@ class Daemon:
         return {**self.pipeline.runner.model_json(name), "findings": findings}
 
     def journal(self, after_id: int, limit: int, kind: str | None,
-                model: str | None) -> list[dict[str, Any]]:
+                model: str | None, newest_first: bool = False) -> list[dict[str, Any]]:
         if self.process is None:
             return []
         return [{"id": e.id, "t": e.t, "kind": e.kind, "model": e.model, "payload": e.payload}
-                for e in self.process.store.entries(after_id, limit, kind, model)]
+                for e in self.process.store.entries(after_id, limit, kind, model, newest_first)]
 
     async def manual_action(self, model: str, action: str) -> dict[str, Any]:
         assert self.pipeline is not None
@@ -256,10 +256,7 @@ class Daemon:
         return self.pipeline.drift_worker.status()
 
     def timeline(self, model: str, limit: int) -> list[dict[str, Any]]:
-        if self.process is None:
-            return []
-        return [{"id": e.id, "t": e.t, "kind": e.kind, "model": e.model, "payload": e.payload}
-                for e in self.process.store.entries(0, limit, None, model, newest_first=True)]
+        return self.journal(0, limit, None, model, newest_first=True)
 
     def latency(self, model: str, since: float, bucket_seconds: float) -> dict[int, list[Bucket]]:
         if self.pipeline is None:

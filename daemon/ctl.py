@@ -348,48 +348,35 @@ def findings(ctl: Ctl, model: str | None) -> int:
 
 def journal(ctl: Ctl, model: str | None, kind: str | None, limit: int, after: int | None = None,
             follow: bool = False) -> int:
-    """The last ``limit`` entries (or the first ones after ``after``); ``follow``: then new ones as
-    they come, until Ctrl-C."""
-    def page(after_id: int, count: int) -> list[dict[str, Any]]:
+    """The last ``limit`` entries (or the first ones after ``after``), oldest first; ``follow``:
+    then new ones as they come, until Ctrl-C."""
+    def page(after_id: int, count: int, order: str = "asc") -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = ctl.client.get(
-            "/api/v1/journal", after=after_id, limit=count, kind=kind, model=model)["entries"]
+            "/api/v1/journal", after=after_id, limit=count, kind=kind, model=model,
+            order=order)["entries"]
         return entries
 
-    cursor = _last_page_start(page, limit) if after is None else after
-    size = limit
+    def show(entries: list[dict[str, Any]]) -> int:
+        for entry in entries:
+            ctl.emit(json.dumps(entry, separators=(",", ":")) if ctl.json_output
+                     else journal_line(entry))
+        return int(entries[-1]["id"]) if entries else cursor
+
     try:
+        cursor = after or 0
+        first = page(cursor, limit) if after is not None else page(0, limit, "desc")[::-1]
+        cursor = show(first)
+        if not follow:
+            if not first and not ctl.json_output:
+                ctl.emit("no journal entries")
+            return 0
         while True:
-            entries = page(cursor, size)
-            for entry in entries:
-                ctl.emit(json.dumps(entry, separators=(",", ":")) if ctl.json_output
-                         else journal_line(entry))
-                cursor = entry["id"]
-            if not follow:
-                if cursor == 0 and not entries and not ctl.json_output:
-                    ctl.emit("no journal entries")
-                return 0
-            if len(entries) < size:
+            entries = page(cursor, MAX_PAGE)
+            cursor = show(entries)
+            if len(entries) < MAX_PAGE:
                 ctl.sleep(FOLLOW_SECONDS)
-            size = MAX_PAGE
     except KeyboardInterrupt:  # the way out of --follow
         return 0
-
-
-def _last_page_start(page: Callable[[int, int], list[dict[str, Any]]], limit: int) -> int:
-    """The largest id after which ``limit`` entries still follow (0 if fewer exist): the API
-    pages forward from an id, so the last page is found by doubling, then bisection."""
-    def full(after_id: int) -> bool:
-        return len(page(after_id, limit)) == limit
-
-    if not full(0):
-        return 0
-    low, high = 0, 1024
-    while full(high):
-        low, high = high, high * 4
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if full(middle) else (low, middle)
-    return low
 
 
 def act(ctl: Ctl, action: str, model: str) -> int:

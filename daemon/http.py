@@ -56,7 +56,7 @@ class DaemonControl(PageSource, Protocol):
     def model(self, name: str) -> dict[str, Any] | None: ...
 
     def journal(self, after_id: int, limit: int, kind: str | None,
-                model: str | None) -> list[dict[str, Any]]: ...
+                model: str | None, newest_first: bool = False) -> list[dict[str, Any]]: ...
 
     async def manual_action(self, model: str, action: str) -> dict[str, Any]: ...
 
@@ -276,13 +276,17 @@ def _model_routes(daemon: DaemonControl) -> APIRouter:
 
     @routes.get("/api/v1/journal")
     async def journal(after: int = 0, limit: int = 100, kind: str | None = None,
-                      model: str | None = None) -> dict[str, Any]:
+                      model: str | None = None, order: str = "asc") -> dict[str, Any]:
         if not 1 <= limit <= 1000:
             raise ApiError(400, "limit must be between 1 and 1000")
         if not 0 <= after <= MAX_JOURNAL_ID:
             raise ApiError(400, f"after must be a journal entry id between 0 and {MAX_JOURNAL_ID}")
+        if order not in ("asc", "desc"):
+            raise ApiError(400, "order must be asc (the first entries after `after`) or desc "
+                                "(the latest ones, latest first)")
         # a read of up to 1,000 entries: SQLite in a thread, not on the event loop
-        return {"entries": await asyncio.to_thread(daemon.journal, after, limit, kind, model)}
+        return {"entries": await asyncio.to_thread(daemon.journal, after, limit, kind, model,
+                                                   order == "desc")}
 
     @routes.post("/api/v1/alertmanager")
     async def alertmanager(request: Request) -> dict[str, Any]:

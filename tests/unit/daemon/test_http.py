@@ -48,8 +48,8 @@ class FakeDaemon:
         return {"model": name} if name == "m" else None
 
     def journal(self, after_id: int, limit: int, kind: str | None,
-                model: str | None) -> list[dict[str, Any]]:
-        return [{"id": after_id + 1, "kind": kind}]
+                model: str | None, newest_first: bool = False) -> list[dict[str, Any]]:
+        return [{"id": after_id + 1, "kind": kind, "newest_first": newest_first}]
 
     async def manual_action(self, model: str, action: str) -> dict[str, Any]:
         if action == "resume":
@@ -170,7 +170,10 @@ def test_alertmanager_webhook_validates_its_payload() -> None:
     assert shape.status_code == 400
     assert call(daemon, "GET", "/api/v1/journal?limit=5000").status_code == 400
     assert call(daemon, "GET", "/api/v1/journal?after=7&kind=decision").json() == {
-        "entries": [{"id": 8, "kind": "decision"}]}
+        "entries": [{"id": 8, "kind": "decision", "newest_first": False}]}
+    assert call(daemon, "GET", "/api/v1/journal?order=desc").json()["entries"][0]["newest_first"]
+    bad_order = call(daemon, "GET", "/api/v1/journal?order=sideways")
+    assert bad_order.status_code == 400 and "order must be" in bad_order.json()["error"]
 
 
 def test_journal_after_is_an_id_the_store_can_compare() -> None:
