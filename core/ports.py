@@ -212,6 +212,13 @@ class LifecycleMetrics(Protocol):
     def notified(self, notifier: str, ok: bool) -> None: ...
 
 
+class EdgeIngestMetrics(Protocol):
+    def edge_ingested(self, signal: str, accepted: int, rejected: int) -> None:
+        """Data points (``metrics``) or log records (``logs``) of one OTLP request kept and
+        rejected (partial success)."""
+        ...
+
+
 class EdgeRolloutMetrics(Protocol):
     def edge_rollout(self, model: str, phase: str, percent: int, pinned: int) -> None: ...
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from tfwarden.core.clock import Clock
-from tfwarden.core.ports import KeyValueStore, SampleSink, Scheduler, StateStore
+from tfwarden.core.ports import EdgeIngestMetrics, KeyValueStore, SampleSink, Scheduler, StateStore
 from tfwarden.core.series import SeriesWindows
 from tfwarden.daemon.config import Config, read_ingest_tokens
 from tfwarden.daemon.recorder import Recorder
@@ -152,7 +152,8 @@ def build(config: Config, process: Process) -> Pipeline:
                                  alerts=alerts, listener=verdicts)
     return Pipeline(endpoints, windows, roles, roster, capture, drift_worker, drift,
                     probes, policy, dispatcher, alerts, reoptimizer, runner, VersionWatcher(runner),
-                    list(config.alerting.receive), edge_receiver(config, p.store, None, verdicts),
+                    list(config.alerting.receive),
+                    edge_receiver(config, p.store, None, verdicts, p.recorder),
                     verdicts, rollouts)
 
 
@@ -205,7 +206,7 @@ def edge_models(config: Config) -> dict[str, EdgeModel]:
 
 
 def edge_receiver(config: Config, store: KeyValueStore, current: EdgeReceiver | None,
-                  sink: SampleSink) -> EdgeReceiver | None:
+                  sink: SampleSink, metrics: EdgeIngestMetrics) -> EdgeReceiver | None:
     """The OTLP receiver while any edge model is configured (kept, with its data, across
     reloads); None otherwise. Device reports go to ``sink`` (the cohort verdicts)."""
     if not config.edge.models:
@@ -215,7 +216,7 @@ def edge_receiver(config: Config, store: KeyValueStore, current: EdgeReceiver | 
         return current
     from tfwarden.probes.edge import receiver
 
-    return receiver.EdgeReceiver(config.edge, device_key(store), sink)
+    return receiver.EdgeReceiver(config.edge, device_key(store), sink, metrics)
 
 
 def device_key(store: KeyValueStore) -> bytes:
@@ -346,7 +347,7 @@ async def reconfigure(p: Pipeline, config: Config, process: Process) -> None:
                          [m.name for m in config.models if m.drift is not None])
     p.capture.reconfigure(config.capture, captured_models(config, endpoints))
     dropped = p.edge_verdicts.reconfigure(edge_verdict_settings(config))
-    p.edge = edge_receiver(config, process.store, p.edge, p.edge_verdicts)
+    p.edge = edge_receiver(config, process.store, p.edge, p.edge_verdicts, process.recorder)
     p.drift_worker.reconfigure(config.detection.drift_worker)
     p.drift.reconfigure(drifted_models(config, endpoints))
     _schedule_drift(p, process.jobs)

@@ -350,6 +350,7 @@ def _edge_routes(daemon: DaemonControl) -> APIRouter:
             answer, media_type = await daemon.edge_ingest(
                 signal, body, content_type, request.headers.get("content-encoding"), client)
         except Refused as exc:
+            daemon.recorder.edge_request_refused(signal, exc.status)
             refusal, media_type = daemon.edge_refused(exc, content_type)
             headers = {**cors, **(exc.headers or {})}
             if exc.status == 429:  # OTLP clients retry after it

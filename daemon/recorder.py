@@ -213,6 +213,14 @@ class Recorder:
             "tfwarden_capture_rows_total",
             "Captured input rows accepted, and bodies rejected (by HTTP status).",
             ["model", "outcome", "status"], registry=r)
+        self._edge_points = Counter(
+            "tfwarden_edge_points_total",
+            "OTLP data points (signal metrics) and log records (signal logs) from edge devices, "
+            "kept or rejected.", ["signal", "outcome"], registry=r)
+        self._edge_refused = Counter(
+            "tfwarden_edge_requests_refused_total",
+            "OTLP requests from edge devices refused whole (by HTTP status).",
+            ["signal", "status"], registry=r)
 
     def started(self, t: float) -> None:
         self._start_time.set(t)
@@ -363,6 +371,13 @@ class Recorder:
 
     def captured(self, model: str, outcome: str, status: int, rows: int) -> None:
         self._captured.labels(model, outcome, str(status)).inc(rows)
+
+    def edge_ingested(self, signal: str, accepted: int, rejected: int) -> None:
+        self._edge_points.labels(signal, "accepted").inc(accepted)
+        self._edge_points.labels(signal, "rejected").inc(rejected)
+
+    def edge_request_refused(self, signal: str, status: int) -> None:
+        self._edge_refused.labels(signal, str(status)).inc()
 
     def drift_report(self, model: str, report: dict[str, Any], drifted: bool) -> None:
         for feature in report["features"]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tfwarden.core.errors import Refused
-from tfwarden.core.ports import SampleSink
+from tfwarden.core.ports import EdgeIngestMetrics, SampleSink
 from tfwarden.core.ratelimit import RateBuckets
 from tfwarden.core.types import (
     EDGE_ERROR_LOGS,
@@ -134,9 +134,10 @@ class EdgeReceiver:
     """Receives OTLP bodies; keeps cohort aggregates for the configured edge models."""
 
     def __init__(self, settings: EdgeSettings, device_key: bytes,
-                 sink: SampleSink | None = None) -> None:
+                 sink: SampleSink | None = None, metrics: EdgeIngestMetrics | None = None) -> None:
         self.settings = settings
         self.sink = sink  # told each device report as a Sample (the cohort verdicts)
+        self.ingest_metrics = metrics
         self.models = {m.name: m for m in settings.models}
         self.hasher = DeviceHasher(device_key)
         self.deltas = Deltas(settings.max_streams)
@@ -166,10 +167,11 @@ class EdgeReceiver:
         flattened = await _run(offload, self._flatten, batch)
         rejected, reasons = flattened.rejected, list(flattened.reasons)
         points: list[EdgeHistogram | EdgeValue] = [*flattened.histograms, *flattened.values]
+        kept = len(points)
         for point in points:
             found = self._cohort(point.model, point.version, point.attributes)
             if found is None:  # removed by a reload meanwhile
-                rejected += 1
+                rejected, kept = rejected + 1, kept - 1
                 continue
             name, cohort = found
             cohort.seen(point.device)
@@ -183,6 +185,8 @@ class EdgeReceiver:
                 cohort.failed_inferences += point.count
             else:
                 cohort.inference.add(point)
+        if self.ingest_metrics is not None:
+            self.ingest_metrics.edge_ingested("metrics", kept, rejected)
         response = ExportMetricsServiceResponse()
         if rejected or reasons:
             response.partial_success.rejected_data_points = rejected
@@ -227,6 +231,8 @@ class EdgeReceiver:
                     if exception or record.severity_number >= ERROR_SEVERITY:
                         cohort.error_logs += 1
                         self._tell(time.time(), EDGE_ERROR_LOGS, 1.0, model, version, name, device)
+        if self.ingest_metrics is not None:
+            self.ingest_metrics.edge_ingested("logs", records - rejected, rejected)
         response = ExportLogsServiceResponse()
         if rejected:
             response.partial_success.rejected_log_records = rejected

@@ -110,3 +110,25 @@ def test_error_logs_and_exceptions_count_per_cohort() -> None:
     assert stats is not None
     (cohort,) = stats["versions"]["2"].values()
     assert cohort["error_logs"] == 1 and cohort["exceptions"] == {"SIGSEGV": 1}
+
+
+class Counted:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, int]] = []
+
+    def edge_ingested(self, signal: str, accepted: int, rejected: int) -> None:
+        self.calls.append((signal, accepted, rejected))
+
+
+def test_kept_and_rejected_points_are_counted_for_the_ingest_metrics() -> None:
+    counted = Counted()
+    edge = EdgeReceiver(EdgeSettings.model_validate({"models": [{"name": "m"}]}), b"key",
+                        metrics=counted)
+    mine = Device(dict(DEVICE))
+    mine.inference.record(3)
+    mine.memory.set(1000)
+    post(edge, mine.export().SerializeToString())
+    other = Device({**DEVICE, "ml.model.name": "someone-else", "device.id": "x"})
+    other.inference.record(3)
+    post(edge, other.export().SerializeToString())
+    assert counted.calls == [("metrics", 2, 0), ("metrics", 0, 1)]
