@@ -190,6 +190,8 @@ class _Demo:
                  else "alerts go to the journal (prometheus-alertmanager is not installed)")
         say(f"tfwarden ready on http://127.0.0.1:{self.port} (RSS {_rss_mb(daemon.pid):.0f} MB, "
             f"no TensorFlow in it); {where}")
+        say(f"status page: http://127.0.0.1:{self.port}/ (or: tfwarden status --url "
+            f"http://127.0.0.1:{self.port})")
         self.wait(lambda: (self.status() or {}).get("stable_version") == 1, 60, "adoption")
 
     def ready(self) -> bool:
@@ -359,6 +361,9 @@ def run_demo(duration: float | None, keep_running: bool = False) -> int:
                      "instant rollback")
         _edge_act(demo, timeline, budget)
         story_done = True
+        if keep_running:
+            timeline.say(f"still running: http://127.0.0.1:{demo.port}/ shows the rollouts, "
+                         f"tfwarden journal --url http://127.0.0.1:{demo.port} the journal")
         while keep_running and (deadline is None or time.monotonic() < deadline):
             demo.narrate()
             time.sleep(1)
