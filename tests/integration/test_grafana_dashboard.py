@@ -3,10 +3,10 @@
 Grafana itself cannot be installed here, so its queries are checked the way Grafana would run
 them: against a real Prometheus (Debian's) scraping tfwarden's /metrics and a devserver's TF
 Serving metrics page once a second, with a (slower) canary live, captured rows and drift checks
-of both methods. The template variables are resolved through Prometheus' label values API, every
-``$variable`` is substituted as Grafana substitutes it, and every panel query (nested rows
-included) must answer with real series. The static checks (layout, ids, metric names) need no
-processes."""
+of both methods, and OTLP telemetry of an edge model (kept, rejected and refused). The template
+variables are resolved through Prometheus' label values API, every ``$variable`` is substituted
+as Grafana substitutes it, and every panel query (nested rows included) must answer with real
+series. The static checks (layout, ids, metric names) need no processes."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from tests.helpers import REPO, TESTDATA, DaemonProcess, DevServer, daemon_confi
 
 DASHBOARD = REPO / "deploy" / "grafana" / "tfwarden.json"
 MODEL = TESTDATA / "tfserving" / "saved_model_half_plus_two_cpu" / "00000123"
+EDGE_MODEL = "digits"  # an edge model (edge.models): OTLP telemetry from devices
 # Grafana with the data source's scrape interval set to Prometheus' 1 s and a 5 minute range:
 # $__interval is never below the scrape interval; $__rate_interval is
 # max($__interval + scrape interval, 4 * scrape interval).
@@ -300,7 +301,51 @@ def stack_config(work: Path, dev: DevServer, port: int) -> Path:
                            "window_rows": 100, "interval_seconds": 0.5,
                            "outputs": {"enabled": False}}}],
         capture={"client_rows_per_second": 100000},
+        edge={"models": [{"name": EDGE_MODEL, "cohort_by": ["ml.delegate"]}]},
         policies={"ruleset": "rules.yaml"})
+
+
+def otlp_metrics(model: str, count: int) -> dict[str, Any]:
+    """An OTLP JSON ExportMetricsServiceRequest: one device's cumulative inference histogram
+    of ``model`` version 1 after ``count`` inferences."""
+    def attribute(key: str, value: str) -> dict[str, Any]:
+        return {"key": key, "value": {"stringValue": value}}
+    return {"resourceMetrics": [{
+        "resource": {"attributes": [attribute("ml.model.name", model),
+                                    attribute("ml.model.version", "1"),
+                                    attribute("ml.delegate", "gpu"),
+                                    attribute("device.id", "board-1")]},
+        "scopeMetrics": [{"scope": {"name": "app"}, "metrics": [{
+            "name": "ml.inference.duration", "unit": "ms", "histogram": {
+                "aggregationTemporality": 2, "dataPoints": [{
+                    "startTimeUnixNano": "1000", "timeUnixNano": str(2000 + count),
+                    "count": str(count), "sum": 4.0 * count, "explicitBounds": [1, 5, 20],
+                    "bucketCounts": ["0", str(count), "0", "0"]}]}}]}]}]}
+
+
+def post_edge_telemetry(daemon: DaemonProcess) -> None:
+    """What the edge panels show: accepted metrics requests, points of a model not in
+    edge.models (rejected), a log record, and a request refused whole (415)."""
+    for count in (2, 4, 6):
+        answer = daemon.client.post("/v1/metrics", json=otlp_metrics(EDGE_MODEL, count))
+        assert answer.status_code == 200 and answer.json() == {}, answer.text
+    answer = daemon.client.post("/v1/metrics", json=otlp_metrics("not-configured", 2))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["partialSuccess"]["rejectedDataPoints"] in (1, "1"), answer.text
+    answer = daemon.client.post("/v1/logs", json={"resourceLogs": [{
+        "resource": {"attributes": [
+            {"key": "ml.model.name", "value": {"stringValue": EDGE_MODEL}},
+            {"key": "ml.model.version", "value": {"stringValue": "1"}}]},
+        "scopeLogs": [{"logRecords": [{"severityNumber": 17, "body": {"stringValue": "crash"},
+                                       "attributes": [{"key": "exception.type",
+                                                       "value": {"stringValue": "SIGSEGV"}}]}]}]
+    }]})
+    assert answer.status_code == 200 and answer.json() == {}, answer.text
+    answer = daemon.client.post("/v1/metrics", content=b"not otlp",
+                                headers={"Content-Type": "text/plain"})
+    assert answer.status_code == 415, answer.text
+    stats = daemon.client.get(f"/api/v1/edge/{EDGE_MODEL}").json()
+    assert stats["versions"]["1"]["ml.delegate=gpu"]["inferences"] == 6, stats
 
 
 @pytest.fixture(scope="module")
@@ -331,6 +376,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             response = daemon.client.post(f"/api/v1/samples/{model}", json={
                 "features": ["x"], "rows": rng.normal(size=(300, 1)).tolist()})
             assert response.status_code == 200, response.text
+        post_edge_telemetry(daemon)
         wait_for(lambda: status(daemon).get("weight") == 10, 30, "canary at 10 %", daemon)
         yield {"daemon": daemon, "dev": dev, "prometheus": prometheus, "port": port}
     finally:
@@ -393,6 +439,9 @@ def test_every_query_returns_series_from_a_live_stack(stack: dict[str, Any]) -> 
     assert ("latency", "regression") in series(results, "Current verdicts A", "detector",
                                                "verdict")
     assert ("m",) in series(results, "TF Serving request rate A", "model_name")
+    assert series(results, "Edge ingest A", "signal", "outcome") >= {
+        ("metrics", "accepted"), ("metrics", "rejected"), ("logs", "accepted")}
+    assert series(results, "Edge requests refused A", "signal", "status") == {("metrics", "415")}
     assert variables["instance"] == [f"127.0.0.1:{stack['port']}"]
     for where, expr in queries:
         assert "$" not in interpolate(expr, variables), where
