@@ -140,7 +140,7 @@ def build(config: Config, process: Process) -> Pipeline:
                              p.clock)
     policy = PolicyEngine(load_ruleset(config.policies.ruleset), config.policies.dry_run)
     dispatcher = Dispatcher(notifiers_of(config, p.http), on_result=p.recorder.notified)
-    alerts = AlertBook(dispatcher, p.journal, p.clock, config.alerting.labels)
+    alerts = AlertBook(dispatcher, p.journal, p.clock, config.alerting.labels, page_url(config))
     reoptimizer = Reoptimizer(optimize_settings(config), config.state_dir / "optimize", p.journal,
                               alerts, p.store, captured=capture, calibration=drift)
     runner = LifecycleRunner(managed_models(config, endpoints), store=p.store, journal=p.journal,
@@ -278,6 +278,17 @@ def notifiers_of(config: Config, http: httpx.AsyncClient) -> list[Notifier]:
     return notifiers
 
 
+def page_url(config: Config) -> str:
+    """Where people reach the status page and the runbooks: ``alerting.page_url``, else the
+    daemon's own address (a wildcard one named as loopback: nobody browses to 0.0.0.0)."""
+    if config.alerting.page_url is not None:
+        return str(config.alerting.page_url)
+    host, port = config.server.host, config.server.port
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    host = f"[{host}]" if ":" in host else host
+    return f"{'https' if config.server.tls else 'http'}://{host}:{port}"
+
+
 def optimize_settings(config: Config) -> dict[str, OptimizeSettings]:
     return {m.name: m.optimize for m in config.models if m.optimize is not None}
 
@@ -356,7 +367,7 @@ async def reconfigure(p: Pipeline, config: Config, process: Process) -> None:
     await p.probes.reconfigure(probes, golden)
     p.policy.reconfigure(ruleset, config.policies.dry_run)
     await p.dispatcher.reconfigure(notifiers_of(config, process.http))
-    p.alerts.reconfigure(config.alerting.labels)
+    p.alerts.reconfigure(config.alerting.labels, page_url(config))
     p.reoptimizer.reconfigure(optimize_settings(config))
     p.alert_rules = list(config.alerting.receive)
     _spawn(p, _restart_lifecycle(p, p.runner.reconfigure(managed)))

@@ -5,7 +5,9 @@ settled, kept in one book that survives reloads.
   action, severity); a later decision of another rule for the same model resolves it, and so do
   a completed rollback or promotion.
 - A failed action or reoptimization fires ``TfwardenActionFailed``.
-Every alert is journaled and handed to the dispatcher (which never blocks the caller).
+Every alert is journaled and handed to the dispatcher (which never blocks the caller). With a
+``page_url`` each links its runbook (``runbook_url``: ``/runbooks/<alertname>``) and the model's
+part of the status page (``status_url``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Protocol
+from urllib.parse import quote
 
 from tfwarden.core.clock import Clock
 from tfwarden.core.events import AlertFired, AlertResolved
@@ -27,13 +30,21 @@ class AlertSink(Protocol):
 
 class AlertBook:
     def __init__(self, sink: AlertSink, journal: Journal, clock: Clock,
-                 labels: Mapping[str, str] | None = None) -> None:
+                 labels: Mapping[str, str] | None = None, page_url: str | None = None) -> None:
         self.sink, self.journal, self.clock = sink, journal, clock
         self.labels = dict(labels or {})  # added to every alert (``alerting.labels``)
+        self.page_url = page_url.rstrip("/") if page_url else None
         self.active: dict[tuple[str, str], Alert] = {}  # (model, rule) -> firing decision alert
 
-    def reconfigure(self, labels: Mapping[str, str]) -> None:
+    def reconfigure(self, labels: Mapping[str, str], page_url: str | None = None) -> None:
         self.labels = dict(labels)
+        self.page_url = page_url.rstrip("/") if page_url else None
+
+    def _links(self, alertname: str, model: str) -> dict[str, str]:
+        if self.page_url is None:
+            return {}
+        return {"runbook_url": f"{self.page_url}/runbooks/{alertname}",
+                "status_url": f"{self.page_url}/?model={quote(model, safe='')}#model-{quote(model)}"}
 
     def decided(self, decision: Decision, canary: int | None) -> None:
         """A rule with ``alert`` decided; its alert replaces the model's other rules' alerts."""
@@ -45,7 +56,8 @@ class AlertBook:
                       annotations={"summary": f"{decision.action} {decision.model}: "
                                               f"{decision.reason}"[:500],
                                    "description": str([f.get("effect")
-                                                       for f in decision.findings])[:1000]},
+                                                       for f in decision.findings])[:1000],
+                                   **self._links("TfwardenDecision", decision.model)},
                       starts_at=decision.t)
         for key in [k for k in self.active if k[0] == decision.model and k[1] != decision.rule]:
             self._resolve(self.active.pop(key))
@@ -56,7 +68,8 @@ class AlertBook:
         """An action (or a reoptimization) failed."""
         self._fire(Alert(labels={**self.labels, "alertname": "TfwardenActionFailed",
                                  "model": model, "action": action, "severity": severity},
-                         annotations={"summary": f"{action} of {model} failed: {error}"[:500]},
+                         annotations={"summary": f"{action} of {model} failed: {error}"[:500],
+                                      **self._links("TfwardenActionFailed", model)},
                          starts_at=self.clock.now()))
 
     def settled(self, model: str, action: str) -> None:

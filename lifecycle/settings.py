@@ -62,6 +62,10 @@ class AlertSettings(Settings):
     alertmanager: AlertmanagerSettings | None = None
     webhooks: list[WebhookSettings] = []
     labels: dict[str, str] = Field({}, description="Extra labels added to every alert.")
+    page_url: AnyHttpUrl | None = Field(
+        None, description="Where people reach this daemon (its status page and runbooks), e.g. "
+                          "https://tfwarden.example.internal; tfwarden's own alerts link to them "
+                          "(runbook_url, status_url annotations). Default: http(s)://server.listen.")
 
     @field_validator("labels")
     @classmethod
