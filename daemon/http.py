@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -102,6 +103,8 @@ MAX_JSON_DEPTH = 64
 WEBHOOK_MAX_BYTES = 1024 * 1024  # Alertmanager batches stay far below this
 MAX_JOURNAL_ID = 2**63 - 1  # SQLite's largest INTEGER; a larger one cannot even be compared
 MAX_REFRESH_SECONDS = 3600
+PAGE_REUSE_SECONDS = 1.0  # a page rendered this recently is served again as it is
+PAGE_CACHE_ENTRIES = 32
 # the page runs its own inline script and nothing from anywhere else
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
                 "style-src 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
@@ -448,16 +451,26 @@ def _edge_rollout_routes(daemon: DaemonControl) -> APIRouter:
 def _page_routes(daemon: DaemonControl) -> APIRouter:
     """The status page and the alerts' runbooks: HTML for people, read-only like every GET."""
     routes = APIRouter()
+    rendering = asyncio.Lock()  # one page rendered at a time, in a thread
+    rendered: dict[tuple[int, str | None], tuple[float, str]] = {}
 
     @routes.get("/", response_class=HTMLResponse)
     async def page(refresh: int = statuspage.DEFAULT_REFRESH_SECONDS,
                    model: str | None = None) -> HTMLResponse:
         if not 1 <= refresh <= MAX_REFRESH_SECONDS:
             raise ApiError(400, f"refresh must be between 1 and {MAX_REFRESH_SECONDS} seconds")
-        snapshot = statuspage.collect(daemon, refresh, model)
-        if snapshot.unknown:  # like every 4xx: JSON that says what was wrong
-            raise ApiError(404, f"tfwarden knows no model named {model!r} (all of them: /)")
-        html = await asyncio.to_thread(statuspage.render, daemon, snapshot)
+        async with rendering:  # many browsers refreshing cost one render a second
+            key = (refresh, model)
+            cached = rendered.get(key)
+            if cached is not None and time.monotonic() - cached[0] < PAGE_REUSE_SECONDS:
+                return HTMLResponse(cached[1], headers=PAGE_HEADERS)
+            snapshot = statuspage.collect(daemon, refresh, model)
+            if snapshot.unknown:  # like every 4xx: JSON that says what was wrong
+                raise ApiError(404, f"tfwarden knows no model named {model!r} (all of them: /)")
+            html = await asyncio.to_thread(statuspage.render, daemon, snapshot)
+            if len(rendered) >= PAGE_CACHE_ENTRIES:
+                rendered.pop(min(rendered, key=lambda k: rendered[k][0]))
+            rendered[key] = (time.monotonic(), html)
         return HTMLResponse(html, headers=PAGE_HEADERS)
 
     @routes.get("/runbooks/", response_class=HTMLResponse)

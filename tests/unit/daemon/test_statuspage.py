@@ -219,3 +219,26 @@ def test_runbooks_are_served_for_every_shipped_alert() -> None:
     for bad in ("/runbooks/Nope", "/runbooks/..%2Fstatus", "/runbooks/README"):
         response = get(bad)
         assert response.status_code == 404 and "runbook" in response.json()["error"], bad
+
+
+def test_pages_asked_for_within_a_second_are_rendered_once() -> None:
+    daemon = FakeDaemon()
+    daemon.recorder = Recorder(CollectorRegistry(), version="test")  # type: ignore[attr-defined]
+    renders = []
+    original = daemon.latency
+
+    def counting(model: str, since: float, bucket_seconds: float) -> dict[int, list[Bucket]]:
+        renders.append(model)
+        return original(model, since, bucket_seconds)
+
+    daemon.latency = counting  # type: ignore[method-assign]
+
+    async def go() -> list[int]:
+        transport = httpx.ASGITransport(app=create_app(daemon))  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            answers = await asyncio.gather(*(client.get("/") for _ in range(5)),
+                                           client.get("/?refresh=2"))
+            return [a.status_code for a in answers]
+
+    assert asyncio.run(go()) == [200] * 6
+    assert renders == ["m", "m"]  # one render for "/", one for "/?refresh=2"
