@@ -200,7 +200,7 @@ def _environment() -> jinja2.Environment:
     global _ENV
     if _ENV is None:
         _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
-                                  autoescape=True, undefined=jinja2.StrictUndefined,
+                                  autoescape=True, undefined=jinja2.ChainableUndefined,
                                   trim_blocks=True, lstrip_blocks=True)
     return _ENV
 

@@ -242,3 +242,17 @@ def test_pages_asked_for_within_a_second_are_rendered_once() -> None:
 
     assert asyncio.run(go()) == [200] * 6
     assert renders == ["m", "m"]  # one render for "/", one for "/?refresh=2"
+
+
+def test_sparse_answers_still_render() -> None:
+    """Whatever key a part of the daemon leaves out, the page renders the rest."""
+    daemon = FakeDaemon()
+    daemon.status = lambda: {}  # type: ignore[method-assign]
+    daemon.probes_debug = lambda: {}  # type: ignore[method-assign]
+    daemon.entries.append({"id": 10, "t": NOW, "kind": "decision", "model": "m",
+                           "payload": {"findings": [{}, "not a finding"], "params": [1]}})
+    daemon.entries.append({"id": 11, "t": NOW, "kind": "something_new", "model": "m",
+                           "payload": {"nested": {"a": 1}, "n": float("nan")}})
+    daemon.status_ = {"model": "m", "phase": "stable"}
+    html = page(daemon)
+    assert 'data-model="m" data-phase="stable"' in html and 'data-kind="something_new"' in html
