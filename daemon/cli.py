@@ -86,6 +86,12 @@ def _journal_limit(text: str) -> int:
     return int(text)
 
 
+def _entry_id(text: str) -> int:
+    if not text.isdigit() or int(text) > 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"expected a journal entry id (0 or more), got {text!r}")
+    return int(text)
+
+
 def _add_operator_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     flags = _operator_flags()
 
@@ -105,7 +111,7 @@ def _add_operator_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     journal.add_argument("--kind", metavar="KIND", help="only this kind (decision, action_done...)")
     journal.add_argument("--limit", type=_journal_limit, default=20, metavar="N",
                          help="the last N entries, 1-1000 (default: 20)")
-    journal.add_argument("--after", type=int, metavar="ID",
+    journal.add_argument("--after", type=_entry_id, metavar="ID",
                          help="the first N entries after entry ID instead of the last N")
     journal.add_argument("--follow", "-f", action="store_true",
                          help="then print new entries as they come, until Ctrl-C")

@@ -54,6 +54,10 @@ class Client:
                  timeout: float = 5.0, transport: httpx.BaseTransport | None = None) -> None:
         self.url, self.timeout, self.has_token = url.rstrip("/"), timeout, token is not None
         try:
+            httpx.URL(self.url)
+        except httpx.InvalidURL as exc:
+            raise InvalidInput(f"--url {url!r}: {exc}") from exc
+        try:
             verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=cacert) if cacert else True
         except (OSError, ssl.SSLError) as exc:
             raise InvalidInput(f"--cacert {cacert}: cannot load it ({exc})") from exc
@@ -338,7 +342,9 @@ def _status_frame(ctl: Ctl, model: str | None) -> tuple[Any, str]:
 def findings(ctl: Ctl, model: str | None) -> int:
     found = ctl.client.get("/api/v1/findings").get("findings", [])
     if model is not None:
-        found = [f for f in found if f.get("model") == model]
+        found = [f for f in found if model in (f.get("model"), f.get("target"))]
+        if not found:
+            _must_exist(ctl, model)
     if ctl.json_output:
         ctl.emit_json({"findings": found})
     else:
@@ -366,6 +372,8 @@ def journal(ctl: Ctl, model: str | None, kind: str | None, limit: int, after: in
         cursor = after or 0
         first = page(cursor, limit) if after is not None else page(0, limit, "desc")[::-1]
         cursor = show(first)
+        if not first and model is not None and after is None:
+            _must_exist(ctl, model)
         if not follow:
             if not first and not ctl.json_output:
                 ctl.emit("no journal entries")
@@ -377,6 +385,22 @@ def journal(ctl: Ctl, model: str | None, kind: str | None, limit: int, after: in
                 ctl.sleep(FOLLOW_SECONDS)
     except KeyboardInterrupt:  # the way out of --follow
         return 0
+
+
+def _must_exist(ctl: Ctl, model: str) -> None:
+    """Nothing was found for ``model``: ApiError 404 (exit 4) unless tfwarden knows it (a
+    managed model, an edge model with a rollout, or a model any configuration names)."""
+    configured = {m.get("name") for m in ctl.client.get("/api/v1/status").get("models", [])}
+    if model in configured:
+        return
+    for path in (model_path(model), f"/api/v1/edge/{quote(model, safe='')}/rollout"):
+        try:
+            ctl.client.get(path)
+            return
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+    raise ApiError(404, f"no model {model!r} is known to the daemon (tfwarden status lists them)")
 
 
 def act(ctl: Ctl, action: str, model: str) -> int:
@@ -396,15 +420,22 @@ def act(ctl: Ctl, action: str, model: str) -> int:
 
 # -- the command line ---------------------------------------------------------------------------
 def read_token(token_file: str | None) -> str | None:
-    """``--token-file`` wins over ``$TFWARDEN_TOKEN``; None when neither is given."""
+    """``--token-file`` wins over ``$TFWARDEN_TOKEN``; None when neither is given. A token is
+    printable ASCII without spaces (it travels in an HTTP header)."""
     if token_file is None:
-        return os.environ.get("TFWARDEN_TOKEN", "").strip() or None
-    try:
-        token = Path(token_file).read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"--token-file {token_file}: cannot read it ({_reason(exc)})") from exc
-    if not token:
-        raise InvalidInput(f"--token-file {token_file}: the file is empty")
+        token, where = os.environ.get("TFWARDEN_TOKEN", "").strip(), "$TFWARDEN_TOKEN"
+        if not token:
+            return None
+    else:
+        where = f"--token-file {token_file}"
+        try:
+            token = Path(token_file).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"{where}: cannot read it ({_reason(exc)})") from exc
+        if not token:
+            raise InvalidInput(f"{where}: the file is empty")
+    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        raise InvalidInput(f"{where}: a token is printable ASCII without spaces or line breaks")
     return token
 
 

@@ -48,6 +48,9 @@ class FakeDaemon:
             return httpx.Response(200, json={**STATUS, "phase": "paused", "paused_from": "canary_live"})
         if path == "/api/v1/models":
             return httpx.Response(200, json={"models": [STATUS]})
+        if path == "/api/v1/status":
+            return httpx.Response(200, json={"models": [{"name": "m", "serving": "dev"},
+                                                        {"name": "quiet", "serving": "dev"}]})
         if path == "/api/v1/models/m":
             return httpx.Response(200, json={**STATUS, "awaiting_approval": None,
                                              "decisions": [DECISION], "findings": [FINDING]})
@@ -288,7 +291,20 @@ def test_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(daemon.requests[0].url).startswith("https://tfwarden.internal:9443/api/v1/models")
 
 
+def test_findings_and_journal_of_an_unknown_model_are_4(capsys: pytest.CaptureFixture[str]) -> None:
+    daemon = FakeDaemon()
+    assert cli(daemon, "findings", "nosuch") == 4
+    assert capsys.readouterr().err == ("tfwarden: no model 'nosuch' is known to the daemon "
+                                       "(tfwarden status lists them)\n")
+    assert cli(daemon, "journal", "nosuch", "--kind", "alert") == 4
+    capsys.readouterr()
+    assert cli(daemon, "findings", "quiet") == 0  # configured, nothing found yet
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("argv", [["status", "--url", "127.0.0.1:9321"],
+                                  ["status", "--url", "http://localhost:93x1"],
+                                  ["status", "--url", "http://[::1"],
                                   ["pause", "m", "--token-file", "/nonexistent/token"],
                                   ["status", "--cacert", "/nonexistent/ca.pem"]])
 def test_bad_command_line_values_are_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -303,8 +319,21 @@ def test_an_empty_token_file_is_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "the file is empty" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("token", ["t\u00f8ken", "two words", "line\nbreak"])
+def test_a_token_that_cannot_travel_in_a_header_is_2(token: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "token").write_text(token)
+    assert cli(FakeDaemon(), "status", "--token-file", str(tmp_path / "token")) == 2
+    monkeypatch.setenv("TFWARDEN_TOKEN", token)
+    assert cli(FakeDaemon(), "status") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2 and "printable ASCII" in err
+
+
 def test_usage_errors_are_2(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["promote"], ["journal", "--limit", "0"], ["status", "-o", "yaml"],
+                 ["journal", "--after", "-1"],
                  ["status", "--timeout", "-1"], ["findings", "--timeout", "soon"]):
         with pytest.raises(SystemExit) as caught:
             build_parser().parse_args(argv)
