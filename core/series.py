@@ -16,6 +16,7 @@ from threading import Lock
 from tfwarden.core.types import Sample
 
 SeriesKey = tuple[str, int | None, str, str]  # model, version, target, metric
+OLD_RUN = 64  # samples in a row before a window's ``since``: everything further back is older
 
 
 def key_of(sample: Sample) -> SeriesKey:
@@ -57,6 +58,29 @@ class SeriesWindows:
             samples = [s for s in samples if s.t >= since]
         return samples
 
+    def recent(self, model: str, version: int | None, metric: str, target: str, since: float,
+               slack_seconds: float) -> list[Sample]:
+        """The samples since ``since``, read from the newest back: samples are appended about
+        in time order (a probe's sample comes when its answer does), so reading stops after
+        ``OLD_RUN`` samples in a row older than ``since - slack_seconds``; the window is never
+        copied whole."""
+        horizon = since - slack_seconds
+        tail: list[Sample] = []
+        old = 0
+        with self._lock:
+            window = self._series.get((model, version, target, metric))
+            for sample in reversed(window or ()):
+                if sample.t < horizon:
+                    old += 1
+                    if old >= OLD_RUN:
+                        break
+                    continue
+                old = 0
+                if sample.t >= since:
+                    tail.append(sample)
+        tail.reverse()
+        return tail
+
     def keys(self) -> list[SeriesKey]:
         with self._lock:
             return list(self._series)
@@ -82,27 +106,55 @@ class Bucket:
     failed: int
 
 
-def version_buckets(windows: SeriesWindows, model: str, metric: str, since: float,
-                    bucket_seconds: float, quantiles: tuple[float, ...]) -> dict[int, list[Bucket]]:
-    """Per version of ``model``: its ``metric`` samples since ``since`` (every target pooled:
-    version and label probes alike) cut into ``bucket_seconds`` buckets, oldest first; empty
-    buckets (and versions without samples) are left out. Quantiles are nearest-rank over the
-    bucket's successful samples."""
-    pooled: dict[int, list[Sample]] = {}
-    for key_model, version, target, key_metric in windows.keys():
-        if key_model == model and key_metric == metric and version is not None:
-            pooled.setdefault(version, []).extend(
-                windows.window(model, version, metric, target, since=since))
-    out: dict[int, list[Bucket]] = {}
-    for version, samples in sorted(pooled.items()):
-        if not samples:
-            continue
-        cut: dict[int, list[Sample]] = {}
-        for sample in samples:
-            cut.setdefault(int((sample.t - since) // bucket_seconds), []).append(sample)
-        out[version] = [_bucket(since + index * bucket_seconds, cut[index], quantiles)
-                        for index in sorted(cut)]
-    return out
+class BucketHistory:
+    """Per-version quantile buckets of one metric, aligned to multiples of ``bucket_seconds``.
+
+    Every target of a version is pooled (version and label probes alike); empty buckets are left
+    out; quantiles are nearest-rank over the bucket's successful samples. A bucket that ended
+    ``settle_seconds`` ago is kept as it was computed, so a call reads only the samples of the
+    last few buckets (the first call for a version reads its whole horizon). Thread-safe.
+    """
+
+    def __init__(self, windows: SeriesWindows, metric: str, bucket_seconds: float,
+                 quantiles: tuple[float, ...], settle_seconds: float = 60.0) -> None:
+        self.windows, self.metric = windows, metric
+        self.bucket_seconds, self.quantiles, self.settle_seconds = \
+            bucket_seconds, quantiles, settle_seconds
+        self._settled: dict[tuple[str, int], dict[int, Bucket]] = {}
+        self._settled_upto: dict[tuple[str, int], int] = {}  # first index not settled yet
+        self._lock = Lock()
+
+    def buckets(self, model: str, since: float, now: float) -> dict[int, list[Bucket]]:
+        """The buckets of each version of ``model`` from the one holding ``since`` to ``now``,
+        oldest first."""
+        width = self.bucket_seconds
+        first, settled_end = math.floor(since / width), math.floor((now - self.settle_seconds) / width)
+        targets: dict[int, list[str]] = {}
+        for key_model, version, target, key_metric in self.windows.keys():
+            if key_model == model and key_metric == self.metric and version is not None:
+                targets.setdefault(version, []).append(target)
+        out: dict[int, list[Bucket]] = {}
+        with self._lock:
+            for key in [k for k in self._settled if k[0] == model and k[1] not in targets]:
+                del self._settled[key], self._settled_upto[key]  # the version's windows are gone
+            for version, names in sorted(targets.items()):
+                key = (model, version)
+                settled = self._settled.setdefault(key, {})
+                for index in [i for i in settled if i < first]:
+                    del settled[index]
+                start = max(first, self._settled_upto.get(key, first))
+                cut: dict[int, list[Sample]] = {}
+                for target in names:
+                    for sample in self.windows.recent(model, version, self.metric, target,
+                                                      start * width, self.settle_seconds):
+                        cut.setdefault(math.floor(sample.t / width), []).append(sample)
+                fresh = {i: _bucket(i * width, cut[i], self.quantiles) for i in cut}
+                settled.update({i: b for i, b in fresh.items() if i < settled_end})
+                self._settled_upto[key] = max(start, settled_end)
+                merged = {**settled, **{i: b for i, b in fresh.items() if i >= settled_end}}
+                if merged:
+                    out[version] = [merged[i] for i in sorted(merged)]
+        return out
 
 
 def _bucket(start: float, samples: list[Sample], quantiles: tuple[float, ...]) -> Bucket:

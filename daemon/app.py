@@ -38,7 +38,7 @@ from tfwarden.core.errors import (
 )
 from tfwarden.core.events import ConfigLoaded, ConfigReloadFailed, DaemonStarting, DaemonStopped, Event
 from tfwarden.core.ports import StateStore
-from tfwarden.core.series import Bucket, version_buckets
+from tfwarden.core.series import Bucket, BucketHistory
 from tfwarden.daemon import build, statuspage, tracing
 from tfwarden.daemon.config import (
     Config,
@@ -119,6 +119,7 @@ class Daemon:
         self._pending_restart: list[str] = []
         self._last_heartbeat = time.monotonic()
         self._background: set[asyncio.Task[Any]] = set()
+        self._latency_history: BucketHistory | None = None  # the status page's, kept across renders
 
     # -- DaemonControl -------------------------------------------------------------------
     @property
@@ -150,10 +151,15 @@ class Daemon:
         return [s.to_json() for _, s in sorted(runner.statuses.items())] if runner else []
 
     def model(self, name: str) -> dict[str, Any] | None:
+        detail = self.model_detail(name)
+        if detail is None:
+            return None
+        return {**detail, "findings": [f for f in self.findings() if f["model"] == name]}
+
+    def model_detail(self, name: str) -> dict[str, Any] | None:
         if self.pipeline is None or name not in self.pipeline.runner.statuses:
             return None
-        findings = [f for f in self.findings() if f["model"] == name]
-        return {**self.pipeline.runner.model_json(name), "findings": findings}
+        return self.pipeline.runner.model_json(name)
 
     def journal(self, after_id: int, limit: int, kind: str | None,
                 model: str | None, newest_first: bool = False) -> list[dict[str, Any]]:
@@ -261,8 +267,12 @@ class Daemon:
     def latency(self, model: str, since: float, bucket_seconds: float) -> dict[int, list[Bucket]]:
         if self.pipeline is None:
             return {}
-        return version_buckets(self.pipeline.windows, model, "latency_ms", since, bucket_seconds,
-                               statuspage.QUANTILES)
+        history = self._latency_history
+        if history is None or history.windows is not self.pipeline.windows \
+                or history.bucket_seconds != bucket_seconds:
+            history = self._latency_history = BucketHistory(
+                self.pipeline.windows, "latency_ms", bucket_seconds, statuspage.QUANTILES)
+        return history.buckets(model, since, self.clock.now())
 
     def receive_alerts(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Alertmanager webhook: configured alerts become findings for the policies."""

@@ -105,8 +105,8 @@ MAX_JOURNAL_ID = 2**63 - 1  # SQLite's largest INTEGER; a larger one cannot even
 MAX_REFRESH_SECONDS = 3600
 PAGE_REUSE_SECONDS = 1.0  # a page rendered this recently is served again as it is
 PAGE_CACHE_ENTRIES = 32
-# the page runs its own inline script and nothing from anywhere else
-PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+# the page runs its one script (allowed by its hash, no other) and loads nothing from elsewhere
+PAGE_HEADERS = {"Content-Security-Policy": f"default-src 'none'; script-src {statuspage.SCRIPT_SOURCE}; "
                 "style-src 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
                 "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
                 "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
@@ -459,10 +459,12 @@ def _page_routes(daemon: DaemonControl) -> APIRouter:
                    model: str | None = None) -> HTMLResponse:
         if not 1 <= refresh <= MAX_REFRESH_SECONDS:
             raise ApiError(400, f"refresh must be between 1 and {MAX_REFRESH_SECONDS} seconds")
-        async with rendering:  # many browsers refreshing cost one render a second
-            key = (refresh, model)
+        async with rendering:  # many browsers on one URL cost one render a second
+            key, now = (refresh, model), time.monotonic()
+            for old in [k for k, (t, _) in rendered.items() if now - t >= PAGE_REUSE_SECONDS]:
+                del rendered[old]  # only pages of the last second are kept
             cached = rendered.get(key)
-            if cached is not None and time.monotonic() - cached[0] < PAGE_REUSE_SECONDS:
+            if cached is not None:
                 return HTMLResponse(cached[1], headers=PAGE_HEADERS)
             snapshot = statuspage.collect(daemon, refresh, model)
             if snapshot.unknown:  # like every 4xx: JSON that says what was wrong

@@ -13,8 +13,11 @@ and the latency quantiles go through ``PageSource`` methods that are safe in a t
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import importlib.resources
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -35,6 +38,38 @@ QUANTILES = (0.5, 0.9, 0.99)
 TIMELINE_ENTRIES = 40
 DEFAULT_REFRESH_SECONDS = 5
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+# The page's one script, constant so that the Content-Security-Policy allows it by its hash and
+# nothing else: every ``refresh`` seconds (``data-refresh``) it fetches the page again and swaps
+# the header and the main part in; not while the tab is hidden; a failed fetch marks the page
+# stale (the header's time turns red) and is tried again.
+REFRESH_SCRIPT = """
+(function () {
+  var timer = null;
+  function period() {
+    var page = document.getElementById("page");
+    return 1000 * Number((page && page.dataset.refresh) || 5);
+  }
+  function later() { clearTimeout(timer); timer = setTimeout(tick, period()); }
+  function tick() {
+    if (document.hidden) { return; }
+    fetch(location.href, {cache: "no-store", headers: {"Accept": "text/html"}})
+      .then(function (r) { if (!r.ok) { throw new Error(String(r.status)); } return r.text(); })
+      .then(function (html) {
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        ["top", "page"].forEach(function (id) {
+          var fresh = doc.getElementById(id), old = document.getElementById(id);
+          if (fresh && old) { old.replaceWith(fresh); }
+        });
+        document.body.classList.remove("stale");
+      })
+      .catch(function () { document.body.classList.add("stale"); })
+      .then(later);
+  }
+  document.addEventListener("visibilitychange", function () { if (!document.hidden) { tick(); } });
+  later();
+})();
+"""
+SCRIPT_SOURCE = "'sha256-" + base64.b64encode(hashlib.sha256(REFRESH_SCRIPT.encode()).digest()).decode() + "'"
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
 PHASE_CLASS = {"stable": "ok", "canary_shadow": "progress", "canary_live": "progress",
                "promoting": "progress", "rolling_back": "bad", "rolled_back": "bad",
@@ -51,7 +86,9 @@ class PageSource(Protocol):
 
     def models(self) -> list[dict[str, Any]]: ...
 
-    def model(self, name: str) -> dict[str, Any] | None: ...
+    def model_detail(self, name: str) -> dict[str, Any] | None:
+        """A managed model's status, decisions and any decision awaiting approval."""
+        ...
 
     def findings(self) -> list[dict[str, Any]]: ...
 
@@ -103,18 +140,21 @@ def collect(source: PageSource, refresh: int = DEFAULT_REFRESH_SECONDS,
     configured = [m["name"] for m in source.status().get("models", [])]
     edge_names = source.edge_models()
     picked = [n for n in names if only in (None, n)]
-    models = [m for m in (source.model(n) for n in picked) if m is not None]
     findings = [f for f in source.findings() if only in (None, f.get("model"), f.get("target"))]
+    models = [{**m, "findings": [f for f in findings if f.get("model") == m.get("model")]}
+              for m in (source.model_detail(n) for n in picked) if m is not None]
     drift = {n: r for n in dict.fromkeys([*names, *configured]) if only in (None, n)
              and (r := source.drift_report(n)) is not None}
     edge = [r for n in edge_names if only in (None, n) and (r := source.edge_rollout(n)) is not None]
-    unknown = only is not None and only not in {*names, *configured, *edge_names}
+    unknown = only is not None and only not in {*names, *configured, *edge_names} \
+        and not findings  # a memory target is known by its findings
     return Snapshot(now, refresh, only, source.status(), models, findings, source.probes_debug(),
                     drift, edge, source.drift_worker(), unknown)
 
 
 @dataclass
 class Evidence:
+    subject: str  # the model, or the memory target
     detector: str
     version: str
     target: str
@@ -152,6 +192,7 @@ class LatencyRow:
     p99: str
     count: int
     failed: int
+    age: str  # of the minute the row gives
 
 
 @dataclass
@@ -188,12 +229,13 @@ def render(source: PageSource, snap: Snapshot) -> str:
             timeline=[event(e, snap.now) for e in source.timeline(name, TIMELINE_ENTRIES)],
             chart=latency_chart(buckets, roles, since, snap.now),
             latency=latency_rows(buckets, roles, snap.now)))
-    managed = {v.name for v in views}
-    other = [evidence(f, snap.now) for f in snap.findings if f.get("model") not in managed]
+    shown = {v.name for v in views} | {r.get("model") for r in snap.edge}  # their own sections
+    other = [evidence(f, snap.now) for f in snap.findings if f.get("model") not in shown]
     return _environment().get_template("status.html").render(
         snap=snap, models=views, other_findings=other, drift=_drift_views(snap.drift),
         edge=[_edge_view(r, snap.now) for r in snap.edge], health=_health(snap),
-        generated=_utc(snap.now), ago=lambda t: ago(snap.now, t), versions_text=versions_text)
+        generated=_utc(snap.now), ago=lambda t: ago(snap.now, t), versions_text=versions_text,
+        refresh_script=Markup(REFRESH_SCRIPT))
 
 
 def _environment() -> jinja2.Environment:
@@ -244,9 +286,11 @@ def number(value: Any) -> str:
 
 def evidence(finding: dict[str, Any], now: float) -> Evidence:
     """A finding as one row: what was judged, on which statistic, against which threshold."""
-    ev = finding.get("evidence") or {}
+    ev = finding.get("evidence")
+    ev = ev if isinstance(ev, dict) else {}
     version = finding.get("version")
     return Evidence(
+        subject=str(finding.get("model") or finding.get("target") or ""),
         detector=str(finding.get("detector", "")), version="-" if version is None else f"v{version}",
         target=str(finding.get("target") or ""), verdict=str(finding.get("verdict", "")),
         css=VERDICT_CLASS.get(str(finding.get("verdict")), ""),
@@ -262,8 +306,22 @@ def _params(params: Any) -> str:
 
 
 def event(entry: dict[str, Any], now: float) -> Event:
-    """A journal entry as a timeline line."""
-    kind, p = entry["kind"], entry.get("payload") or {}
+    """A journal entry as a timeline line; one of a shape this version does not know (an older
+    or newer daemon wrote it) as its raw text."""
+    try:
+        return _event(entry, now)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        raw = json.dumps(entry.get("payload"), default=str)[:300]
+        t = entry.get("t")
+        t = float(t) if isinstance(t, int | float) and math.isfinite(t) else now
+        return Event(id=int(entry.get("id") or 0), t=t, age=ago(now, t), when=_utc(t),
+                     kind=str(entry.get("kind", "")), css="", title=str(entry.get("kind", "")),
+                     detail=raw)
+
+
+def _event(entry: dict[str, Any], now: float) -> Event:
+    kind, p = entry["kind"], entry.get("payload")
+    p = p if isinstance(p, dict) else {}
     base = Event(id=int(entry["id"]), t=float(entry["t"]), age=ago(now, entry["t"]),
                  when=_utc(float(entry["t"])), kind=kind, css="", title=kind.replace("_", " "))
     action = str(p.get("action", ""))
@@ -288,7 +346,9 @@ def event(entry: dict[str, Any], now: float) -> Event:
         base.title = f"decision: {_decided(action, params)}{waiting}{dry}"
         base.css, base.action = _action_css(action), action
         base.detail = f"rule {p.get('rule', '')}: {p.get('reason', '')}"
-        base.evidence = [evidence(f, now) for f in p.get("findings", []) if isinstance(f, dict)]
+        used = p.get("findings")
+        base.evidence = [evidence(f, now) for f in used if isinstance(f, dict)] \
+            if isinstance(used, list) else []
     elif kind == "finding":
         base.title = (f"{p.get('detector', '')} v{p.get('version')} ({p.get('target') or '-'}): "
                       f"{p.get('verdict', '')}")
@@ -351,7 +411,7 @@ def latency_rows(buckets: dict[int, list[Bucket]], roles: dict[int, str],
         last = series[-1]
         p50, p90, p99 = (number(q) for q in last.quantiles)
         rows.append(LatencyRow(version, roles.get(version, ""), PALETTE[i % len(PALETTE)],
-                               p50, p90, p99, last.count, last.failed))
+                               p50, p90, p99, last.count, last.failed, ago(now, last.start)))
     return rows[::-1]
 
 
@@ -369,7 +429,7 @@ def latency_chart(buckets: dict[int, list[Bucket]], roles: dict[int, str], since
     left, right, top, bottom = 52, 8, 12, 28
     plot_w, plot_h = width - left - right, height - top - bottom
     values = [q for series in buckets.values() for b in series
-              for q in (b.quantiles[0], b.quantiles[-1]) if q is not None]
+              for q in (b.quantiles[0], b.quantiles[-1]) if q is not None and math.isfinite(q)]
     y_max = _nice(max(values) * 1.05) if values else 1.0
 
     def x(t: float) -> float:
@@ -397,7 +457,7 @@ def latency_chart(buckets: dict[int, list[Bucket]], roles: dict[int, str], since
         color = PALETTE[i % len(PALETTE)]
         for index, dash in ((0, ""), (len(QUANTILES) - 1, ' stroke-dasharray="5 3"')):
             points = [(x(b.start + BUCKET_SECONDS / 2), y(q)) for b in series
-                      if (q := b.quantiles[index]) is not None]
+                      if (q := b.quantiles[index]) is not None and math.isfinite(q)]
             name = f"p{QUANTILES[index] * 100:g}"
             attrs = (f'data-version="{version}" data-quantile="{name}" stroke="{color}"'
                      f'{dash}')
@@ -452,7 +512,7 @@ def _drift_views(reports: dict[str, dict[str, Any]]) -> list[DriftView]:
             if not isinstance(f, dict):
                 continue
             drifted = bool(f.get("drifted", f.get("drift", False)))
-            effect = f.get("effect")
+            effect = f.get("effect", f.get("psi"))  # the window engines give the PSI
             features.append(FeatureRow(
                 str(f.get("name", "")), str(f.get("kind", "")), str(f.get("test", "")),
                 number(f.get("statistic")), number(f.get("p_adjusted", f.get("p_value"))),
@@ -542,17 +602,20 @@ def _runbook_files() -> dict[str, Traversable]:
 
 
 def runbook(name: str) -> str | None:
-    """The runbook of alert ``name`` as HTML; None when there is none."""
+    """The runbook of alert ``name`` as HTML (``NAME.md`` too: the pages link each other so);
+    None when there is none. Links are relative: the page works behind a path prefix."""
+    name = name.removesuffix(".md")
     if not RUNBOOK_NAME.fullmatch(name):
         return None
     page = _runbook_files().get(name)
     if page is None:
         return None
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(page.read_text("utf-8"))
-    return _environment().get_template("runbook.html").render(title=name, body=Markup(body))
+    return _environment().get_template("runbook.html").render(title=name, body=Markup(body),
+                                                              up="../", index="./")
 
 
 def runbook_index() -> str:
     names = sorted(_runbook_files())
     return _environment().get_template("runbook.html").render(
-        title="runbooks", names=names, body=None)
+        title="runbooks", names=names, body=None, up="../", index="./")

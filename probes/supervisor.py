@@ -254,10 +254,11 @@ class ProbeSupervisor:
     def debug(self) -> dict[str, Any]:
         """Recent probe results (failures kept apart) and per-target latency summaries."""
         since = self.clock.now() - SUMMARY_SECONDS
+        since_slack = SUMMARY_SECONDS  # answers come at most a probe timeout late
         targets = []
         for (model, version, label), probe in sorted(
                 self._probes.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, kv[0][2])):
-            samples = self.windows.window(model, version, "latency_ms", label, since=since)
+            samples = self.windows.recent(model, version, "latency_ms", label, since, since_slack)
             targets.append(_summary(probe.target, model, version, label, samples))
         return {
             "window_seconds": SUMMARY_SECONDS,

@@ -119,9 +119,14 @@ def test_the_text_needs_no_javascript(stack: dict[str, Any], browser: Any) -> No
     page = context.new_page()
     page.goto(f"{daemon.base_url}/")
     text = page.locator("main").inner_text()
-    assert "m" in text and "Timeline" in text and "Health" in text
-    assert page.locator('section[data-model="m"] ol.timeline > li').count() >= 1
-    assert page.locator('noscript').count() == 1
+    assert "Timeline (latest first)" in text and "Health" in text and "Jobs" in text
+    assert page.locator('section[data-model="m"] ol.timeline > li[data-kind]').count() >= 1
+    # without JavaScript the page reloads itself: the meta refresh of the <noscript> is live
+    refresh = page.locator('noscript meta[http-equiv="refresh"]')
+    assert refresh.count() == 1 and refresh.get_attribute("content") == "5"
+    first = page.locator("#page").get_attribute("data-generated")
+    page.wait_for_function(f'document.getElementById("page").dataset.generated !== "{first}"',
+                           timeout=15_000)  # reloaded by the browser, not by any script
     assert page.locator('section[data-model="m"] [data-role="stable"]').inner_text().startswith("v")
     page.screenshot(path=str(SCREENSHOTS / "status-nojs.png"), full_page=True)
     context.close()

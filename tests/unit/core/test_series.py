@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tfwarden.core.series import SeriesWindows, version_buckets
+from tfwarden.core.series import BucketHistory, SeriesWindows
 from tfwarden.core.types import Sample
 
 
@@ -36,23 +36,61 @@ def test_series_count_is_bounded() -> None:
     assert len(windows.keys()) == 2 and windows.dropped_series == 3
 
 
-def test_version_buckets_pool_targets_and_give_exact_quantiles() -> None:
+def test_buckets_pool_targets_and_give_exact_quantiles() -> None:
     windows = SeriesWindows()
     for i in range(100):  # version 1 through its label and its version address, minute 0
-        windows.add(Sample(t=1000.0 + i * 0.5, source="predict", metric="latency_ms",
+        windows.add(Sample(t=1020.0 + i * 0.5, source="predict", metric="latency_ms",
                            value=float(i + 1), model="m", version=1,
                            target="stable" if i % 2 else ""))
-    windows.add(Sample(t=1070.0, source="predict", metric="latency_ms", value=500.0, model="m",
+    windows.add(Sample(t=1090.0, source="predict", metric="latency_ms", value=500.0, model="m",
                        version=1, ok=False))  # minute 1: one failure, no success
-    windows.add(Sample(t=1010.0, source="predict", metric="latency_ms", value=7.0, model="m",
+    windows.add(Sample(t=1030.0, source="predict", metric="latency_ms", value=7.0, model="m",
                        version=2))
-    windows.add(Sample(t=1010.0, source="predict", metric="latency_ms", value=9.0, model="other",
+    windows.add(Sample(t=1030.0, source="predict", metric="latency_ms", value=9.0, model="other",
                        version=1))
     windows.add(Sample(t=900.0, source="predict", metric="latency_ms", value=9.0, model="m",
                        version=3))  # before the horizon
-    buckets = version_buckets(windows, "m", "latency_ms", 1000.0, 60.0, (0.5, 0.99))
+    buckets = BucketHistory(windows, "latency_ms", 60.0, (0.5, 0.99)).buckets("m", 1021.0, 1200.0)
     assert sorted(buckets) == [1, 2]
     first, second = buckets[1]
-    assert (first.start, first.quantiles, first.count, first.failed) == (1000.0, (50.0, 99.0), 100, 0)
-    assert (second.start, second.quantiles, second.count, second.failed) == (1060.0, (None, None), 1, 1)
+    assert (first.start, first.quantiles, first.count, first.failed) == (1020.0, (50.0, 99.0), 100, 0)
+    assert (second.start, second.quantiles, second.count, second.failed) == (1080.0, (None, None), 1, 1)
     assert buckets[2][0].quantiles == (7.0, 7.0)
+
+
+def test_buckets_read_only_what_is_new_and_match_a_fresh_computation() -> None:
+    windows = SeriesWindows()
+    history = BucketHistory(windows, "latency_ms", 60.0, (0.5, 0.9, 0.99))
+    t, value = 0.0, 1.0
+    for step in range(20):  # 20 renders, 30 s apart, samples arriving in between
+        for _ in range(60):
+            t += 0.5
+            value = (value * 7.3) % 97
+            windows.add(latency(t, value, version=1 + step % 2))
+        now = t + 0.2
+        assert history.buckets("m", now - 600, now) == \
+            BucketHistory(windows, "latency_ms", 60.0, (0.5, 0.9, 0.99)).buckets("m", now - 600, now)
+    reads: list[float] = []
+    recent = windows.recent
+
+    def counting(*args: object) -> list[Sample]:
+        found = recent(*args)  # type: ignore[arg-type]
+        reads.append(len(found))
+        return found
+
+    windows.recent = counting  # type: ignore[method-assign]
+    history.buckets("m", now - 600, now)
+    assert sum(reads) < 200  # the last buckets only, not the 1,200 samples of 10 minutes
+
+
+def test_recent_reads_from_the_newest_back() -> None:
+    windows = SeriesWindows()
+    for i in range(1000):
+        windows.add(latency(float(i), float(i)))
+    windows.add(latency(900.5, -1.0))  # an answer that came late, or a clock stepped back
+    assert [s.value for s in windows.recent("m", 1, "latency_ms", "", 995.0, 10.0)] == \
+        [995.0, 996.0, 997.0, 998.0, 999.0]
+    assert [s.value for s in windows.recent("m", 1, "latency_ms", "", 900.0, 10.0)][:2] == \
+        [900.0, 901.0]
+    assert -1.0 in [s.value for s in windows.recent("m", 1, "latency_ms", "", 900.0, 200.0)]
+    assert windows.recent("m", 7, "latency_ms", "", 0.0, 1.0) == []

@@ -67,10 +67,10 @@ class FakeDaemon:
     def models(self) -> list[dict[str, Any]]:
         return [self.status_]
 
-    def model(self, name: str) -> dict[str, Any] | None:
+    def model_detail(self, name: str) -> dict[str, Any] | None:
         if name != "m":
             return None
-        return {**self.status_, "findings": [finding("latency", "regression")]}
+        return dict(self.status_)
 
     def findings(self) -> list[dict[str, Any]]:
         return [finding("latency", "regression"),
@@ -157,7 +157,7 @@ def test_drift_features_and_edge_cohorts() -> None:
                                                                           "current": 900}},
                       "findings": []}
     html = page(daemon)
-    assert "Data drift" in html and "age" in html and "rows of v2" in html
+    assert "Data drift" in html and "<td>age</td>" in html and "rows of v2" in html
     assert "Drift worker" in html
     assert "cpu | a" in html and "gpu | s23" in html and ">v1<" in html
 
@@ -173,8 +173,8 @@ def test_text_from_the_journal_is_escaped() -> None:
 def test_one_model_and_an_unknown_one() -> None:
     daemon = FakeDaemon()
     assert 'data-model="m"' in page(daemon, only="m")
-    snap = statuspage.collect(daemon, only="nope")
-    assert snap.unknown and "knows no model named nope" in statuspage.render(daemon, snap)
+    assert statuspage.collect(daemon, only="nope").unknown  # a JSON 404 (below)
+    assert not statuspage.collect(daemon, only="devserver").unknown  # a memory target's findings
 
 
 def test_ages() -> None:
@@ -199,10 +199,14 @@ def get(path: str) -> httpx.Response:
 def test_served_at_the_root_as_html_that_loads_nothing_from_elsewhere() -> None:
     response = get("/")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
-    assert "default-src 'none'" in response.headers["content-security-policy"]
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'sha256-" in policy
+    assert "unsafe-inline" not in policy.split("script-src")[1].split(";")[0]
+    script = re.findall(r"<script>(.*?)</script>", response.text, re.S)
+    assert script == [statuspage.REFRESH_SCRIPT]  # the one script, the one the hash allows
     assert not re.search(r'(src|href)="(https?:)?//', response.text)  # no CDN, no other origin
     assert 'http-equiv="refresh" content="5"' in response.text  # without JavaScript too
-    assert get("/?refresh=2").text.count("var every = 2000") == 1
+    assert get("/?refresh=2").text.count('data-refresh="2"') == 1
     bad = get("/?refresh=0")
     assert bad.status_code == 400 and "refresh" in bad.json()["error"]
     unknown = get("/?model=nope")
@@ -212,10 +216,12 @@ def test_served_at_the_root_as_html_that_loads_nothing_from_elsewhere() -> None:
 def test_runbooks_are_served_for_every_shipped_alert() -> None:
     index = get("/runbooks/")
     assert index.status_code == 200
-    names = re.findall(r'<a href="/runbooks/([A-Za-z0-9_-]+)">', index.text)
+    names = re.findall(r'<li><a href="([A-Za-z0-9_-]+)">', index.text)
     assert names, "no runbook pages installed (docs/runbooks as tfwarden.docs.runbooks)"
     page_ = get(f"/runbooks/{names[0]}")
     assert page_.status_code == 200 and "<h1>" in page_.text
+    assert get(f"/runbooks/{names[0]}.md").text == page_.text  # as the pages link each other
+    assert 'href="../">status' in page_.text
     for bad in ("/runbooks/Nope", "/runbooks/..%2Fstatus", "/runbooks/README"):
         response = get(bad)
         assert response.status_code == 404 and "runbook" in response.json()["error"], bad
@@ -256,3 +262,26 @@ def test_sparse_answers_still_render() -> None:
     daemon.status_ = {"model": "m", "phase": "stable"}
     html = page(daemon)
     assert 'data-model="m" data-phase="stable"' in html and 'data-kind="something_new"' in html
+
+
+def test_other_findings_name_their_model_or_target() -> None:
+    daemon = FakeDaemon()
+    burn = {**finding("burn", "regression", version=4), "model": "other", "target": "slo"}
+    daemon.findings = lambda: [burn]  # type: ignore[method-assign]
+    html = page(daemon)
+    other = html[html.index('id="findings-other"'):]
+    assert "<td>other</td><td>burn</td><td>v4</td><td>slo</td>" in other
+
+
+def test_odd_journal_entries_and_values_do_not_break_the_page() -> None:
+    daemon = FakeDaemon()
+    daemon.entries += [
+        {"id": 20, "t": NOW, "kind": "decision", "model": "m", "payload": {"findings": None}},
+        {"id": 21, "t": NOW, "kind": "finding", "model": "m", "payload": {"evidence": [1, 2]}},
+        {"id": 22, "t": NOW, "kind": "action_done", "model": "m", "payload": ["not", "a", "dict"]},
+        {"id": 23, "t": "yesterday", "kind": "new_version", "model": "m", "payload": {}},
+    ]
+    daemon.buckets[3] = [Bucket(NOW - 60, (float("inf"), float("nan"), float("inf")), 1, 0)]
+    html = page(daemon)
+    for entry in (20, 21, 22, 23):
+        assert f'data-id="{entry}"' in html
