@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     devserver.add_argument("flags", nargs=argparse.REMAINDER,
                            help="TF Serving flags, e.g. --port=8500 --rest_api_port=8501")
 
+    runbook = sub.add_parser("runbook", help="print the runbook of an alert (offline: from the "
+                             "installed package); without ALERT, list them")
+    runbook.add_argument("alert", nargs="?", metavar="ALERT")
+
     backtest = sub.add_parser("backtest", help="replay a trace through the detectors")
     backtest.add_argument("trace", metavar="TRACE.jsonl")
     backtest.add_argument("--config", metavar="FILE", help="detector settings and SLOs")
@@ -289,6 +293,23 @@ def cmd_devserver(args: argparse.Namespace) -> int:
     return devserver_main(flags)
 
 
+def cmd_runbook(args: argparse.Namespace) -> int:
+    """The runbook pages ship in the package: readable when the daemon (or the network) is down."""
+    from tfwarden.daemon.statuspage import runbook_names, runbook_text
+
+    if args.alert is None:
+        names = runbook_names()
+        print("\n".join(names) if names else "no runbook pages are installed")
+        return 0 if names else 1
+    text = runbook_text(args.alert)
+    if text is None:
+        print(f"tfwarden runbook: no runbook for {args.alert!r} (tfwarden runbook lists them)",
+              file=sys.stderr)
+        return 1
+    print(text, end="" if text.endswith("\n") else "\n")
+    return 0
+
+
 def cmd_operator(args: argparse.Namespace) -> int:
     from tfwarden.daemon.ctl import run as run_operator_command
 
@@ -303,6 +324,7 @@ COMMANDS = {
     "config-schema": cmd_config_schema,
     "demo": cmd_demo,
     "optimize": cmd_optimize,
+    "runbook": cmd_runbook,
     **{verb: cmd_operator for verb in ("status", "findings", "journal", "promote", "rollback",
                                        "pause", "resume", "approve")},
 }

@@ -601,21 +601,30 @@ def _runbook_files() -> dict[str, Traversable]:
         return {}
 
 
+def runbook_names() -> list[str]:
+    return sorted(_runbook_files())
+
+
+def runbook_text(name: str) -> str | None:
+    """The Markdown of alert ``name``'s runbook; None when there is none."""
+    name = name.removesuffix(".md")
+    page = _runbook_files().get(name) if RUNBOOK_NAME.fullmatch(name) else None
+    return page.read_text("utf-8") if page is not None else None
+
+
 def runbook(name: str) -> str | None:
     """The runbook of alert ``name`` as HTML (``NAME.md`` too: the pages link each other so);
     None when there is none. Links are relative: the page works behind a path prefix."""
-    name = name.removesuffix(".md")
-    if not RUNBOOK_NAME.fullmatch(name):
+    text = runbook_text(name)
+    if text is None:
         return None
-    page = _runbook_files().get(name)
-    if page is None:
-        return None
-    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(page.read_text("utf-8"))
-    return _environment().get_template("runbook.html").render(title=name, body=Markup(body),
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+    return _environment().get_template("runbook.html").render(title=name.removesuffix(".md"),
+                                                              body=Markup(body),
                                                               up="../", index="./")
 
 
 def runbook_index() -> str:
-    names = sorted(_runbook_files())
+    names = runbook_names()
     return _environment().get_template("runbook.html").render(
         title="runbooks", names=names, body=None, up="../", index="./")

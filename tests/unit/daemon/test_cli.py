@@ -48,3 +48,15 @@ def test_run_with_invalid_config_is_one_line_exit_1(tmp_path) -> None:  # type: 
     assert len(lines) == 1, result.stderr
     assert "bogus (line 2): unknown field" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_runbook_prints_an_installed_page_offline(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["runbook"]) == 0
+    names = capsys.readouterr().out.split()
+    assert "TfwardenDown" in names and "TfwardenDecision" in names and "README" not in names
+    assert main(["runbook", "TfwardenDown"]) == 0
+    page = capsys.readouterr().out
+    assert page.startswith("# TfwardenDown") and "## What to check" in page
+    assert main(["runbook", "../../etc/passwd"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no runbook for" in err
