@@ -217,6 +217,8 @@ def test_assets_are_package_resources(fresh: Fresh) -> None:
 
 def test_version_and_check_config(fresh: Fresh, tmp_path: Path) -> None:
     assert check(fresh.run(fresh.tfwarden, "--version"), "--version").strip() == f"tfwarden {VERSION}"
+    page = check(fresh.run(fresh.tfwarden, "runbook", "TfwardenDown"), "runbook")
+    assert page == (REPO / "docs" / "runbooks" / "TfwardenDown.md").read_text()
     example = REPO / "systemd" / "tfwarden.example.yaml"
     out = check(fresh.run(fresh.tfwarden, "check-config", example), "check-config example")
     assert "OK" in out
@@ -294,6 +296,9 @@ policies: {{ruleset: default}}
         adopted = wait_for(lambda: (m := model()).get("stable_version") == 1 and m, 30,
                            "model adopted", lambda: f"{model()}\n{text()}")
         assert adopted["canary_version"] is None, adopted
+        page = client.get("/")  # the status page's templates come from the installed copy
+        assert page.status_code == 200 and 'data-model="m" data-phase="stable"' in page.text
+        assert client.get("/runbooks/TfwardenDown").status_code == 200
         assert client.get("/api/v1/status").json()["process"]["heavy_modules_loaded"] == []
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=15) == 0, text()
