@@ -153,6 +153,10 @@ class Roster:
         for part in ("canary", "slo"):
             self._drop(("latency", model, part))
         self._drop(("errors", model, "canary"))
+        for key in [k for k in self.detectors if k[0] == "burn" and k[1] == model
+                    and k[2] is not None and k[2] not in (stable, canary)]:
+            self._drop(key)  # a version without a role (rolled back, replaced): its samples
+            # stopped, and its last burn verdict would stand forever; new samples add it again
         self._compare(model, stable, canary)
         if old_stable is not None and stable is not None and stable != old_stable:
             since = self.clock.now() - self.settings.latency.baseline_seconds

@@ -169,3 +169,15 @@ def test_a_dropped_comparison_takes_its_metrics_with_it() -> None:
     assert 'tfwarden_finding{detector="latency"' in series()
     r.roles_changed("m", (1, 2), (1, None))  # rolled back
     assert series() == ""
+
+
+
+def test_the_burn_rate_of_a_version_without_a_role_goes() -> None:
+    r = roster()
+    r.roles_changed("m", (None, None), (1, 2))
+    for version in (1, 2):
+        r.observe(Sample(r.clock.now(), "predict", "latency_ms", 10.0, model="m",
+                         version=version, ok=version == 1))
+    assert {("burn", "m", 1), ("burn", "m", 2)} <= set(r.detectors)
+    r.roles_changed("m", (1, 2), (1, None))  # v2 rolled back
+    assert ("burn", "m", 2) not in r.detectors and ("burn", "m", 1) in r.detectors
