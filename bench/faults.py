@@ -28,10 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 from tfwarden.probes.golden import GoldenRequest
-from tfwarden.probes.predict import RestPredictProbe
+from tfwarden.probes.predict import PredictHttp, RestPredictProbe
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "tests" / "testdata" / "tfserving" / "saved_model_half_plus_two_cpu" / "00000123"
@@ -53,7 +51,8 @@ def quantile(samples_ms: list[float], q: float) -> float:
 async def probe(rest_url: str, requests: int) -> dict[int, list[float]]:
     """``requests`` probe calls to each version, alternating; latency in ms per version."""
     latencies: dict[int, list[float]] = {1: [], 2: []}
-    async with httpx.AsyncClient() as client:
+    client = PredictHttp()
+    try:
         probes = {v: RestPredictProbe(client, rest_url, "m", version=v, golden=GOLDEN,
                                       timeout_seconds=10) for v in latencies}
         for _ in range(requests):
@@ -62,6 +61,8 @@ async def probe(rest_url: str, requests: int) -> dict[int, list[float]]:
                 if not sample.ok:
                     raise SystemExit(f"version {version}: {sample.labels}")
                 latencies[version].append(sample.value)
+    finally:
+        await client.close()
     return latencies
 
 

@@ -23,6 +23,7 @@ object concerned (file, YAML path, model, version, line)::
     ├── ServingError           a model server could not be reached or answered with an error
     │   ├── ProtoLoadError       TF Serving's generated protobuf modules could not be loaded
     │   ├── ServingRpcError      a gRPC call failed (``code``: NOT_FOUND, UNAVAILABLE...)
+    │   ├── ProbeTransportError  a probe request got no HTTP answer (``kind``: timeout...)
     │   └── ServingStatus        a TF Serving error status (the devserver's ``code`` + message)
     ├── LifecycleError         a lifecycle action cannot be carried out
     │   ├── InvalidTransition    a phase change the transition table does not allow
@@ -165,6 +166,14 @@ SERVING_CODES = frozenset({
     "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
     "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"})
 MAX_GRPC_MESSAGE = 1024
+
+
+class ProbeTransportError(ServingError):
+    """A probe request got no HTTP answer: ``kind`` is "timeout" or "unreachable"."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class ServingStatus(ServingError):

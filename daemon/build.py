@@ -30,6 +30,7 @@ from tfwarden.core.series import SeriesWindows
 from tfwarden.daemon.config import Config, read_ingest_tokens
 from tfwarden.daemon.recorder import Recorder
 from tfwarden.daemon.state import EventJournal
+from tfwarden.daemon.statuspage import HISTORY_SECONDS
 from tfwarden.detectors.alerts import ReceiveRule
 from tfwarden.detectors.backtest import Backtest
 from tfwarden.detectors.drift.checks import DriftChecks, DriftedModel
@@ -53,6 +54,7 @@ from tfwarden.optimizers.settings import OptimizeSettings
 from tfwarden.policies.engine import PolicyEngine
 from tfwarden.policies.rules import load_ruleset
 from tfwarden.probes.capture import CapturedModel, CaptureService
+from tfwarden.probes.predict import PredictHttp
 from tfwarden.probes.settings import MemoryTargetSettings
 from tfwarden.probes.supervisor import Endpoint, ProbedModel, ProbeSettings, ProbeSupervisor
 from tfwarden.serving.tfserving.client import Channels, TFServingClient
@@ -79,7 +81,9 @@ class Process:
     jobs: Scheduler
     http: httpx.AsyncClient = field(default_factory=httpx.AsyncClient)  # alerts, drift predicts
     probe_http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=MAX_PROBE_CONNECTIONS)))  # probes wait, not alerts
+        limits=httpx.Limits(max_connections=MAX_PROBE_CONNECTIONS)))  # scrapes wait, not alerts
+    predict_http: PredictHttp = field(  # the REST predict probes (the hot path: aiohttp)
+        default_factory=lambda: PredictHttp(MAX_PROBE_CONNECTIONS))
     channels: Channels = field(default_factory=Channels)
 
     def __post_init__(self) -> None:
@@ -88,6 +92,7 @@ class Process:
     async def close(self) -> None:
         await self.http.aclose()
         await self.probe_http.aclose()
+        await self.predict_http.close()
         await self.channels.close()
 
 
@@ -124,10 +129,18 @@ class Pipeline:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
+def windows_of(config: Config) -> SeriesWindows:
+    """Raw samples as long as something reads them back: the status page's hour, or the
+    baseline a new stable version is compared with when that is longer (not 6 h: at 1,000
+    probed versions every hour of samples costs about 95 MB)."""
+    baseline = config.detection.latency.baseline_seconds
+    return SeriesWindows(max_age_seconds=max(HISTORY_SECONDS, baseline))
+
+
 def build(config: Config, process: Process) -> Pipeline:
     """Every object of ``config`` (nothing runs yet); raises ConfigError for bad golden files."""
     p, endpoints = process, endpoints_of(config, process, {})
-    windows, roles = SeriesWindows(), RoleTracker()
+    windows, roles = windows_of(config), RoleTracker()
     roster = Roster(config.detection, objectives_of(config), memory_targets_of(config), windows,
                     p.clock, p.journal, p.recorder)
     roles.subscribe(roster)
@@ -137,7 +150,7 @@ def build(config: Config, process: Process) -> Pipeline:
                         roles, roster, p.recorder, p.clock)
     probes = ProbeSupervisor(probe_settings(config, endpoints), p.jobs, p.probe_http, windows,
                              roster, VersionEvents(roster, roles, p.clock.now), p.recorder,
-                             p.clock)
+                             p.clock, predict_http=p.predict_http)
     policy = PolicyEngine(load_ruleset(config.policies.ruleset), config.policies.dry_run)
     dispatcher = Dispatcher(notifiers_of(config, p.http), on_result=p.recorder.notified)
     alerts = AlertBook(dispatcher, p.journal, p.clock, config.alerting.labels, page_url(config))

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import logging
 import statistics
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -29,7 +30,7 @@ from tfwarden.probes.base import Probe
 from tfwarden.probes.golden import DEFAULT_GOLDEN, GoldenRequest, load_golden
 from tfwarden.probes.grpc_predict import GrpcPredictProbe
 from tfwarden.probes.memory import CgroupMemoryProbe, ProcessMemoryProbe
-from tfwarden.probes.predict import RestPredictProbe, open_loop
+from tfwarden.probes.predict import JsonPoster, RestPredictProbe, open_loop
 from tfwarden.probes.promql import PromQLProbe
 from tfwarden.probes.serving_metrics import ServingMetricsProbe
 from tfwarden.probes.settings import MemoryTargetSettings, PredictProbeSettings, PromQLSettings
@@ -78,8 +79,11 @@ class ProbeSupervisor:
 
     def __init__(self, settings: ProbeSettings, jobs: Scheduler, http: httpx.AsyncClient,
                  windows: SeriesWindows, samples: SampleSink, versions: VersionStatusSink,
-                 metrics: ProbeMetrics, clock: Clock) -> None:
+                 metrics: ProbeMetrics, clock: Clock, *, predict_http: JsonPoster) -> None:
+        """``http`` serves the scrapes and PromQL queries, ``predict_http`` the REST predict
+        probes (the hot path)."""
         self.settings, self.jobs, self.http, self.windows = settings, jobs, http, windows
+        self.predict_http = predict_http
         self.samples, self.version_sink, self.metrics, self.clock = samples, versions, metrics, clock
         self._golden = self.read_golden(settings)  # ConfigError now, not when probes start
         self._loops: dict[TargetKey, asyncio.Task[None]] = {}
@@ -88,6 +92,8 @@ class ProbeSupervisor:
         self._failures: dict[str, deque[dict[str, Any]]] = {}
         self.versions: dict[str, dict[str, Any]] = {}  # model -> last status detail
         self._job_names: list[str] = []
+        self._by_name = {m.name: m for m in settings.models}
+        self._followed: dict[str, set[int]] = {}  # model -> versions with a loop (address: versions)
 
     # -- start / stop ----------------------------------------------------------------------
     @staticmethod
@@ -103,6 +109,7 @@ class ProbeSupervisor:
         golden = self.read_golden(settings) if golden is None else golden
         await self.stop()
         self.settings, self._golden = settings, golden
+        self._by_name = {m.name: m for m in settings.models}
         names = {m.name for m in settings.models}
         self.versions = {m: d for m, d in self.versions.items() if m in names}
         self.start()
@@ -158,6 +165,7 @@ class ProbeSupervisor:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
         self._probes.clear()
+        self._followed.clear()
 
     # -- status and memory -----------------------------------------------------------------
     async def _run_status(self, probe: StatusProbe) -> None:
@@ -195,14 +203,20 @@ class ProbeSupervisor:
 
     # -- predict loops ---------------------------------------------------------------------
     def _follow_versions(self, model_name: str, available: Sequence[int]) -> None:
-        model = next((m for m in self.settings.models if m.name == model_name), None)
+        # Called for every model on every status run: O(versions of the model), not O(fleet).
+        model = self._by_name.get(model_name)
         if model is None or model.probe is None or model.probe.address != "versions":
             return
-        for key in [k for k in self._loops if k[0] == model_name and k[1] not in available]:
-            self._loops.pop(key).cancel()
+        followed = self._followed.setdefault(model_name, set())
+        for version in followed - set(available):
+            key: TargetKey = (model_name, version, "")
+            followed.discard(version)
+            if (task := self._loops.pop(key, None)) is not None:
+                task.cancel()
             self._probes.pop(key, None)
         for version in sorted(available):
-            if (model_name, version, "") not in self._loops:
+            if version not in followed:
+                followed.add(version)
                 self._start_loop(model, version, None)
 
     def _start_loop(self, model: ProbedModel, version: int | None, label: str | None) -> None:
@@ -216,7 +230,7 @@ class ProbeSupervisor:
                                      timeout_seconds=settings.timeout_seconds, clock=self.clock)
         else:
             assert endpoint.settings.rest_url is not None
-            probe = RestPredictProbe(self.http, str(endpoint.settings.rest_url), model.name,
+            probe = RestPredictProbe(self.predict_http, str(endpoint.settings.rest_url), model.name,
                                      version=version, label=label, golden=self._golden[model.name],
                                      timeout_seconds=settings.timeout_seconds, clock=self.clock)
         key: TargetKey = (model.name, version, label or "")
@@ -236,7 +250,8 @@ class ProbeSupervisor:
 
         self._probes[key] = probe
         self._loops[key] = asyncio.get_running_loop().create_task(
-            open_loop(settings.rate_per_second, settings.max_in_flight, send, skipped),
+            open_loop(settings.rate_per_second, settings.max_in_flight, send, skipped,
+                      self.metrics.probe_late, phase=_phase(probe.target)),
             name=f"predict:{probe.target}")
         log.info("predict probe started for %s at %.1f/s", probe.target, settings.rate_per_second)
 
@@ -267,6 +282,12 @@ class ProbeSupervisor:
             "recent": {name: list(entries) for name, entries in self._recent.items()},
             "failures": {name: list(entries) for name, entries in self._failures.items()},
         }
+
+
+def _phase(target: str) -> float:
+    """Where in its interval a target's sends fall: spread evenly by a hash of its name, and
+    the same across restarts (as Prometheus offsets its scrapes)."""
+    return zlib.crc32(target.encode()) / 2**32
 
 
 def _memory_probe(target: MemoryTargetSettings, clock: Clock) -> Probe:

@@ -246,3 +246,16 @@ class FakeServingClient:
         self._call("predict_rows", model, version, len(rows))
         f = self.functions[version]
         return ["output"], [[f(float(row[0]))] for row in rows]
+
+
+class FakePoster:
+    """The REST predict probes' HTTP client (probes.predict.JsonPoster) answered in process:
+    ``handler(url, body)`` returns (status, JSON-able body or raw bytes), or raises
+    ProbeTransportError for a timeout or a refused connection."""
+
+    def __init__(self, handler: Callable[[str, Any], tuple[int, Any]]) -> None:
+        self.handler = handler
+
+    async def post(self, url: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+        status, answer = self.handler(url, json.loads(body))
+        return status, answer if isinstance(answer, bytes) else json.dumps(answer).encode()

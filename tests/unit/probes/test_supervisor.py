@@ -9,11 +9,12 @@ import json
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.fakes import FakeClock, FakeServingClient, RecordingScheduler
+from tests.fakes import FakeClock, FakePoster, FakeServingClient, RecordingScheduler
 from tfwarden.core.errors import ConfigError
 from tfwarden.core.series import SeriesWindows
 from tfwarden.core.types import Sample, VersionState
@@ -46,13 +47,13 @@ class PredictServer:
         self.requests: dict[str, int] = {}
         self.failing = set(failing)
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        path = request.url.path.removeprefix("/v1/models/m/").removesuffix(":predict")
+    def __call__(self, url: str, body: Any) -> tuple[int, Any]:
+        path = urlsplit(url).path.removeprefix("/v1/models/m/").removesuffix(":predict")
         self.requests[path] = self.requests.get(path, 0) + 1
         if path in self.failing:
-            return httpx.Response(503, json={"error": "servable not ready"})
-        assert json.loads(request.content) == GOLDEN["request"]
-        return httpx.Response(200, json={"predictions": [3.0]})
+            return 503, {"error": "servable not ready"}
+        assert body == GOLDEN["request"]
+        return 200, {"predictions": [3.0]}
 
 
 class Samples:
@@ -99,10 +100,10 @@ class Harness:
         self.jobs, self.windows = RecordingScheduler(), SeriesWindows()
         self.samples, self.seen, self.clock = Samples(), VersionsSeen(), FakeClock()
         self.metrics = Recorder()
-        self.http = httpx.AsyncClient(transport=httpx.MockTransport(self.predict))
+        self.http = httpx.AsyncClient()  # scrapes and PromQL: none configured here
         self.supervisor = ProbeSupervisor(
             self.settings(self.model), self.jobs, self.http, self.windows, self.samples,
-            self.seen, self.metrics, self.clock)
+            self.seen, self.metrics, self.clock, predict_http=FakePoster(self.predict))
 
     def settings(self, model: ProbedModel) -> ProbeSettings:
         endpoint = Endpoint(self.endpoint_settings, self.status)
