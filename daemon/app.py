@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -383,6 +384,7 @@ class Daemon:
                 raise StartupError(f"HTTP server on {config.server.listen} failed to start")
             await asyncio.sleep(0.01)
         self._start_watchdog()
+        settle_garbage_collector()
         self._ready = True
         self.recorder.set_ready(True)
         self.notifier.ready(self._status_line())
@@ -503,6 +505,20 @@ def _restart_only_changes(old: Config, new: Config) -> list[str]:
         if a != b:
             changed.append(".".join(path))
     return changed
+
+
+GC_THRESHOLD = (50_000, 20, 20)
+
+
+def settle_garbage_collector() -> None:
+    """Keep full collections short and rare. Everything made while starting (modules, the
+    configuration, the pipeline: about 100k objects) moves to the permanent generation, which
+    collections skip; and a young generation of 50,000 allocations instead of 700 promotes far
+    fewer short-lived probe objects into the old ones. Before, at 1,000 probed versions, a full
+    collection every few seconds stalled the event loop (and every probe) for 120-180 ms."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from tfwarden.core.series import BucketHistory, SeriesWindows
+import tracemalloc
+
+from tfwarden.core.series import COMPACT_AT, BucketHistory, SeriesWindows
 from tfwarden.core.types import Sample
 
 
@@ -27,6 +29,40 @@ def test_windows_are_per_version_and_filterable_by_time() -> None:
     windows.forget("m", 2)
     assert windows.window("m", 2, "latency_ms") == []
     assert len(windows.keys()) == 1
+
+
+def test_windows_keep_order_and_labels_across_compaction() -> None:
+    windows = SeriesWindows(max_samples=3 * COMPACT_AT)
+    outcomes = ("ok", "error", "timeout")
+    for i in range(10 * COMPACT_AT):  # the head is compacted away several times
+        outcome = outcomes[i % 3]
+        windows.add(Sample(t=float(i), source="predict", metric="latency_ms", value=i * 0.5,
+                           model="m", version=1, ok=outcome == "ok",
+                           labels={"outcome": outcome, "status": str(i % 3)}))
+    kept = windows.window("m", 1, "latency_ms")
+    assert len(kept) == 3 * COMPACT_AT == windows.sample_count()
+    first = 7 * COMPACT_AT
+    assert [s.t for s in kept] == [float(i) for i in range(first, 10 * COMPACT_AT)]
+    assert all(s.value == s.t * 0.5 for s in kept)
+    assert [(s.ok, dict(s.labels)) for s in kept[:3]] == [
+        (outcomes[(first + j) % 3] == "ok",
+         {"outcome": outcomes[(first + j) % 3], "status": str((first + j) % 3)}) for j in range(3)]
+    assert windows.recent("m", 1, "latency_ms", "", since=kept[-5].t, slack_seconds=1) == kept[-5:]
+
+
+def test_a_held_sample_costs_tens_of_bytes_not_a_sample_object() -> None:
+    windows = SeriesWindows()
+    models = [f"m{i}" for i in range(50)]
+    count = 50 * 2000
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(count):  # as a probe makes them: a new Sample and labels dict each time
+        windows.add(Sample(t=1e9 + i, source="predict", metric="latency_ms", value=1.0 + i % 7,
+                           model=models[i % 50], version=1, ok=i % 10 != 0,
+                           labels={"outcome": "ok" if i % 10 else "error", "status": "200"}))
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert held / count < 40  # kept as Sample objects, each with its labels dict: ~85
 
 
 def test_series_count_is_bounded() -> None:
