@@ -53,7 +53,7 @@ from tfwarden.daemon.jobs import JobRunner
 from tfwarden.daemon.logs import set_level
 from tfwarden.daemon.recorder import Recorder
 from tfwarden.daemon.sdnotify import SystemdNotifier, lag_monitor, watchdog_loop
-from tfwarden.daemon.state import SQLiteStateStore
+from tfwarden.daemon.state import open_state_store
 from tfwarden.detectors.alerts import receive
 from tfwarden.probes.edge.settings import EdgeSettings
 from tfwarden.serving.tfserving import protos
@@ -67,7 +67,8 @@ CHECKPOINT_SECONDS = 300.0
 RETENTION_SECONDS = 3600.0
 LAG_SAMPLE_SECONDS = 0.1
 HTTP_STOP_SECONDS = 1.0
-RESTART_ONLY_FIELDS = (("server", "listen"), ("server", "tls"), ("state_dir",), ("tracing",))
+RESTART_ONLY_FIELDS = (("server", "listen"), ("server", "tls"), ("state_dir",), ("state",),
+                       ("tracing",))
 
 
 def heavy_modules_loaded() -> list[str]:
@@ -93,7 +94,7 @@ class Daemon:
         clock: Clock | None = None,
         recorder: Recorder | None = None,
         notifier: SystemdNotifier | None = None,
-        store_factory: Callable[[Path], StateStore] = SQLiteStateStore,
+        store_factory: Callable[[Config], StateStore] = open_state_store,
         version: str = "",
     ) -> None:
         self.config_path = Path(config_path)
@@ -361,7 +362,7 @@ class Daemon:
         self._tls = tls_context(config)
         failpoints.arm(config.state_dir)
         self.process = build.Process(self.clock, self.recorder,
-                                     self._store_factory(config.state_dir), self.jobs)
+                                     self._store_factory(config), self.jobs)
         tracing.setup(config.tracing, self.version)
         self._journal(DaemonStarting(os.getpid(), self.version))
         self._loaded(config, token, ingest, "start")

@@ -1,7 +1,8 @@
 """The state store: an append-only journal of events plus a small key-value table.
 
 :class:`SQLiteStateStore` (WAL mode, versioned schema migrations, ``state.db`` under
-``state_dir``) implements ``core.ports.StateStore`` (``tests/fakes.MemoryStateStore`` is the
+``state_dir``) and ``daemon.pgstate.PostgresStateStore`` (shared by replicas) implement
+``core.ports.StateStore`` (``tests/fakes.MemoryStateStore`` is the
 in-memory one); :class:`EventJournal` is the journal port the stages record typed events through.
 """
 
@@ -14,13 +15,16 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tfwarden.core.clock import Clock
 from tfwarden.core.errors import StateError
 from tfwarden.core.events import Event
 from tfwarden.core.ports import JournalEntry, StateStore
 from tfwarden.daemon.recorder import Recorder
+
+if TYPE_CHECKING:
+    from tfwarden.daemon.config import Config
 
 DB_NAME = "state.db"
 
@@ -70,6 +74,23 @@ SCHEMA_VERSION = len(MIGRATIONS)
 ROW_OVERHEAD_BYTES = 96
 PRUNE_BATCH = 2000  # rows deleted per transaction
 
+
+
+def open_state_store(config: Config) -> StateStore:
+    """The store ``config.state`` names: SQLite under ``state_dir``, or PostgreSQL (psycopg is
+    imported only then). Raises StateError with one readable line."""
+    settings = config.state
+    if settings.kind == "sqlite":
+        return SQLiteStateStore(config.state_dir)
+    from tfwarden.daemon.pgstate import PostgresStateStore
+
+    assert settings.dsn_file is not None  # the configuration's validator requires it
+    try:
+        dsn = settings.dsn_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise StateError(f"state.dsn_file {settings.dsn_file}: {exc.strerror}") from exc
+    return PostgresStateStore(dsn, max_connections=settings.max_connections,
+                              connect_timeout=settings.connect_timeout_seconds)
 
 
 class EventJournal:

@@ -23,3 +23,14 @@ def daemon_factory(tmp_path: Path) -> Iterator[object]:
     yield start
     for proc in started:
         proc.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    """One real PostgreSQL server for the whole run (tests.postgres.PostgresServer); each test
+    takes a fresh database with ``postgres.new_database()``."""
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.close()

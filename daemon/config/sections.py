@@ -107,6 +107,35 @@ class JournalConfig(Settings):
         256.0, ge=1, description="Payload size (plus a fixed overhead per entry) kept at most.")
 
 
+class StateConfig(Settings):
+    """Where the durable state lives: SQLite under ``state_dir`` (one daemon), or a PostgreSQL
+    database that several replicas share (docs/operations.md, "PostgreSQL state")."""
+
+    kind: Literal["sqlite", "postgres"] = "sqlite"
+    dsn_file: Path | None = Field(None, description=(
+        "postgres: file holding a libpq connection string or URI (it may carry the password, so "
+        "it is a file: keep it mode 0600), e.g. host=db.internal dbname=tfwarden user=tfwarden"))
+    max_connections: int = Field(4, ge=1, le=64, description="postgres: connection pool size.")
+    connect_timeout_seconds: float = Field(10.0, gt=0, le=300)
+
+    @field_validator("dsn_file")
+    @classmethod
+    def _check_dsn_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        value = existing_file(value, info, "DSN file")
+        assert value is not None
+        if not value.read_text(encoding="utf-8").strip():
+            raise ValueError(f"DSN file {str(value)!r} is empty")
+        return value
+
+    @model_validator(mode="after")
+    def _postgres_needs_dsn(self) -> StateConfig:
+        if self.kind == "postgres" and self.dsn_file is None:
+            raise ValueError("kind postgres needs dsn_file (a file holding the connection string)")
+        return self
+
+
 class LoggingConfig(Settings):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -209,7 +238,9 @@ class Config(Settings):
 
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
-    state_dir: Path = Field(description="Directory of the SQLite state (journal, lifecycle).")
+    state_dir: Path = Field(description="Directory of the local state (the SQLite journal and "
+                            "lifecycle unless `state.kind` is postgres; worker files, artefacts).")
+    state: StateConfig = StateConfig()
     journal: JournalConfig = JournalConfig()
     serving: dict[Annotated[str, Field(pattern=NAME)], EndpointSettings] = {}
     models: list[ModelConfig] = []

@@ -1,4 +1,5 @@
-"""The StateStore contract (``core.ports.StateStore``), run over SQLite and the in-memory fake."""
+"""The StateStore contract (``core.ports.StateStore``), run over SQLite, PostgreSQL (a real
+server, tests/postgres.py) and the in-memory fake."""
 
 from __future__ import annotations
 
@@ -13,11 +14,16 @@ from tfwarden.core.ports import StateStore
 from tfwarden.daemon.state import SQLiteStateStore
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], StateStore]:
-    """Opens a new store of the implementation under test."""
+    """Opens a new store of the implementation under test (each call: the same database)."""
     if request.param == "sqlite":
         return lambda: SQLiteStateStore(tmp_path / "state")
+    if request.param == "postgres":
+        from tfwarden.daemon.pgstate import PostgresStateStore
+
+        dsn = request.getfixturevalue("postgres").new_database()
+        return lambda: PostgresStateStore(dsn)
     return MemoryStateStore
 
 

@@ -1,0 +1,253 @@
+"""The state store on PostgreSQL: what several replicas share (``state.kind: postgres``).
+
+Same contract as :class:`tfwarden.daemon.state.SQLiteStateStore` (``core.ports.StateStore``;
+``tests/contract/test_state_stores.py`` runs over both): an append-only journal whose rows below
+a retention floor alone may be deleted, plus a key-value table, with versioned migrations. The
+guards are PostgreSQL triggers, so no client (a replica, an operator's psql) can rewrite history.
+
+Reached through psycopg 3 with a small connection pool (psycopg_pool). Calls are synchronous,
+as SQLite's are: a statement on a nearby server takes well under a millisecond, and the store
+is called from the event loop a few times per action, not per probe. Imported only when the
+configuration asks for PostgreSQL, so the default daemon does not load psycopg.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg.conninfo import conninfo_to_dict
+
+from tfwarden.core.errors import StateError
+from tfwarden.core.ports import JournalEntry
+
+# Each entry moves the schema from version i to i+1; never edit a shipped entry, append one.
+MIGRATIONS: Sequence[str] = (
+    """
+    CREATE TABLE journal (
+        id      BIGSERIAL PRIMARY KEY,
+        t       DOUBLE PRECISION NOT NULL,
+        kind    TEXT NOT NULL,
+        model   TEXT,
+        payload TEXT NOT NULL
+    );
+    CREATE INDEX journal_kind ON journal (kind, id);
+    CREATE INDEX journal_model ON journal (model, id);
+    CREATE TABLE journal_floor (
+        one      INTEGER PRIMARY KEY CHECK (one = 1),
+        floor_id BIGINT NOT NULL
+    );
+    INSERT INTO journal_floor (one, floor_id) VALUES (1, 0);
+    CREATE FUNCTION tfwarden_journal_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'UPDATE' OR OLD.id >= (SELECT floor_id FROM journal_floor) THEN
+            RAISE EXCEPTION 'journal is append-only';
+        END IF;
+        RETURN OLD;
+    END $$;
+    CREATE TRIGGER journal_guard BEFORE UPDATE OR DELETE ON journal
+        FOR EACH ROW EXECUTE FUNCTION tfwarden_journal_guard();
+    CREATE FUNCTION tfwarden_floor_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'DELETE' THEN
+            RAISE EXCEPTION 'the journal floor stays';
+        END IF;
+        IF NEW.floor_id < OLD.floor_id THEN
+            RAISE EXCEPTION 'the journal floor never moves down';
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER journal_floor_guard BEFORE UPDATE OR DELETE ON journal_floor
+        FOR EACH ROW EXECUTE FUNCTION tfwarden_floor_guard();
+    CREATE TABLE kv (
+        key       TEXT PRIMARY KEY,
+        value     TEXT NOT NULL,
+        updated_t DOUBLE PRECISION NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+MIGRATION_LOCK = 0x7466776172646E  # pg_advisory_xact_lock key: replicas migrate one at a time
+ROW_OVERHEAD_BYTES = 96  # as SQLite's store counts a row beyond its payload
+PRUNE_BATCH = 2000
+
+
+def describe(dsn: str) -> str:
+    """The server and database a DSN names, without its password (for messages)."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgresql (unparsable DSN)"
+    host = parts.get("host") or "localhost"
+    port = parts.get("port") or "5432"
+    return f"postgresql://{host}:{port}/{parts.get('dbname') or parts.get('user') or ''}"
+
+
+class PostgresStateStore:
+    """StateStore in a PostgreSQL database (tables ``journal``, ``journal_floor``, ``kv``,
+    ``tfwarden_schema``)."""
+
+    def __init__(self, dsn: str, *, max_connections: int = 4, connect_timeout: float = 10.0) -> None:
+        self.where = describe(dsn)
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._tx: psycopg.Connection[Any] | None = None
+        try:
+            self._pool = psycopg_pool.ConnectionPool(
+                dsn, min_size=1, max_size=max_connections, open=False,
+                kwargs={"autocommit": True}, timeout=connect_timeout, name="tfwarden-state")
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise StateError(f"{self.where}: cannot connect ({_first_line(exc)})") from exc
+        try:
+            self._migrate()
+        except StateError:
+            self._pool.close()
+            raise
+
+    @property
+    def schema_version(self) -> int:
+        row = self._one("SELECT version FROM tfwarden_schema", ())
+        return int(row[0]) if row else 0
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            self._run("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            self._run("CREATE TABLE IF NOT EXISTS tfwarden_schema ("
+                      "one INTEGER PRIMARY KEY CHECK (one = 1), version INTEGER NOT NULL)", ())
+            self._run("INSERT INTO tfwarden_schema VALUES (1, 0) ON CONFLICT DO NOTHING", ())
+            current = self.schema_version
+            if current > SCHEMA_VERSION:
+                raise StateError(
+                    f"{self.where}: schema version {current} is newer than this tfwarden "
+                    f"supports ({SCHEMA_VERSION}); upgrade tfwarden or use another database")
+            for version in range(current, SCHEMA_VERSION):
+                self._run(MIGRATIONS[version], ())
+                self._run("UPDATE tfwarden_schema SET version = %s", (version + 1,))
+
+    def append(self, t: float, kind: str, payload: dict[str, Any], model: str | None = None) -> int:
+        row = self._one("INSERT INTO journal (t, kind, model, payload) VALUES (%s, %s, %s, %s) "
+                        "RETURNING id", (t, kind, model, json.dumps(payload, sort_keys=True)))
+        assert row is not None
+        return int(row[0])
+
+    def entries(self, after_id: int = 0, limit: int = 100, kind: str | None = None,
+                model: str | None = None, newest_first: bool = False) -> list[JournalEntry]:
+        sql = "SELECT id, t, kind, model, payload FROM journal WHERE id > %s"
+        args: list[Any] = [after_id]
+        if kind is not None:
+            sql += " AND kind = %s"
+            args.append(kind)
+        if model is not None:
+            sql += " AND model = %s"
+            args.append(model)
+        sql += " ORDER BY id DESC LIMIT %s" if newest_first else " ORDER BY id LIMIT %s"
+        args.append(limit)
+        rows = self._all(sql, args)
+        return [JournalEntry(int(r[0]), r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    def put(self, key: str, value: Any, t: float) -> None:
+        self._run("INSERT INTO kv (key, value, updated_t) VALUES (%s, %s, %s) ON CONFLICT (key) "
+                  "DO UPDATE SET value = excluded.value, updated_t = excluded.updated_t",
+                  (key, json.dumps(value, sort_keys=True), t))
+
+    def get(self, key: str) -> Any:
+        row = self._one("SELECT value FROM kv WHERE key = %s", (key,))
+        return None if row is None else json.loads(row[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything written inside commits together or not at all (nests; the outermost
+        commits). Other threads of this process wait for it to end."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            try:
+                with self._pool.connection() as conn, conn.transaction():
+                    self._tx, self._depth = conn, 1
+                    try:
+                        yield
+                    finally:
+                        self._tx, self._depth = None, 0
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                raise StateError(f"{self.where}: {_first_line(exc)}") from exc
+
+    def prune(self, now: float, max_age_seconds: float, max_bytes: int) -> int:
+        """Journal retention, as SQLite's store does it: raise the floor, then delete below it
+        in short transactions of ``PRUNE_BATCH`` rows."""
+        target = self._retention_floor(now, max_age_seconds, max_bytes)
+        pruned = 0
+        while True:
+            with self.transaction():
+                row = self._one("SELECT floor_id FROM journal_floor FOR UPDATE", ())
+                assert row is not None
+                current = int(row[0])
+                if current >= target:
+                    return pruned
+                oldest = self._one("SELECT COALESCE(MIN(id), 0) FROM journal", ())
+                assert oldest is not None
+                floor = min(target, max(current, int(oldest[0])) + PRUNE_BATCH)
+                self._run("UPDATE journal_floor SET floor_id = %s", (floor,))
+                pruned += self._run("DELETE FROM journal WHERE id < %s", (floor,))
+
+    def _retention_floor(self, now: float, max_age_seconds: float, max_bytes: int) -> int:
+        by_age = self._one(
+            "SELECT COALESCE(MIN(id), (SELECT COALESCE(MAX(id), 0) + 1 FROM journal)) "
+            "FROM journal WHERE t >= %s", (now - max_age_seconds,))
+        assert by_age is not None
+        over = self._one(
+            "SELECT id FROM (SELECT id, SUM(octet_length(payload) + %s) OVER (ORDER BY id DESC) "
+            "AS kept FROM journal WHERE id >= %s) AS sized WHERE kept > %s ORDER BY id DESC "
+            "LIMIT 1", (ROW_OVERHEAD_BYTES, by_age[0], max_bytes))
+        return max(int(by_age[0]), int(over[0]) + 1 if over is not None else 0)
+
+    def checkpoint(self) -> None:
+        """Nothing to fold back: PostgreSQL's own checkpoints and autovacuum do it."""
+
+    def close(self) -> None:
+        with self._lock:
+            self._pool.close()
+
+    # -- statements ------------------------------------------------------------------------
+    def _execute(self, sql: str, args: Sequence[Any], fetch: str) -> Any:
+        with self._lock:
+            try:
+                params = args or None  # none: the simple protocol (a migration's many statements)
+                if self._tx is not None:
+                    return _fetch(self._tx.execute(sql, params), fetch)
+                with self._pool.connection() as conn:
+                    return _fetch(conn.execute(sql, params), fetch)
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                raise StateError(f"{self.where}: {_first_line(exc)}") from exc
+
+    def _run(self, sql: str, args: Sequence[Any]) -> int:
+        return int(self._execute(sql, args, "rowcount"))
+
+    def _one(self, sql: str, args: Sequence[Any]) -> tuple[Any, ...] | None:
+        return self._execute(sql, args, "one")  # type: ignore[no-any-return]
+
+    def _all(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._execute(sql, args, "all")  # type: ignore[no-any-return]
+
+
+def _fetch(cursor: psycopg.Cursor[Any], fetch: str) -> Any:
+    if fetch == "one":
+        return cursor.fetchone()
+    if fetch == "all":
+        return cursor.fetchall()
+    return cursor.rowcount
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
