@@ -196,6 +196,12 @@ class ProbeSupervisor:
             self.windows.add(sample)
             self.samples.observe(sample)
         entry = result.to_json()
+        models = entry["detail"].get("models")
+        if isinstance(models, dict):  # a status run: every model's versions are in ``versions``
+            failed = {name: d for name, d in models.items() if "error" in d}
+            entry["detail"] = {**entry["detail"], "models": failed}
+            if len(failed) < len(models):  # 50 copies of 1,000 models' versions were ~30 MB
+                entry["detail"]["models_answered"] = len(models) - len(failed)
         self._recent.setdefault(result.probe, deque(maxlen=RECENT_RESULTS)).append(entry)
         if not result.ok:
             self._failures.setdefault(result.probe, deque(maxlen=RECENT_RESULTS)).append(entry)
