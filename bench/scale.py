@@ -101,7 +101,10 @@ def delta(after: dict[float, float], before: dict[float, float]) -> dict[float, 
 
 
 def quantile(buckets: dict[float, float], q: float) -> float:
-    """Prometheus' histogram_quantile: linear inside the bucket that holds the rank."""
+    """Prometheus' histogram_quantile: linear inside the bucket that holds the rank (NaN for a
+    daemon without the metric, e.g. an older one)."""
+    if not buckets:
+        return float("nan")
     bounds = sorted(buckets)
     total = buckets[bounds[-1]]
     rank, lower, below = q * total, 0.0, 0.0

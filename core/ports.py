@@ -8,7 +8,7 @@ Implementations live with their stage (``tfwarden.daemon.state.SQLiteStateStore`
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,9 +190,14 @@ class CaptureMetrics(Protocol):
 
 
 class FindingMetrics(Protocol):
-    def finding(self, finding: Finding) -> None: ...
+    """Exports findings. ``series`` names the detector a finding comes from (the roster's
+    FindingKey) when one model has several of a kind with one target (a burn-rate detector per
+    version, all with target "slo"); None: detector, model and target name it."""
 
-    def forget_finding(self, detector: str, model: str, target: str) -> None: ...
+    def finding(self, finding: Finding, series: Hashable | None = None) -> None: ...
+
+    def forget_finding(self, detector: str, model: str, target: str,
+                       series: Hashable | None = None) -> None: ...
 
 
 class DriftMetrics(CaptureMetrics, Protocol):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Hashable
 from typing import Any
 
 from prometheus_client import (
@@ -37,7 +38,7 @@ class Recorder:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._declare_process(self.registry, version)
         self._declare_probes(self.registry)
-        self._exported: dict[tuple[str, str, str], tuple[str, str | None]] = {}
+        self._exported: dict[Hashable, tuple[str, str | None]] = {}
         self._declare_findings(self.registry)
         self._declare_lifecycle(self.registry)
         self._declare_drift(self.registry)
@@ -281,14 +282,16 @@ class Recorder:
     def memory(self, target: str, kind: str, value: float) -> None:
         self._memory.labels(target, kind).set(value)
 
-    def finding(self, finding: Any) -> None:
-        """Export one Finding (core.types.Finding)."""
+    def finding(self, finding: Any, series: Hashable | None = None) -> None:
+        """Export one Finding (core.types.Finding) of the detector ``series`` names (see
+        core.ports.FindingMetrics)."""
         version = "" if finding.version is None else str(finding.version)
         model = finding.model or ""
         evidence = finding.evidence
         statistic = evidence.get("statistic")
         statistic = statistic if isinstance(statistic, str) else None
-        self._forget_changed_labels(finding.detector, model, finding.target, version, statistic)
+        self._forget_changed_labels(finding.detector, model, finding.target, version, statistic,
+                                    series)
         for verdict in ("ok", "regression", "inconclusive"):
             self._finding.labels(finding.detector, model, version, finding.target, verdict).set(
                 1 if finding.verdict == verdict else 0)
@@ -313,10 +316,11 @@ class Recorder:
             if ttl is not None:
                 self._time_to_limit.labels(finding.target).set(ttl)
 
-    def forget_finding(self, detector: str, model: str, target: str) -> None:
+    def forget_finding(self, detector: str, model: str, target: str,
+                       series: Hashable | None = None) -> None:
         """A detector that no longer exists (a comparison dropped when the roles changed): its
         series go, instead of reporting its last verdict forever."""
-        previous = self._exported.pop((detector, model, target), None)
+        previous = self._exported.pop(_exported_key(detector, model, target, series), None)
         if previous is None:
             return
         version, statistic = previous
@@ -334,11 +338,11 @@ class Recorder:
                 gauge.remove(*labels)
 
     def _forget_changed_labels(self, detector: str, model: str, target: str, version: str,
-                               statistic: str | None) -> None:
+                               statistic: str | None, series: Hashable | None) -> None:
         """A finding whose version or statistic label changed (a drift finding names the rows'
         version while drifted, none after; a latency finding leads with its median or its tail
         test) drops its old series, which would otherwise report their last values forever."""
-        key = (detector, model, target)
+        key = _exported_key(detector, model, target, series)
         previous = self._exported.get(key)
         self._exported[key] = (version, statistic)
         if previous is None or previous == (version, statistic):
@@ -411,6 +415,13 @@ class Recorder:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _exported_key(detector: str, model: str, target: str, series: Hashable | None) -> Hashable:
+    # Keyed by detector, model and target alone, the burn-rate detectors of one model's versions
+    # (all target "slo") took each other's place: every evaluation removed the other versions'
+    # series, and a scrape saw the burn finding of one version per model.
+    return (detector, model, target) if series is None else ("series", series)
 
 
 def _number(value: Any) -> bool:

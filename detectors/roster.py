@@ -204,7 +204,7 @@ class Roster:
         previous = self.latest.get(key)
         self.latest[key] = finding
         if self.metrics is not None:
-            self.metrics.finding(finding)
+            self.metrics.finding(finding, key)
         if previous is not None and previous.verdict == finding.verdict:
             return False
         self._changed(finding)
@@ -283,5 +283,5 @@ class Roster:
         self.detectors.pop(key, None)
         finding = self.latest.pop(key, None)
         if finding is not None and self.metrics is not None:
-            self.metrics.forget_finding(finding.detector, finding.model or "", finding.target)
+            self.metrics.forget_finding(finding.detector, finding.model or "", finding.target, key)
         self._by_subject.get(key[1], set()).discard(key)

@@ -181,3 +181,24 @@ def test_the_burn_rate_of_a_version_without_a_role_goes() -> None:
     assert {("burn", "m", 1), ("burn", "m", 2)} <= set(r.detectors)
     r.roles_changed("m", (1, 2), (1, None))  # v2 rolled back
     assert ("burn", "m", 2) not in r.detectors and ("burn", "m", 1) in r.detectors
+
+
+def test_every_versions_burn_finding_is_exported_at_once() -> None:
+    r = roster()
+    assert isinstance(r.metrics, Recorder)
+    r.roles_changed("m", (None, None), (1, 2))
+    for i in range(100):
+        for version in (1, 2):
+            r.observe(Sample(r.clock.now() - 100 + i, "predict", "latency_ms", 10.0, model="m",
+                             version=version))
+    for _ in range(3):  # each evaluation used to drop the other version's series
+        r.evaluate(r.clock.now())
+    exported = {s.labels["version"] for family in r.metrics.registry.collect()
+                if family.name == "tfwarden_finding" for s in family.samples
+                if s.labels["detector"] == "burn" and s.value == 1}
+    assert exported == {"1", "2"}
+    r.roles_changed("m", (1, 2), (1, None))  # version 2 lost its role: its burn series go
+    exported = {s.labels["version"] for family in r.metrics.registry.collect()
+                if family.name == "tfwarden_finding" for s in family.samples
+                if s.labels["detector"] == "burn"}
+    assert exported == {"1"}

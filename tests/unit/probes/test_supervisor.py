@@ -20,7 +20,7 @@ from tfwarden.core.series import SeriesWindows
 from tfwarden.core.types import Sample, VersionState
 from tfwarden.daemon.recorder import Recorder
 from tfwarden.probes.settings import PredictProbeSettings
-from tfwarden.probes.supervisor import Endpoint, ProbedModel, ProbeSettings, ProbeSupervisor
+from tfwarden.probes.supervisor import Endpoint, ProbedModel, ProbeSettings, ProbeSupervisor, _phase
 from tfwarden.serving.tfserving.settings import EndpointSettings
 
 STATUS_JOB = "status:tfs"
@@ -331,3 +331,13 @@ def test_stop_cancels_the_loops_and_removes_the_jobs(tmp_path: Path) -> None:
         assert h.predict.requests == sent
 
     run(h, scenario)
+
+
+def test_targets_send_at_phases_spread_over_the_interval() -> None:
+    phases = [_phase(f"m{i:04d}/v{v}") for i in range(250) for v in (1, 2, 3, 4)]
+    assert all(0 <= p < 1 for p in phases)
+    tenths = [0] * 10
+    for p in phases:
+        tenths[int(p * 10)] += 1
+    assert max(tenths) < 150  # 100 each if even; all at one instant would be 1,000 in one
+    assert _phase("m0001/v1") == _phase("m0001/v1")  # the same after a restart
