@@ -15,6 +15,7 @@ rarer HTTP calls (alerts, scrapes, PromQL) stay on httpx.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -133,13 +134,18 @@ async def open_loop(rate_per_second: float, max_in_flight: int,
     Slots missed because the event loop itself was late are skipped too, not replayed in a burst.
     ``on_late`` gets each send's schedule error: how long after its slot it began to run (a busy
     event loop delays both the wake-up and the new task's first step).
-    ``phase`` (0 <= phase < 1) puts the first slot that share of an interval from now: targets
-    given different phases spread their sends over the interval instead of all waking at once.
+    Slots lie on a grid of the loop's clock: ``(k + phase) * interval``. Loops with one rate and
+    one phase send at the same instants whenever each was started (the targets of one model:
+    stable and canary are sent together, so a server that answers one request at a time makes
+    either one wait as often as the other; fixed offsets made the canary always queue behind
+    stable and read as a 1.5x regression); loops with different phases spread their sends over
+    the interval instead of all waking at once.
     """
     loop = asyncio.get_running_loop()
     interval = 1.0 / rate_per_second
     in_flight: set[asyncio.Task[None]] = set()
-    next_at = loop.time() + (phase % 1.0) * interval
+    offset = (phase % 1.0) * interval
+    next_at = math.ceil((loop.time() - offset) / interval) * interval + offset
     try:
         while True:
             now = loop.time()

@@ -257,7 +257,7 @@ class ProbeSupervisor:
         self._probes[key] = probe
         self._loops[key] = asyncio.get_running_loop().create_task(
             open_loop(settings.rate_per_second, settings.max_in_flight, send, skipped,
-                      self.metrics.probe_late, phase=_phase(probe.target)),
+                      self.metrics.probe_late, phase=_phase(model.name)),
             name=f"predict:{probe.target}")
         log.info("predict probe started for %s at %.1f/s", probe.target, settings.rate_per_second)
 
@@ -290,10 +290,11 @@ class ProbeSupervisor:
         }
 
 
-def _phase(target: str) -> float:
-    """Where in its interval a target's sends fall: spread evenly by a hash of its name, and
+def _phase(model: str) -> float:
+    """Where in the interval a model's sends fall: every target of the model at the same
+    instants (its versions are compared in pairs), models spread evenly by a hash of the name,
     the same across restarts (as Prometheus offsets its scrapes)."""
-    return zlib.crc32(target.encode()) / 2**32
+    return zlib.crc32(model.encode()) / 2**32
 
 
 def _memory_probe(target: MemoryTargetSettings, clock: Clock) -> Probe:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, cast
 
@@ -159,6 +159,30 @@ def test_open_loop_reports_how_late_each_send_began() -> None:
     virtual_time.run(scenario())
     assert len(late) == 7  # slots 0 ... 0.30
     assert [round(x, 9) for x in late] == [0, 0, 0, 0.02, 0, 0, 0]
+
+
+def test_loops_of_one_phase_share_their_slots_whenever_they_start() -> None:
+    starts: dict[str, list[float]] = {"a": [], "b": [], "other": []}
+
+    def sender(name: str) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def send() -> None:
+            starts[name].append(round(asyncio.get_running_loop().time(), 9))
+        return send
+
+    async def scenario() -> None:
+        a = asyncio.create_task(open_loop(10, 8, sender("a"), phase=0.25))
+        await asyncio.sleep(0.33)  # b starts later (a canary's version appears), same phase
+        b = asyncio.create_task(open_loop(10, 8, sender("b"), phase=0.25))
+        other = asyncio.create_task(open_loop(10, 8, sender("other"), phase=0.75))
+        await asyncio.sleep(0.3)
+        for task in (a, b, other):
+            task.cancel()
+        await asyncio.gather(a, b, other, return_exceptions=True)
+
+    virtual_time.run(scenario())
+    assert starts["a"][:4] == [0.025, 0.125, 0.225, 0.325]
+    assert starts["b"] == [t for t in starts["a"] if t > 0.33]  # the same instants as a
+    assert starts["other"][0] == 0.375 and starts["b"][0] == 0.425
 
 
 def test_open_loop_skips_slots_beyond_max_in_flight() -> None:

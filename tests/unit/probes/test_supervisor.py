@@ -234,13 +234,13 @@ def test_label_targets_take_their_version_from_the_last_status(tmp_path: Path) -
         h.supervisor.start()  # label loops start at once, before any status
         assert sorted(h.loops()) == [("m", None, "canary"), ("m", None, "stable")]
         await h.until(lambda: len(by_label("stable")) >= 2 and len(by_label("canary")) >= 2)
-        before = len(h.samples.predict())
         assert {s.version for s in h.samples.predict()} == {None}
-        await h.jobs.run(STATUS_JOB)
+        await h.jobs.run(STATUS_JOB)  # its calls run concurrently: probes may send meanwhile
+        before = len(h.samples.predict())
         assert sorted(h.loops()) == [("m", None, "canary"), ("m", None, "stable")]  # no new loops
         await h.until(lambda: len(h.samples.predict(target="stable", version=1)) >= 3
                       and len(h.samples.predict(target="canary", version=2)) >= 3)
-        # the status call did not yield: every sample after it has its label's version
+        # every sample answered after the status has its label's version
         later = h.samples.predict()[before:]
         assert {(s.target, s.version) for s in later} == {("stable", 1), ("canary", 2)}
 
@@ -333,11 +333,11 @@ def test_stop_cancels_the_loops_and_removes_the_jobs(tmp_path: Path) -> None:
     run(h, scenario)
 
 
-def test_targets_send_at_phases_spread_over_the_interval() -> None:
-    phases = [_phase(f"m{i:04d}/v{v}") for i in range(250) for v in (1, 2, 3, 4)]
+def test_models_send_at_phases_spread_over_the_interval() -> None:
+    phases = [_phase(f"m{i:04d}") for i in range(1000)]
     assert all(0 <= p < 1 for p in phases)
     tenths = [0] * 10
     for p in phases:
         tenths[int(p * 10)] += 1
     assert max(tenths) < 150  # 100 each if even; all at one instant would be 1,000 in one
-    assert _phase("m0001/v1") == _phase("m0001/v1")  # the same after a restart
+    assert _phase("m0001") == _phase("m0001")  # the same after a restart
