@@ -28,7 +28,8 @@ object concerned (file, YAML path, model, version, line)::
     ├── LifecycleError         a lifecycle action cannot be carried out
     │   ├── InvalidTransition    a phase change the transition table does not allow
     │   ├── ActionRefused        an action does not apply to the model's status (operator: 409)
-    │   └── RouterError          a routing change could not be made; the old routing stays
+    │   ├── RouterError          a routing change could not be made; the old routing stays
+    │   └── LeaseLost            this replica does not hold the lease of the action's unit
     ├── WorkerError            a worker subprocess failed
     │   ├── FrameError           a peer closed the stream or sent something that is not a frame
     │   ├── WorkerDown           the worker is not running (starting, crashed, hung, backing off)
@@ -209,6 +210,11 @@ class ActionRefused(LifecycleError):
 
 class RouterError(LifecycleError):
     """A routing change could not be made; the previous routing stays in force."""
+
+
+class LeaseLost(LifecycleError):
+    """This replica does not (or no longer) hold the lease of the unit an action belongs to:
+    another replica owns it, or the lease could not be confirmed. Nothing may move."""
 
 
 # -- worker processes ---------------------------------------------------------------------------

@@ -8,6 +8,8 @@ at the N-th time the step is reached (default the first), once. Faults:
 - ``kill``: SIGKILL to this process (a crash, nothing flushed);
 - ``term``: SIGTERM to this process (a stop), then the step goes on until it is cancelled;
 - ``hup``: SIGHUP (a reload), then the step goes on;
+- ``stop``: SIGSTOP to this process (a pause: a VM migration, a stalled host), which goes on
+  from the step when a SIGCONT comes (replicas: the lease may have passed to another);
 - ``fill``: the state directory's filesystem is filled up (a small tmpfs only), then the step
   goes on into a full disk;
 - ``fsize``: files this process writes can no longer grow (``RLIMIT_FSIZE`` 0: EFBIG, the
@@ -31,7 +33,7 @@ from tfwarden.core.errors import StartupError
 
 log = logging.getLogger("tfwarden.failpoints")
 ENV = "TFWARDEN_FAILPOINTS"
-FAULTS = ("kill", "term", "hup", "fill", "fsize")
+FAULTS = ("kill", "term", "hup", "stop", "fill", "fsize")
 MAX_FILL_BYTES = 64 * 1024 * 1024  # never fill a real disk: only a small test filesystem
 
 
@@ -79,6 +81,10 @@ def reached(step: str) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
     elif fault == "hup":
         os.kill(os.getpid(), signal.SIGHUP)
+    elif fault == "stop":
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os.kill(os.getpid(), signal.SIGSTOP)
     elif fault == "fill":
         _fill(_armed.state_dir)
     elif fault == "fsize":

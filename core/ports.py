@@ -82,6 +82,21 @@ class Journal(Protocol):
     def record(self, event: Event) -> int: ...
 
 
+class Fence(Protocol):
+    """Who may act on a unit of ownership (a serving endpoint's model config file, an edge
+    rollout): ``daemon.leases``. One daemon alone owns everything; replicas sharing PostgreSQL
+    hold leases with fencing tokens."""
+
+    def may_act(self, unit: str) -> bool:
+        """This replica holds the unit's lease and confirmed it within its TTL (no I/O)."""
+        ...
+
+    def check(self, unit: str) -> None:
+        """Raise LeaseLost unless the state store says this replica's token still holds the
+        unit; called inside ``KeyValueStore.transaction`` the check and the writes are one."""
+        ...
+
+
 class Scheduler(Protocol):
     """Runs coroutine functions periodically (``tfwarden.daemon.jobs.JobRunner``)."""
 

@@ -31,6 +31,7 @@ from tfwarden.core.clock import Clock, SystemClock
 from tfwarden.core.errors import (
     ApiError,
     ConfigError,
+    LeaseLost,
     LifecycleError,
     OtlpRejected,
     Refused,
@@ -50,6 +51,14 @@ from tfwarden.daemon.config import (
 )
 from tfwarden.daemon.http import create_app
 from tfwarden.daemon.jobs import JobRunner
+from tfwarden.daemon.leases import (
+    LeaseKeeper,
+    SoleOwner,
+    edge_unit,
+    owned_config,
+    serving_unit,
+    units_of,
+)
 from tfwarden.daemon.logs import set_level
 from tfwarden.daemon.recorder import Recorder
 from tfwarden.daemon.sdnotify import SystemdNotifier, lag_monitor, watchdog_loop
@@ -122,6 +131,7 @@ class Daemon:
         self._last_heartbeat = time.monotonic()
         self._background: set[asyncio.Task[Any]] = set()
         self._latency_history: BucketHistory | None = None  # the status page's, kept across renders
+        self.leases: SoleOwner | LeaseKeeper = SoleOwner()
 
     # -- DaemonControl -------------------------------------------------------------------
     @property
@@ -160,8 +170,23 @@ class Daemon:
 
     def model_detail(self, name: str) -> dict[str, Any] | None:
         if self.pipeline is None or name not in self.pipeline.runner.statuses:
+            self._elsewhere(name)
             return None
         return self.pipeline.runner.model_json(name)
+
+    def _elsewhere(self, name: str) -> None:
+        """ApiError 409 naming the replica that runs ``name`` when another one does."""
+        model = self.config.model(name) if self.config else None
+        if model is None or not isinstance(self.leases, LeaseKeeper):
+            return
+        unit = serving_unit(model.serving)
+        owner = self.leases.owner_of(unit)
+        if owner is not None:
+            raise ApiError(409, f"model {name!r} is run by replica {owner['owner']!r} "
+                                f"({owner['url']}), which holds the lease of {unit}: ask it there")
+        if unit not in self.leases.owned([unit]):
+            raise ApiError(409, f"model {name!r}: no replica holds the lease of {unit} now "
+                                "(taken over within the lease TTL); try again")
 
     def journal(self, after_id: int, limit: int, kind: str | None,
                 model: str | None, newest_first: bool = False) -> list[dict[str, Any]]:
@@ -176,6 +201,8 @@ class Daemon:
             return await self.pipeline.runner.manual(model, action)
         except StateError as exc:  # a full disk: nothing started, or the outcome is pending
             raise ApiError(503, f"the state store cannot take the action: {exc}") from None
+        except LeaseLost as exc:
+            raise ApiError(409, f"this replica may not act on {model!r}: {exc}") from None
 
     async def capture(self, model: str, body: bytes, client: str, kind: str,
                       version: int | None) -> dict[str, Any]:
@@ -221,10 +248,18 @@ class Daemon:
 
     async def edge_action(self, model: str, action: str, params: dict[str, Any]) -> dict[str, Any]:
         assert self.pipeline is not None
+        if not self.pipeline.edge_rollouts.may_act(model) and \
+                model in self.pipeline.edge_rollouts.statuses:
+            owner = self.leases.owner_of(edge_unit(model)) \
+                if isinstance(self.leases, LeaseKeeper) else None
+            where = f"replica {owner['owner']!r} ({owner['url']})" if owner else "no replica now"
+            raise ApiError(409, f"edge model {model!r}: its rollout is run by {where}")
         try:
             return await self.pipeline.edge_rollouts.manual(model, action, params)
         except StateError as exc:
             raise ApiError(503, f"the state store cannot take the action: {exc}") from None
+        except LeaseLost as exc:
+            raise ApiError(409, f"this replica may not act on {model!r}: {exc}") from None
 
     def edge_assignment(self, model: str, device_id: str,
                         attributes: dict[str, str]) -> dict[str, Any] | None:
@@ -300,10 +335,50 @@ class Daemon:
                 "pending_restart": self._pending_restart,
             },
             "serving": sorted(config.serving) if config else [],
-            "models": [{"name": m.name, "serving": m.serving} for m in config.models] if config else [],
+            "models": [self._model_owner(m.name, m.serving) for m in config.models]
+            if config else [],
+            "leases": self.leases.to_json(),
             "jobs": self.jobs.status(),
             "process": {"pid": os.getpid(), "heavy_modules_loaded": heavy_modules_loaded()},
         }
+
+    def _model_owner(self, name: str, serving: str) -> dict[str, Any]:
+        unit = serving_unit(serving)
+        if not isinstance(self.leases, LeaseKeeper):
+            return {"name": name, "serving": serving, "unit": unit}
+        owner = self.leases.owner_of(unit)
+        mine = unit in self.leases.owned([unit])
+        return {"name": name, "serving": serving, "unit": unit,
+                "owner": self.leases.replica if mine else owner["owner"] if owner else None,
+                "owner_url": self.leases.url if mine else owner["url"] if owner else None}
+
+    def owned(self, config: Config) -> Config:
+        """The part of ``config`` this replica runs (all of it without replicas)."""
+        if not isinstance(self.leases, LeaseKeeper):
+            return config
+        return owned_config(config, self.leases.owned(units_of(config)))
+
+    async def _renew_leases(self) -> None:
+        """Claim, renew or give up leases; hand the pipeline its new share when it changed."""
+        if self.config is None or self.pipeline is None or self.process is None:
+            return
+        if not await asyncio.to_thread(self.leases.refresh, units_of(self.config)):
+            return
+        async with self._reload_lock:
+            assert self.config is not None
+            log.info("units now run here: %s",
+                     ", ".join(sorted(self.leases.owned(units_of(self.config)))) or "none")
+            await build.reconfigure(self.pipeline, self.owned(self.config), self.process)
+
+    def _unit_busy(self, unit: str) -> bool:
+        """An action of the unit is running or pending: its lease is not given up now."""
+        pipeline = self.pipeline
+        if pipeline is None:
+            return True
+        runner, rollouts = pipeline.runner, pipeline.edge_rollouts
+        return any(runner.busy(name) for name, m in runner.models.items() if m.unit == unit) \
+            or any(rollouts.lock(name).locked() for name, m in rollouts.models.items()
+                   if m.unit == unit)
 
     async def reload(self, trigger: str) -> dict[str, Any]:
         """Load the configuration file again; keep the old one if the new one is invalid."""
@@ -315,7 +390,7 @@ class Daemon:
                 if self._tls is not None and new.server.tls:
                     tls_context(new, live=self._tls)
                 assert self.pipeline is not None and self.process is not None
-                await build.reconfigure(self.pipeline, new, self.process)
+                await build.reconfigure(self.pipeline, self.owned(new), self.process)
             except ConfigError as exc:
                 return self._reload_failed(trigger, exc)
             self._pending_restart = _restart_only_changes(old, new) if old else []
@@ -363,6 +438,7 @@ class Daemon:
         failpoints.arm(config.state_dir)
         self.process = build.Process(self.clock, self.recorder,
                                      self._store_factory(config), self.jobs)
+        await self._take_leases(config)
         tracing.setup(config.tracing, self.version)
         self._journal(DaemonStarting(os.getpid(), self.version))
         self._loaded(config, token, ingest, "start")
@@ -370,7 +446,7 @@ class Daemon:
         sock = _bind(config.server.host, config.server.port)
         self.jobs.start()
         self._add_jobs()
-        self.pipeline = build.build(config, self.process)
+        self.pipeline = build.build(self.owned(config), self.process)
         await build.start(self.pipeline, self.jobs, self.clock)
         http_config = uvicorn.Config(
             create_app(self), log_config=None, access_log=False, lifespan="off",
@@ -395,6 +471,26 @@ class Daemon:
             await self._stop.wait()
         await self._shutdown(server, serve_task)
         return 0
+
+    async def _take_leases(self, config: Config) -> None:
+        """Replicas on PostgreSQL: join the lease table and claim a first share before the
+        pipeline is built (one daemon alone owns every unit)."""
+        assert self.process is not None
+        if config.state.kind != "postgres":
+            return
+        from tfwarden.daemon.pgstate import PostgresLeases, PostgresStateStore
+
+        store = self.process.store
+        if not isinstance(store, PostgresStateStore):
+            return
+        name = config.state.replica_name or socket.gethostname()
+        self.leases = LeaseKeeper(PostgresLeases(store), name, build.page_url(config),
+                                  config.state.lease_seconds, busy=self._unit_busy)
+        self.process.fence = self.leases
+        await asyncio.to_thread(self.leases.refresh, units_of(config))
+        log.info("replica %s: %d of %d unit(s) held (lease %.0fs)", name,
+                 len(self.leases.owned(units_of(config))), len(units_of(config)),
+                 config.state.lease_seconds)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -425,6 +521,7 @@ class Daemon:
         await build.stop(self.pipeline)
         cancelled = await self.jobs.drain(self.config.server.shutdown_grace_seconds)
         await build.close(self.pipeline)
+        await asyncio.to_thread(self.leases.leave)
         await self.process.close()
         server.should_exit = True
         try:
@@ -445,6 +542,8 @@ class Daemon:
         self.jobs.add("heartbeat", self._heartbeat, HEARTBEAT_SECONDS)
         self.jobs.add("state-checkpoint", self._checkpoint, CHECKPOINT_SECONDS, jitter=10)
         self.jobs.add("journal-retention", self._retention, RETENTION_SECONDS, jitter=60)
+        if isinstance(self.leases, LeaseKeeper):
+            self.jobs.add("leases", self._renew_leases, self.leases.ttl / 3)
         self._spawn(lambda: lag_monitor(LAG_SAMPLE_SECONDS, self.recorder.loop_lag))
 
     async def _heartbeat(self) -> None:

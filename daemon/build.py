@@ -20,14 +20,23 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from tfwarden.core.clock import Clock
-from tfwarden.core.ports import EdgeIngestMetrics, KeyValueStore, SampleSink, Scheduler, StateStore
+from tfwarden.core.ports import (
+    EdgeIngestMetrics,
+    Fence,
+    KeyValueStore,
+    SampleSink,
+    Scheduler,
+    StateStore,
+)
 from tfwarden.core.series import SeriesWindows
 from tfwarden.daemon.config import Config, read_ingest_tokens
+from tfwarden.daemon.leases import edge_unit, serving_unit
 from tfwarden.daemon.recorder import Recorder
 from tfwarden.daemon.state import EventJournal
 from tfwarden.daemon.statuspage import HISTORY_SECONDS
@@ -86,6 +95,7 @@ class Process:
     predict_http: PredictHttp = field(  # the REST predict probes (the hot path: aiohttp)
         default_factory=lambda: PredictHttp(MAX_PROBE_CONNECTIONS))
     channels: Channels = field(default_factory=Channels)
+    fence: Fence | None = None  # replicas: the leases (daemon.leases); None: one daemon owns all
 
     def __post_init__(self) -> None:
         self.journal = EventJournal(self.store, self.clock, self.recorder)
@@ -157,13 +167,14 @@ def build(config: Config, process: Process) -> Pipeline:
     alerts = AlertBook(dispatcher, p.journal, p.clock, config.alerting.labels, page_url(config))
     reoptimizer = Reoptimizer(optimize_settings(config), config.state_dir / "optimize", p.journal,
                               alerts, p.store, captured=capture, calibration=drift)
-    runner = LifecycleRunner(managed_models(config, endpoints), store=p.store, journal=p.journal,
-                             clock=p.clock, metrics=p.recorder, policy=policy, findings=roster,
-                             alerts=alerts, listener=roles, reoptimizer=reoptimizer)
+    runner = LifecycleRunner(managed_models(config, endpoints, p.fence), store=p.store,
+                             journal=p.journal, clock=p.clock, metrics=p.recorder, policy=policy,
+                             findings=roster, alerts=alerts, listener=roles,
+                             reoptimizer=reoptimizer, fence=p.fence)
     verdicts = EdgeVerdicts(edge_verdict_settings(config))
     rollouts = EdgeRolloutRunner(edge_models(config), store=p.store, journal=p.journal,
                                  clock=p.clock, metrics=p.recorder, verdicts=verdicts,
-                                 alerts=alerts, listener=verdicts)
+                                 alerts=alerts, listener=verdicts, fence=p.fence)
     return Pipeline(endpoints, windows, roles, roster, capture, drift_worker, drift,
                     probes, policy, dispatcher, alerts, reoptimizer, runner, VersionWatcher(runner),
                     list(config.alerting.receive),
@@ -215,7 +226,7 @@ def edge_verdict_settings(config: Config) -> dict[str, tuple[int, EdgeVerdictSet
 
 def edge_models(config: Config) -> dict[str, EdgeModel]:
     """Edge models with staged rollouts."""
-    return {m.name: EdgeModel(m.name, m.rollout, m.base_path, m.download_url)
+    return {m.name: EdgeModel(m.name, m.rollout, m.base_path, m.download_url, edge_unit(m.name))
             for m in config.edge.models if m.rollout is not None and m.base_path is not None}
 
 
@@ -253,18 +264,23 @@ def drifted_models(config: Config, endpoints: dict[str, ServingEndpoint]) -> dic
             for m in config.models if m.drift is not None}
 
 
-def managed_models(config: Config, endpoints: dict[str, ServingEndpoint]) -> dict[str, ManagedModel]:
-    """Models with ``lifecycle.enabled`` on an endpoint with a model config file and gRPC."""
+def managed_models(config: Config, endpoints: dict[str, ServingEndpoint],
+                   fence: Fence | None = None) -> dict[str, ManagedModel]:
+    """Models with ``lifecycle.enabled`` on an endpoint with a model config file and gRPC;
+    with replicas, each config write first checks the endpoint's lease."""
     managed = {}
     for model in config.models:
         endpoint = endpoints[model.serving]
         settings = endpoint.settings
         if not (model.lifecycle.enabled and settings.model_config_file and settings.grpc_address):
             continue
+        unit = serving_unit(model.serving)
         server = TFServingController(endpoint.client, settings.model_config_file,
-                                     delivery=settings.config_delivery)
+                                     delivery=settings.config_delivery,
+                                     guard=partial(fence.check, unit) if fence else None)
         managed[model.name] = ManagedModel(model.name, model.lifecycle, server,
-                                           router_of(config, model.lifecycle.router, settings))
+                                           router_of(config, model.lifecycle.router, settings),
+                                           unit)
     return managed
 
 
@@ -369,7 +385,7 @@ async def reconfigure(p: Pipeline, config: Config, process: Process) -> None:
     ruleset = load_ruleset(config.policies.ruleset)
     p.endpoints = endpoints
     process.channels.keep({e.settings.grpc_address for e in endpoints.values()})
-    managed = managed_models(config, endpoints)
+    managed = managed_models(config, endpoints, process.fence)
     for model in [m for m in p.runner.models if m not in managed]:
         p.roles.forget(model)  # the server's labels speak for it again
     p.roster.reconfigure(config.detection, objectives_of(config), memory_targets_of(config),

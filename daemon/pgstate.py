@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -23,7 +24,7 @@ import psycopg
 import psycopg_pool
 from psycopg.conninfo import conninfo_to_dict
 
-from tfwarden.core.errors import StateError
+from tfwarden.core.errors import LeaseLost, StateError
 from tfwarden.core.ports import JournalEntry
 
 # Each entry moves the schema from version i to i+1; never edit a shipped entry, append one.
@@ -70,11 +71,44 @@ MIGRATIONS: Sequence[str] = (
         updated_t DOUBLE PRECISION NOT NULL
     );
     """,
+    # Replicas: who is alive, who owns which unit until when (times are the server's clock, so
+    # replicas' clocks never matter), with a fencing token that only grows; and at most one
+    # outcome per intent, whichever replica journals it.
+    """
+    CREATE SEQUENCE lease_token;
+    CREATE TABLE leases (
+        unit        TEXT PRIMARY KEY,
+        owner       TEXT,
+        token       BIGINT NOT NULL DEFAULT 0,
+        expires_at  DOUBLE PRECISION NOT NULL DEFAULT 0,
+        acquired_at DOUBLE PRECISION NOT NULL DEFAULT 0
+    );
+    CREATE TABLE replicas (
+        name       TEXT PRIMARY KEY,
+        url        TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE FUNCTION tfwarden_lease_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.token < OLD.token THEN
+            RAISE EXCEPTION 'a lease token never moves down';
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER lease_guard BEFORE UPDATE ON leases
+        FOR EACH ROW EXECUTE FUNCTION tfwarden_lease_guard();
+    CREATE UNIQUE INDEX journal_one_outcome ON journal (((payload::jsonb) ->> 'intent_id'))
+        WHERE kind IN ('action_done', 'action_failed', 'edge_action_done', 'edge_action_failed');
+    """,
 )
+NOW = "EXTRACT(EPOCH FROM clock_timestamp())"  # the server's clock, the one all replicas share
 SCHEMA_VERSION = len(MIGRATIONS)
 MIGRATION_LOCK = 0x7466776172646E  # pg_advisory_xact_lock key: replicas migrate one at a time
 ROW_OVERHEAD_BYTES = 96  # as SQLite's store counts a row beyond its payload
 PRUNE_BATCH = 2000
+RETRY_SECONDS = 2.0  # an unreachable server: how often a call tries it again
+WAIT_SECONDS = 1.0  # how long a call waits for a pooled connection
 
 
 def describe(dsn: str) -> str:
@@ -97,10 +131,13 @@ class PostgresStateStore:
         self._lock = threading.RLock()
         self._depth = 0
         self._tx: psycopg.Connection[Any] | None = None
+        self._unreachable_at: float | None = None
+        self._unreachable_since, self._unreachable_error = 0.0, ""
         try:
             self._pool = psycopg_pool.ConnectionPool(
                 dsn, min_size=1, max_size=max_connections, open=False,
-                kwargs={"autocommit": True}, timeout=connect_timeout, name="tfwarden-state")
+                kwargs={"autocommit": True}, timeout=connect_timeout, name="tfwarden-state",
+                check=psycopg_pool.ConnectionPool.check_connection)  # a restarted server
             self._pool.open(wait=True, timeout=connect_timeout)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise StateError(f"{self.where}: cannot connect ({_first_line(exc)})") from exc
@@ -173,7 +210,7 @@ class PostgresStateStore:
                     self._depth -= 1
                 return
             try:
-                with self._pool.connection() as conn, conn.transaction():
+                with self._connection() as conn, conn.transaction():
                     self._tx, self._depth = conn, 1
                     try:
                         yield
@@ -225,10 +262,32 @@ class PostgresStateStore:
                 params = args or None  # none: the simple protocol (a migration's many statements)
                 if self._tx is not None:
                     return _fetch(self._tx.execute(sql, params), fetch)
-                with self._pool.connection() as conn:
+                with self._connection() as conn:
                     return _fetch(conn.execute(sql, params), fetch)
             except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
                 raise StateError(f"{self.where}: {_first_line(exc)}") from exc
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection. A server found unreachable is tried again at most every
+        ``RETRY_SECONDS`` (each try waits ``WAIT_SECONDS``); calls in between fail at once, so a
+        database that is away does not hold the event loop for a connect timeout per call."""
+        if self._unreachable_at is not None and \
+                time.monotonic() - self._unreachable_at < RETRY_SECONDS:
+            raise StateError(f"{self.where}: unreachable since {self._unreachable_for():.0f}s "
+                             f"({self._unreachable_error}); trying again every {RETRY_SECONDS:.0f}s")
+        try:
+            with self._pool.connection(timeout=WAIT_SECONDS) as conn:
+                yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
+            if self._unreachable_at is None:
+                self._unreachable_since = time.monotonic()
+            self._unreachable_at, self._unreachable_error = time.monotonic(), _first_line(exc)
+            raise
+        self._unreachable_at = None
+
+    def _unreachable_for(self) -> float:
+        return time.monotonic() - self._unreachable_since
 
     def _run(self, sql: str, args: Sequence[Any]) -> int:
         return int(self._execute(sql, args, "rowcount"))
@@ -238,6 +297,101 @@ class PostgresStateStore:
 
     def _all(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
         return self._execute(sql, args, "all")  # type: ignore[no-any-return]
+
+
+class PostgresLeases:
+    """The ``leases`` and ``replicas`` tables: which replica owns which unit until when, with
+    a fencing token drawn from one sequence at every change of owner (``daemon.leases`` decides
+    what to claim; this says it to the database). Claims take rows ``FOR UPDATE SKIP LOCKED``,
+    as Airflow's HA scheduler does: two replicas claiming at once take different units, and
+    neither waits for the other."""
+
+    def __init__(self, store: PostgresStateStore) -> None:
+        self.store = store
+
+    def heartbeat(self, replica: str, url: str, ttl: float) -> list[str]:
+        """Keep ``replica`` alive for ``ttl`` seconds; the names of the live replicas."""
+        with self.store.transaction():
+            self.store._run(
+                f"INSERT INTO replicas (name, url, started_at, expires_at) VALUES "
+                f"(%s, %s, {NOW}, {NOW} + %s) ON CONFLICT (name) DO UPDATE SET "
+                "url = excluded.url, expires_at = excluded.expires_at", (replica, url, ttl))
+            rows = self.store._all(f"SELECT name FROM replicas WHERE expires_at > {NOW} "
+                                   "ORDER BY name", ())
+        return [r[0] for r in rows]
+
+    def leave(self, replica: str, held: dict[str, int]) -> None:
+        """A replica stopping: its leases are free at once (not after the TTL)."""
+        with self.store.transaction():
+            self.release(replica, held)
+            self.store._run("DELETE FROM replicas WHERE name = %s", (replica,))
+
+    def register(self, units: Sequence[str]) -> None:
+        self.store._run("INSERT INTO leases (unit) SELECT unnest(%s::text[]) "
+                        "ON CONFLICT DO NOTHING", (list(units),))
+
+    def renew(self, replica: str, held: dict[str, int], ttl: float) -> set[str]:
+        """Extend the leases whose token is still this replica's; the units renewed. A lease
+        that expired while nobody claimed it (the database was away) renews: its token did not
+        change, so nobody acted on the unit meanwhile."""
+        if not held:
+            return set()
+        rows = self.store._all(
+            f"UPDATE leases SET expires_at = {NOW} + %s WHERE owner = %s AND (unit, token) IN "
+            "(SELECT * FROM unnest(%s::text[], %s::bigint[])) RETURNING unit",
+            (ttl, replica, list(held), list(held.values())))
+        return {r[0] for r in rows}
+
+    def claim(self, replica: str, candidates: Sequence[str], count: int,
+              ttl: float) -> dict[str, int]:
+        """Take up to ``count`` of ``candidates`` that nobody holds (free, expired, or left by
+        an earlier process of the same name), each with a new token."""
+        if count <= 0 or not candidates:
+            return {}
+        with self.store.transaction():
+            free = self.store._all(
+                f"SELECT unit FROM leases WHERE unit = ANY(%s) AND (owner IS NULL OR "
+                f"expires_at <= {NOW} OR owner = %s) ORDER BY unit LIMIT %s "
+                "FOR UPDATE SKIP LOCKED", (list(candidates), replica, count))
+            if not free:
+                return {}
+            rows = self.store._all(
+                f"UPDATE leases SET owner = %s, token = nextval('lease_token'), "
+                f"expires_at = {NOW} + %s, acquired_at = {NOW} WHERE unit = ANY(%s) "
+                "RETURNING unit, token", (replica, ttl, [r[0] for r in free]))
+        return {r[0]: int(r[1]) for r in rows}
+
+    def release(self, replica: str, held: dict[str, int]) -> None:
+        if held:
+            self.store._run(
+                "UPDATE leases SET owner = NULL, expires_at = 0 WHERE owner = %s AND "
+                "(unit, token) IN (SELECT * FROM unnest(%s::text[], %s::bigint[]))",
+                (replica, list(held), list(held.values())))
+
+    def check(self, unit: str, replica: str, token: int) -> None:
+        """LeaseLost unless ``replica`` holds ``unit`` with ``token`` and the lease has not
+        expired. The row is locked ``FOR SHARE`` to the end of the caller's transaction: a
+        claim by another replica waits until what this one records has committed."""
+        row = self.store._one(
+            f"SELECT owner, token, expires_at - {NOW} FROM leases WHERE unit = %s FOR SHARE",
+            (unit,))
+        if row is not None and row[0] == replica and int(row[1]) == token and row[2] > 0:
+            return
+        if row is None or row[0] is None:
+            now = "nobody holds it"
+        elif row[0] == replica and int(row[1]) == token:
+            now = f"the lease expired {-row[2]:.1f}s ago"
+        else:
+            now = f"replica {row[0]!r} holds it with token {row[1]}"
+        raise LeaseLost(f"unit {unit!r}: replica {replica!r} (token {token}) is fenced off: {now}")
+
+    def owners(self) -> list[dict[str, Any]]:
+        """Every unit: its owner, token, seconds left (negative: expired) and owner's URL."""
+        rows = self.store._all(
+            f"SELECT l.unit, l.owner, l.token, l.expires_at - {NOW}, r.url FROM leases l "
+            "LEFT JOIN replicas r ON r.name = l.owner ORDER BY l.unit", ())
+        return [{"unit": r[0], "owner": r[1], "token": int(r[2]),
+                 "expires_in_seconds": round(float(r[3]), 3), "url": r[4]} for r in rows]
 
 
 def _fetch(cursor: psycopg.Cursor[Any], fetch: str) -> Any:

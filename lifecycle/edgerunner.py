@@ -11,6 +11,10 @@ Per edge model with ``rollout`` configured:
   status, journals the outcome and clears the pending intent (one transaction). The status is
   all an edge action changes (devices read it through ``assignment``), so a daemon that died in
   between finds the intent at start-up and applies it once;
+- with replicas (``daemon.leases``) a rollout is a unit only one replica owns: the others
+  follow its status from the store (to answer devices) and write nothing; the owner's fencing
+  token is checked in the intent's and the outcome's transactions, and a replica that takes the
+  unit over completes the intent its previous owner left pending;
 - regressions, halts and rollbacks alert like the server-side decisions; a rollback or a
   completed rollout resolves them.
 """
@@ -27,12 +31,13 @@ from typing import Any
 
 from tfwarden.core import failpoints, trace
 from tfwarden.core.clock import Clock
-from tfwarden.core.errors import ActionRefused, LifecycleError, StateError
+from tfwarden.core.errors import ActionRefused, LeaseLost, LifecycleError, StateError
 from tfwarden.core.events import EdgeActionDone, EdgeActionFailed, EdgeActionIntended, EdgeAdopted
 from tfwarden.core.ports import (
     EdgeFindingSource,
     EdgeRolloutListener,
     EdgeRolloutMetrics,
+    Fence,
     Journal,
     KeyValueStore,
 )
@@ -61,6 +66,7 @@ class EdgeModel:
     settings: EdgeRolloutSettings
     base_path: Path  # version directories, each with the optimizer's manifest.json
     download_url: str  # template: {model} {version} {file}; relative URLs are the daemon's own
+    unit: str = ""  # its unit of ownership (``daemon.leases``)
 
 
 def rollout_key(model: str) -> str:
@@ -93,8 +99,10 @@ class EdgeRolloutRunner:
     def __init__(self, models: Mapping[str, EdgeModel], *, store: KeyValueStore,
                  journal: Journal, clock: Clock, metrics: EdgeRolloutMetrics,
                  verdicts: EdgeFindingSource, alerts: AlertBook,
-                 listener: EdgeRolloutListener | None = None) -> None:
+                 listener: EdgeRolloutListener | None = None, fence: Fence | None = None) -> None:
         self.models = dict(models)
+        self.fence = fence
+        self._owning: set[str] = set()  # models started as their unit's owner
         self.store, self.journal, self.clock, self.metrics = store, journal, clock, metrics
         self.verdicts, self.alerts, self.listener = verdicts, alerts, listener
         self.statuses: dict[str, EdgeRollout] = {}
@@ -110,6 +118,10 @@ class EdgeRolloutRunner:
         for name in names if names is not None else list(self.models):
             stored = self.store.get(rollout_key(name))
             self.refresh(name)
+            if not self.may_act(name):
+                self._follow(name, stored)
+                continue
+            self._owning.add(name)
             if stored is not None:  # the cohort evidence was in memory: the step counts anew
                 self.save(replace(EdgeRollout.from_json(stored), step_devices=0))
             else:
@@ -132,6 +144,27 @@ class EdgeRolloutRunner:
                     continue
                 await self.run(name, action, pending["origin"], intent_id=pending["intent_id"])
 
+    def may_act(self, name: str) -> bool:
+        model = self.models.get(name)
+        return self.fence is None or (model is not None and self.fence.may_act(model.unit))
+
+    def _check(self, name: str) -> None:
+        model = self.models.get(name)
+        if self.fence is not None:
+            if model is None:
+                raise LeaseLost(f"edge model {name!r} is not run here")
+            self.fence.check(model.unit)
+
+    def _follow(self, name: str, stored: Any) -> None:
+        """Another replica owns the rollout: take its status as stored, write nothing."""
+        if stored is None or name not in self.models:
+            return
+        status = EdgeRollout.from_json(stored)
+        if self.statuses.get(name) != status:
+            self.statuses[name] = status
+            if self.listener is not None:
+                self.listener.rollout_changed(name, status.current, status.candidate)
+
     def refresh(self, name: str) -> None:
         """Re-read the published versions of a model (manifests are small JSON files)."""
         model = self.models.get(name)
@@ -151,13 +184,24 @@ class EdgeRolloutRunner:
     # -- the policy loop ---------------------------------------------------------------------
     async def tick(self) -> None:
         now = self.clock.now()
-        for name, model in self.models.items():
+        for name, model in list(self.models.items()):
+            if self.lock(name).locked():
+                continue
+            if not self.may_act(name):
+                self._owning.discard(name)
+                self._follow(name, self.store.get(rollout_key(name)))
+                continue
+            if name not in self._owning:  # taken over: resume, finish what was pending
+                await self.start([name])
             status = self.statuses.get(name)
-            if status is None or self.lock(name).locked():
+            if status is None:
                 continue
             action = self._next(name, model, status, now)
             if action is not None:
-                await self.run(name, action, "policy")
+                try:
+                    await self.run(name, action, "policy")
+                except LeaseLost as exc:
+                    log.warning("edge model %s: %s not started: %s", name, action.name, exc)
 
     def _next(self, name: str, model: EdgeModel, status: EdgeRollout,
               now: float) -> EdgeAction | None:
@@ -221,24 +265,38 @@ class EdgeRolloutRunner:
                     failpoints.reached(f"edge_{action.name}.before_outcome")
                 except Exception as exc:
                     current.fail(str(exc))
-                    with self.store.transaction():
-                        self._failed(name, action.name, intent_id, str(exc)[:500])
-                        self.store.put(pending_key(name), None, self.clock.now())
+                    try:
+                        with self.store.transaction():
+                            self._check(name)
+                            self._failed(name, action.name, intent_id, str(exc)[:500])
+                            self.store.put(pending_key(name), None, self.clock.now())
+                    except LeaseLost as lost:
+                        log.error("edge model %s: %s fenced off: %s", name, action.name, lost)
                     return
-                with self.store.transaction():
-                    self.save(new)
-                    self.journal.record(EdgeActionDone(intent_id, name, action.name,
-                                                       action.params, new.to_json(),
-                                                       tuple(findings)))
-                    self.store.put(pending_key(name), None, self.clock.now())
+                try:
+                    self._outcome(name, action, intent_id, new, findings)
+                except LeaseLost as lost:
+                    log.error("edge model %s: %s fenced off, left to the rollout's owner: %s",
+                              name, action.name, lost)
+                    return
             self.metrics.edge_action(name, action.name, "success")
             log.info("edge model %s: %s %s (%s): %s", name, action.name, action.params, origin,
                      new.reason)
             self._alert(name, action, new, origin, findings)
 
+    def _outcome(self, name: str, action: EdgeAction, intent_id: int, new: EdgeRollout,
+                 findings: list[dict[str, Any]]) -> None:
+        with self.store.transaction():
+            self._check(name)
+            self.save(new)
+            self.journal.record(EdgeActionDone(intent_id, name, action.name,
+                                               action.params, new.to_json(), tuple(findings)))
+            self.store.put(pending_key(name), None, self.clock.now())
+
     def _intend(self, name: str, action: EdgeAction, origin: str, status: EdgeRollout) -> int:
         try:
             with self.store.transaction():
+                self._check(name)
                 intent_id = self.journal.record(EdgeActionIntended(
                     name, action.name, action.params, origin, status.to_json()))
                 self.store.put(pending_key(name), {
@@ -306,7 +364,7 @@ class EdgeRolloutRunner:
         announce their versions again and count the step's devices from zero."""
         for name in names:
             status = self.statuses.get(name)
-            if status is not None:
+            if status is not None and self.may_act(name):
                 self.save(replace(status, step_devices=0))
 
     def reconfigure(self, models: Mapping[str, EdgeModel]) -> list[str]:

@@ -10,6 +10,12 @@ Per managed model (a model config file on its endpoint and ``lifecycle.enabled``
   transaction). A daemon killed (or stopped) in between finds the pending intent at start-up and
   completes it (every action drives the server to a target plan, so running it again is safe),
   journaling the outcome once.
+- with replicas (``daemon.leases``) a model belongs to a unit whose lease only one replica
+  holds: the policy acts only while the lease is confirmed, and the lease's fencing token is
+  checked in the intent's transaction, before the server is touched (and before each config
+  write: ``serving.tfserving.controller``) and in the outcome's transaction. A replica fenced
+  off (it was paused past its TTL) moves nothing and journals no outcome: the intent stays
+  pending for the unit's new owner, which completes it.
 ``reconfigure`` keeps statuses, pending approvals, decision history and in-flight actions.
 """
 
@@ -26,6 +32,7 @@ from tfwarden.core import failpoints, trace
 from tfwarden.core.clock import Clock
 from tfwarden.core.errors import (
     ActionRefused,
+    LeaseLost,
     LifecycleError,
     ServingError,
     StateError,
@@ -41,6 +48,7 @@ from tfwarden.core.events import (
     OperatorActed,
 )
 from tfwarden.core.ports import (
+    Fence,
     FindingSource,
     Journal,
     KeyValueStore,
@@ -72,6 +80,7 @@ class ManagedModel:
     settings: LifecycleSettings
     server: ModelServer
     router: Router
+    unit: str = ""  # its unit of ownership (``daemon.leases``)
 
 
 def status_key(model: str) -> str:
@@ -87,11 +96,11 @@ class LifecycleRunner:
                  journal: Journal, clock: Clock, metrics: LifecycleMetrics, policy: Policy,
                  findings: FindingSource, alerts: AlertBook,
                  listener: StatusListener | None = None,
-                 reoptimizer: Reoptimizer | None = None) -> None:
+                 reoptimizer: Reoptimizer | None = None, fence: Fence | None = None) -> None:
         self.models = dict(models)
         self.store, self.journal, self.clock, self.metrics = store, journal, clock, metrics
         self.policy, self.findings, self.alerts = policy, findings, alerts
-        self.listener, self.reoptimizer = listener, reoptimizer
+        self.listener, self.reoptimizer, self.fence = listener, reoptimizer, fence
         self.statuses: dict[str, ModelStatus] = {}
         self.approvals: dict[str, Decision] = {}
         self.decisions: dict[str, deque[dict[str, Any]]] = {}
@@ -103,6 +112,19 @@ class LifecycleRunner:
 
     def busy(self, model: str) -> bool:
         return self.lock(model).locked()
+
+    def may_act(self, model: str) -> bool:
+        """This replica holds the lease of the model's unit (always, without replicas)."""
+        managed = self.models.get(model)
+        return self.fence is None or (managed is not None and self.fence.may_act(managed.unit))
+
+    def check_lease(self, model: str) -> None:
+        """LeaseLost unless this replica's fencing token still holds the model's unit."""
+        managed = self.models.get(model)
+        if self.fence is not None:
+            if managed is None:
+                raise LeaseLost(f"model {model!r} is not run by this replica")
+            self.fence.check(managed.unit)
 
     # -- start-up: adopt or resume ---------------------------------------------------------
     async def start(self, names: list[str] | None = None) -> None:
@@ -189,7 +211,8 @@ class LifecycleRunner:
     async def tick(self) -> None:
         now = self.clock.now()
         statuses = {m: s for m, s in self.statuses.items()
-                    if m in self.models and s.phase != Phase.PAUSED and not self.busy(m)}
+                    if m in self.models and s.phase != Phase.PAUSED and not self.busy(m)
+                    and self.may_act(m)}
         for decision in self.policy.decide(self.findings.findings(), statuses, now):
             self.handle(decision)
 
@@ -210,6 +233,10 @@ class LifecycleRunner:
 
     def _act(self, decision: Decision, origin: str) -> None:
         model = decision.model
+        if not self.may_act(model):
+            log.warning("model %s: %s held: this replica's lease is not confirmed", model,
+                        decision.action)
+            return
         if decision.action == "reoptimize":
             self._spawn(self._reoptimize(model, dict(decision.params), origin))
             return
@@ -284,20 +311,40 @@ class LifecycleRunner:
                     new = reconcile.outcome(action, status, started,
                                             shadow=managed.router.name == "shadow")
                     failpoints.reached(f"{action.name}.after_intent")
+                    self.check_lease(model)  # paused past the lease: fenced before anything moves
                     await carry_out(action, status, managed.server, managed.router)
                     failpoints.reached(f"{action.name}.before_outcome")
+                except LeaseLost as exc:
+                    current.fail(str(exc))
+                    self._fenced(model, action.name, intent_id, exc)
+                    return
                 except Exception as exc:  # whatever failed is journaled, alerted, not pending
                     current.fail(str(exc))
-                    with self.store.transaction():  # the outcome and the cleared marker, at once
-                        self._failed(model, action.name, intent_id, _one_line(exc))
-                        self.store.put(pending_key(model), None, self.clock.now())
+                    try:
+                        with self.store.transaction():  # the outcome and the cleared marker
+                            self.check_lease(model)
+                            self._failed(model, action.name, intent_id, _one_line(exc))
+                            self.store.put(pending_key(model), None, self.clock.now())
+                    except LeaseLost as lost:
+                        self._fenced(model, action.name, intent_id, lost)
                 else:
                     current.set(phase=new.phase.value, weight=new.weight,
                                 stable_version=new.stable_version,
                                 canary_version=new.canary_version)
-                    with self.store.transaction():
-                        self._done(model, action, intent_id, started, new, origin)
-                        self.store.put(pending_key(model), None, self.clock.now())
+                    try:
+                        with self.store.transaction():
+                            self.check_lease(model)
+                            self._done(model, action, intent_id, started, new, origin)
+                            self.store.put(pending_key(model), None, self.clock.now())
+                    except LeaseLost as lost:
+                        self._fenced(model, action.name, intent_id, lost)
+
+    def _fenced(self, model: str, action: str, intent_id: int, exc: LeaseLost) -> None:
+        """This replica lost the unit mid-action: no outcome here; the intent stays pending
+        for the new owner, which drives the server to the same target and journals it once."""
+        log.error("model %s: %s (intent %d) fenced off, left to the unit's owner: %s", model,
+                  action, intent_id, exc)
+        self.metrics.action(model, action, "fenced")
 
     def _intend(self, model: str, action: Action, origin: str, status: ModelStatus,
                 started: float) -> int:
@@ -305,12 +352,16 @@ class LifecycleRunner:
         neither). A store that cannot take them (a full disk) refuses the action before it
         starts: alerted, and raised to the caller."""
         try:
-            with self.store.transaction():
+            with self.store.transaction():  # the token is checked where the intent is written
+                self.check_lease(model)
                 intent_id = self.journal.record(ActionIntended(model, action.name, action.params,
                                                                origin, status))
                 self.store.put(pending_key(model), {
                     "model": model, "action": action.name, "params": action.params,
                     "origin": origin, "from": status.to_json(), "intent_id": intent_id}, started)
+        except LeaseLost as exc:
+            log.warning("model %s: %s not started: %s", model, action.name, exc)
+            raise
         except StateError as exc:
             self.metrics.action(model, action.name, "failure")
             self.alerts.failed(model, action.name, f"not started: {exc}")

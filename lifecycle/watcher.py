@@ -36,7 +36,8 @@ class VersionWatcher:
             status = runner.statuses.get(name)
             if (not managed.settings.auto_canary or status is None
                     or status.stable_version is None
-                    or status.phase not in (Phase.STABLE, Phase.ROLLED_BACK) or runner.busy(name)):
+                    or status.phase not in (Phase.STABLE, Phase.ROLLED_BACK) or runner.busy(name)
+                    or not runner.may_act(name)):
                 continue
             try:
                 newest = managed.server.newest_version(name)
@@ -75,6 +76,7 @@ class VersionWatcher:
             status = runner.statuses.get(name)
             if (status is None or status.phase != Phase.STABLE or status.promoted_at is None
                     or status.previous_good is None or runner.busy(name)
+                    or not runner.may_act(name)
                     or now - status.promoted_at < managed.settings.keep_previous_seconds):
                 continue
             await runner.run(name, UnloadPrevious(status.previous_good),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -39,8 +40,10 @@ class TFServingController:
 
     def __init__(self, client: TFServingClient, config_file: Path, *,
                  delivery: Literal["grpc", "file"] = "grpc",
-                 available_timeout_seconds: float = 120.0) -> None:
+                 available_timeout_seconds: float = 120.0,
+                 guard: Callable[[], None] | None = None) -> None:
         self.client, self.config_file = client, config_file
+        self.guard = guard  # raises LeaseLost when this replica may no longer write the file
         self.delivery = delivery
         self.available_timeout = available_timeout_seconds
 
@@ -48,7 +51,10 @@ class TFServingController:
     async def apply(self, model: str, plan: ModelPlan) -> None:
         """Write the whole config with ``model``'s new plan and deliver it; when the server
         refuses the reload, the file is put back as it was (it must keep saying what the
-        server serves: a later restart of the server reads it)."""
+        server serves: a later restart of the server reads it). The guard is asked first:
+        a replica fenced off between two steps of an action writes nothing more."""
+        if self.guard is not None:
+            self.guard()
         previous = read_config(self.config_file)
         config = with_plan(previous, model, plan)
         write_config_atomically(self.config_file, config)

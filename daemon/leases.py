@@ -1,0 +1,227 @@
+"""Who acts on what: units of ownership, and the leases replicas hold on them.
+
+A unit is what exactly one writer must own:
+- ``serving/<endpoint>``: a serving endpoint's model config file, with every model on it (the
+  probes, detectors and lifecycle of those models, and their nginx includes);
+- ``edge/<model>``: an edge model's staged rollout.
+
+One daemon on SQLite owns every unit (:class:`SoleOwner`). Replicas sharing PostgreSQL hold
+leases (:class:`LeaseKeeper` over ``daemon.pgstate.PostgresLeases``): a TTL on the database's
+clock and a fencing token that grows at every change of owner. Every action checks its token in
+the transaction that journals its intent, again before it touches the server, and in the one
+that journals its outcome; a replica whose token is stale (it was paused past its TTL, or the
+database was away and another replica took over) is refused there, whatever it believes.
+
+Units are spread evenly: a replica claims free units up to ``ceil(units / live replicas)`` and
+gives one up while it holds more than another live replica's fair share allows, so a new replica
+takes a share and a dead one's units (its leases expire, nobody renews them) are claimed by the
+others within the TTL.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from tfwarden.core.errors import LeaseLost, StateError
+
+if TYPE_CHECKING:
+    from tfwarden.daemon.config import Config
+    from tfwarden.daemon.pgstate import PostgresLeases
+
+log = logging.getLogger("tfwarden.leases")
+
+
+def serving_unit(endpoint: str) -> str:
+    return f"serving/{endpoint}"
+
+
+def edge_unit(model: str) -> str:
+    return f"edge/{model}"
+
+
+def units_of(config: Config) -> list[str]:
+    """Every unit the configuration names: endpoints with models, edge models with rollouts."""
+    return sorted({serving_unit(m.serving) for m in config.models}
+                  | {edge_unit(m.name) for m in config.edge.models if m.rollout is not None})
+
+
+def owned_config(config: Config, owned: set[str]) -> Config:
+    """The part of ``config`` this replica runs: the models of the endpoints it owns (probes,
+    detectors, drift, lifecycle). Endpoints, memory targets (this host's processes), PromQL
+    queries and edge models stay whole: the edge rollout runner asks the fence per model."""
+    return config.model_copy(update={
+        "models": [m for m in config.models if serving_unit(m.serving) in owned]})
+
+
+class SoleOwner:
+    """One daemon alone (SQLite): it owns every unit, nobody can take one away."""
+
+    kind = "sole"
+
+    def may_act(self, unit: str) -> bool:
+        return True
+
+    def check(self, unit: str) -> None:
+        return None
+
+    def owned(self, units: Sequence[str]) -> set[str]:
+        return set(units)
+
+    def refresh(self, units: Sequence[str]) -> bool:
+        return False
+
+    def leave(self) -> None:
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "replica": None, "confirmed": True, "units": []}
+
+
+class LeaseKeeper:
+    """This replica's leases: claimed, renewed and given up by ``refresh`` (every TTL / 3, in
+    a thread: it waits on the database), checked by ``check`` (on the event loop, inside the
+    store transaction of the action that needs it)."""
+
+    kind = "postgres-leases"
+
+    def __init__(self, table: PostgresLeases, replica: str, url: str, ttl_seconds: float,
+                 busy: Callable[[str], bool] = lambda unit: False) -> None:
+        self.table, self.replica, self.url, self.ttl = table, replica, url, ttl_seconds
+        self.busy = busy
+        self._held: dict[str, int] = {}  # unit -> fencing token
+        self._lock = threading.Lock()
+        self._confirmed_until = 0.0  # monotonic: every held lease renewed until then
+        self._last_error: str | None = None
+        self._owners: list[dict[str, Any]] = []
+        self._live: list[str] = []
+
+    # -- Fence -----------------------------------------------------------------------------
+    def may_act(self, unit: str) -> bool:
+        with self._lock:
+            return unit in self._held and time.monotonic() < self._confirmed_until
+
+    def check(self, unit: str) -> None:
+        with self._lock:
+            token = self._held.get(unit)
+        if token is None:
+            raise LeaseLost(f"unit {unit!r}: replica {self.replica!r} does not hold its lease")
+        try:
+            self.table.check(unit, self.replica, token)
+        except LeaseLost:
+            with self._lock:
+                if self._held.get(unit) == token:
+                    del self._held[unit]
+            raise
+
+    # -- claiming, renewing, giving up -----------------------------------------------------
+    def owned(self, units: Sequence[str]) -> set[str]:
+        with self._lock:
+            return {u for u in units if u in self._held}
+
+    def refresh(self, units: Sequence[str]) -> bool:
+        """One round against the database; True when the set of held units changed. A
+        database that cannot be reached changes nothing here: the leases stay held until their
+        TTL passes unconfirmed (``may_act`` is then False everywhere), and renew if nobody
+        claimed them meanwhile."""
+        started = time.monotonic()
+        with self._lock:
+            before = dict(self._held)
+        held = dict(before)
+        try:
+            live = self.table.heartbeat(self.replica, self.url, self.ttl)
+            self.table.register(units)
+            renewed = self.table.renew(self.replica, held, self.ttl)
+            for unit in [u for u in held if u not in renewed]:
+                log.warning("lease of %s lost (another replica took it over)", unit)
+                del held[unit]
+            gone = {u: t for u, t in held.items() if u not in units}
+            if gone:
+                self.table.release(self.replica, gone)
+                held = {u: t for u, t in held.items() if u in units}
+            owners = self.table.owners()
+            claimed, given_up = self._rebalance(units, held, live, owners)
+            if claimed or given_up:
+                owners = self.table.owners()
+        except StateError as exc:
+            with self._lock:
+                self._last_error = str(exc)
+                self._held = {u: t for u, t in self._held.items() if u in held}
+            log.error("leases not renewed: %s", exc)
+            return set(held) != set(before)
+        with self._lock:
+            self._held = held
+            self._confirmed_until = started + self.ttl
+            self._last_error, self._owners, self._live = None, owners, live
+        for unit, token in sorted(claimed.items()):
+            log.info("lease of %s taken (token %d)", unit, token)
+        for unit in given_up:
+            log.info("lease of %s given up to balance %d replica(s)", unit, len(live))
+        return set(held) != set(before)
+
+    def _rebalance(self, units: Sequence[str], held: dict[str, int], live: list[str],
+                   owners: list[dict[str, Any]]) -> tuple[dict[str, int], list[str]]:
+        """Claim free units up to the fair share, or give one up to a replica below it."""
+        replicas = max(1, len(live))
+        most, least = math.ceil(len(units) / replicas), len(units) // replicas
+        counts = {name: 0 for name in live}
+        for lease in owners:
+            if lease["owner"] in counts and lease["expires_in_seconds"] > 0 \
+                    and lease["unit"] in units:
+                counts[lease["owner"]] += 1
+        if len(held) < most:
+            claimed = self.table.claim(self.replica, [u for u in units if u not in held],
+                                       most - len(held), self.ttl)
+            held.update(claimed)
+            return claimed, []
+        starved = any(n < least for name, n in counts.items() if name != self.replica)
+        if len(held) > most or (len(held) > least and starved):
+            spare = [u for u in sorted(held, reverse=True) if not self.busy(u)]
+            excess = max(1, len(held) - most)
+            give = {u: held[u] for u in spare[:excess]}
+            if give:
+                with self._lock:  # stop acting before the database says it is free
+                    for unit in give:
+                        self._held.pop(unit, None)
+                self.table.release(self.replica, give)
+                for unit in give:
+                    del held[unit]
+            return {}, list(give)
+        return {}, []
+
+    def leave(self) -> None:
+        """A clean stop: every lease free at once, for the other replicas to take."""
+        with self._lock:
+            held, self._held = dict(self._held), {}
+        try:
+            self.table.leave(self.replica, held)
+        except StateError as exc:
+            log.warning("leases not given back (they expire in %.0fs): %s", self.ttl, exc)
+
+    def to_json(self) -> dict[str, Any]:
+        with self._lock:
+            confirmed = time.monotonic() < self._confirmed_until
+            units = []
+            for lease in self._owners:
+                mine = lease["unit"] in self._held
+                owner = lease["owner"] if lease["expires_in_seconds"] > 0 else None
+                units.append({**lease, "owner": owner, "mine": mine,
+                              "state": ("held" if confirmed else "inconclusive") if mine
+                              else ("other" if owner else "free")})
+            return {"kind": self.kind, "replica": self.replica, "url": self.url,
+                    "ttl_seconds": self.ttl, "confirmed": confirmed,
+                    "live_replicas": list(self._live), "last_error": self._last_error,
+                    "held": sorted(self._held), "units": units}
+
+    def owner_of(self, unit: str) -> dict[str, Any] | None:
+        """The last known owner of ``unit`` (its name and URL) when it is not this replica."""
+        with self._lock:
+            for lease in self._owners:
+                if lease["unit"] == unit and lease["owner"] != self.replica \
+                        and lease["expires_in_seconds"] > 0:
+                    return lease
+        return None
