@@ -56,6 +56,8 @@ from tfwarden.daemon.leases import (
     SoleOwner,
     edge_unit,
     owned_config,
+    replica_name,
+    replica_url,
     serving_unit,
     units_of,
 )
@@ -483,9 +485,10 @@ class Daemon:
         store = self.process.store
         if not isinstance(store, PostgresStateStore):
             return
-        name = config.state.replica_name or socket.gethostname()
-        self.leases = LeaseKeeper(PostgresLeases(store), name, build.page_url(config),
-                                  config.state.lease_seconds, busy=self._unit_busy)
+        name = replica_name(config)
+        self.leases = LeaseKeeper(PostgresLeases(store), name, replica_url(config),
+                                  config.state.lease_seconds, busy=self._unit_busy,
+                                  metrics=self.recorder)
         self.process.fence = self.leases
         await asyncio.to_thread(self.leases.refresh, units_of(config))
         log.info("replica %s: %d of %d unit(s) held (lease %.0fs)", name,

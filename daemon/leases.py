@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tfwarden.core.errors import LeaseLost, StateError
 
@@ -34,6 +35,10 @@ if TYPE_CHECKING:
     from tfwarden.daemon.pgstate import PostgresLeases
 
 log = logging.getLogger("tfwarden.leases")
+
+
+class LeaseMetrics(Protocol):
+    def leases(self, held: dict[str, bool], failed: bool) -> None: ...
 
 
 def serving_unit(endpoint: str) -> str:
@@ -56,6 +61,25 @@ def owned_config(config: Config, owned: set[str]) -> Config:
     queries and edge models stay whole: the edge rollout runner asks the fence per model."""
     return config.model_copy(update={
         "models": [m for m in config.models if serving_unit(m.serving) in owned]})
+
+
+def replica_name(config: Config) -> str:
+    return config.state.replica_name or socket.gethostname()
+
+
+def replica_url(config: Config) -> str:
+    """Where this replica's API is reached from elsewhere (``state.replica_url``, else
+    ``server.listen`` with a wildcard host replaced by the address of this host's name)."""
+    if config.state.replica_url is not None:
+        return str(config.state.replica_url).rstrip("/")
+    host, port = config.server.host, config.server.port
+    if host in ("0.0.0.0", "::", ""):
+        try:
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = socket.gethostname()
+    host = f"[{host}]" if ":" in host else host
+    return f"{'https' if config.server.tls else 'http'}://{host}:{port}"
 
 
 class SoleOwner:
@@ -90,9 +114,10 @@ class LeaseKeeper:
     kind = "postgres-leases"
 
     def __init__(self, table: PostgresLeases, replica: str, url: str, ttl_seconds: float,
-                 busy: Callable[[str], bool] = lambda unit: False) -> None:
+                 busy: Callable[[str], bool] = lambda unit: False,
+                 metrics: LeaseMetrics | None = None) -> None:
         self.table, self.replica, self.url, self.ttl = table, replica, url, ttl_seconds
-        self.busy = busy
+        self.busy, self.metrics = busy, metrics
         self._held: dict[str, int] = {}  # unit -> fencing token
         self._lock = threading.Lock()
         self._confirmed_until = 0.0  # monotonic: every held lease renewed until then
@@ -124,6 +149,13 @@ class LeaseKeeper:
             return {u for u in units if u in self._held}
 
     def refresh(self, units: Sequence[str]) -> bool:
+        """``_round``, then the metrics: which units this replica may act on now."""
+        changed, failed = self._round(units)
+        if self.metrics is not None:
+            self.metrics.leases({unit: self.may_act(unit) for unit in units}, failed)
+        return changed
+
+    def _round(self, units: Sequence[str]) -> tuple[bool, bool]:
         """One round against the database; True when the set of held units changed. A
         database that cannot be reached changes nothing here: the leases stay held until their
         TTL passes unconfirmed (``may_act`` is then False everywhere), and renew if nobody
@@ -152,7 +184,7 @@ class LeaseKeeper:
                 self._last_error = str(exc)
                 self._held = {u: t for u, t in self._held.items() if u in held}
             log.error("leases not renewed: %s", exc)
-            return set(held) != set(before)
+            return set(held) != set(before), True
         with self._lock:
             self._held = held
             self._confirmed_until = started + self.ttl
@@ -161,7 +193,7 @@ class LeaseKeeper:
             log.info("lease of %s taken (token %d)", unit, token)
         for unit in given_up:
             log.info("lease of %s given up to balance %d replica(s)", unit, len(live))
-        return set(held) != set(before)
+        return set(held) != set(before), False
 
     def _rebalance(self, units: Sequence[str], held: dict[str, int], live: list[str],
                    owners: list[dict[str, Any]]) -> tuple[dict[str, int], list[str]]:

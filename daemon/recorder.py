@@ -84,6 +84,15 @@ class Recorder:
         self._journal_pruned = Counter(
             "tfwarden_journal_pruned_entries_total",
             "Journal entries deleted by retention (the oldest first).", registry=r)
+        self._lease_held = Gauge(
+            "tfwarden_lease_held", "Replicas on PostgreSQL: 1 while this replica holds the "
+            "confirmed lease of a unit, 0 for the configuration's other units.", ["unit"],
+            registry=r)
+        self._lease_failures = Counter(
+            "tfwarden_lease_refresh_failures_total",
+            "Lease rounds (claim, renew, give up) that could not reach the state store.",
+            registry=r)
+        self._lease_units: set[str] = set()
         self._watchdog_pings = Counter(
             "tfwarden_watchdog_pings_total", "WATCHDOG=1 notifications sent to systemd.",
             registry=r)
@@ -249,6 +258,16 @@ class Recorder:
 
     def loop_lag(self, seconds: float) -> None:
         self._loop_lag.observe(seconds)
+
+    def leases(self, held: dict[str, bool], failed: bool) -> None:
+        """Per unit of the configuration: whether this replica may act on it now."""
+        for unit in self._lease_units - set(held):
+            self._lease_held.remove(unit)
+        for unit, mine in held.items():
+            self._lease_held.labels(unit).set(1 if mine else 0)
+        self._lease_units = set(held)
+        if failed:
+            self._lease_failures.inc()
 
     def journal_pruned(self, entries: int) -> None:
         self._journal_pruned.inc(entries)

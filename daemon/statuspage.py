@@ -580,7 +580,18 @@ def _health(snap: Snapshot) -> dict[str, Any]:
             "targets": targets, "window": number(probes.get("window_seconds")),
             "failures": [{"probe": k, "age": ago(snap.now, v.get("t")), "error": v.get("error")}
                          for k, v in sorted(failures.items())],
-            "worker": snap.drift_worker}
+            "worker": snap.drift_worker, "leases": _leases(status, snap.now)}
+
+
+def _leases(status: dict[str, Any], now: float) -> dict[str, Any] | None:
+    """Replicas: this one, and who holds each unit (None for one daemon alone)."""
+    leases = status.get("leases") or {}
+    if leases.get("kind") != "postgres-leases":
+        return None
+    elsewhere = [m for m in status.get("models", []) if m.get("owner") != leases.get("replica")]
+    return {**leases, "elsewhere": elsewhere,
+            "rows": [{**u, "expires": number(u.get("expires_in_seconds"))}
+                     for u in leases.get("units", [])]}
 
 
 def versions_text(values: Sequence[Any]) -> str:

@@ -123,6 +123,10 @@ class StateConfig(Settings):
     replica_name: Annotated[str, Field(pattern=NAME)] | None = Field(None, description=(
         "postgres: this replica's name in the lease table (default: the host name); two "
         "replicas on one host need their own."))
+    replica_url: AnyHttpUrl | None = Field(None, description=(
+        "postgres: where operators and the other replicas' pages reach this replica's API "
+        "(default: server.listen, a wildcard host replaced by the address of this host's "
+        "name, e.g. the pod IP)."))
 
     @field_validator("dsn_file")
     @classmethod

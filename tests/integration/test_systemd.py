@@ -15,6 +15,7 @@ from tests.helpers import REPO, DaemonProcess
 
 pytestmark = pytest.mark.integration
 UNIT = REPO / "systemd" / "tfwarden.service"
+REPLICAS_DROP_IN = REPO / "systemd" / "tfwarden.service.d" / "replicas.conf"
 
 
 def test_ready_watchdog_and_stopping_notifications(
@@ -109,6 +110,27 @@ def test_unit_verifies_without_any_warning(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", result.stderr
+
+
+def test_unit_with_the_replicas_drop_in_verifies_and_stays_at_most_2(tmp_path: Path) -> None:
+    root = _fake_root(tmp_path)
+    drop_in = root / "etc/systemd/system/tfwarden.service.d"
+    drop_in.mkdir()
+    shutil.copy(REPLICAS_DROP_IN, drop_in)
+    (root / "etc/tfwarden").mkdir(parents=True)
+    (root / "etc/tfwarden/pg.dsn").write_text("host=db.internal dbname=tfwarden user=tfwarden\n")
+    verify = subprocess.run([_systemd_analyze(), "verify", f"--root={root}", UNIT.name],
+                            capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0 and verify.stderr == "", verify.stderr
+    shown = subprocess.run([_systemd_analyze(), "cat-config", f"--root={root}",
+                            f"systemd/system/{UNIT.name}"], capture_output=True, text=True,
+                           timeout=60)
+    assert shown.returncode == 0 and "LoadCredential=pg.dsn:/etc/tfwarden/pg.dsn" in shown.stdout
+    security = subprocess.run([_systemd_analyze(), "security", "--offline=true", f"--root={root}",
+                               "--threshold=20", UNIT.name], capture_output=True, text=True,
+                              timeout=60)
+    score = [ln for ln in security.stdout.splitlines() if "Overall exposure level" in ln]
+    assert security.returncode == 0 and float(score[0].split(":")[1].split()[0]) <= 2.0
 
 
 def test_unit_security_exposure_is_at_most_2(tmp_path: Path) -> None:

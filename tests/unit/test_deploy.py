@@ -11,6 +11,7 @@ from tests.helpers import REPO
 from tfwarden.daemon.config import load_config
 
 POD = REPO / "deploy" / "kubernetes" / "tfserving-with-tfwarden.yaml"
+REPLICAS = REPO / "deploy" / "kubernetes" / "tfwarden-replicas.yaml"
 
 
 def _docs() -> dict[str, dict]:  # type: ignore[type-arg]
@@ -50,3 +51,35 @@ def test_dockerfile_copies_every_stage_folder_and_the_build_files() -> None:
     assert "COPY pyproject.toml setup.py README.md ./" in dockerfile
     for stage in stages:
         assert f"COPY {stage} {stage}" in dockerfile
+
+
+def test_replicas_share_postgres_and_the_model_config_file(tmp_path: Path) -> None:
+    docs = list(yaml.safe_load_all(REPLICAS.read_text()))
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    text = by[("ConfigMap", "tfwarden-replicas-config")]["data"]["tfwarden.yaml"]
+    for secret, name in (("/var/run/secrets/tfwarden/token", "token"),
+                         ("/var/run/secrets/tfwarden-postgres/dsn", "dsn")):
+        (tmp_path / name).write_text("host=db dbname=tfwarden\n" if name == "dsn" else "t")
+        text = text.replace(secret, str(tmp_path / name))
+    (tmp_path / "tfwarden.yaml").write_text(text)
+    config = load_config(tmp_path / "tfwarden.yaml")
+    assert config.state.kind == "postgres"
+    endpoint = config.serving["fleet"]  # a reload over gRPC would reach one TF Serving Pod
+    assert endpoint.config_delivery == "file"
+    tfwarden = by[("Deployment", "tfwarden")]
+    serving = by[("Deployment", "tensorflow-serving")]
+    assert 2 <= tfwarden["spec"]["replicas"] <= 3
+    claims = {}
+    for deployment in (tfwarden, serving):
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        claims[deployment["metadata"]["name"]] = volumes["serving-config"][
+            "persistentVolumeClaim"]["claimName"]
+    assert claims["tfwarden"] == claims["tensorflow-serving"]
+    assert by[("PersistentVolumeClaim", claims["tfwarden"])]["spec"]["accessModes"] == \
+        ["ReadWriteMany"]
+    assert ("PodDisruptionBudget", "tfwarden") in by
+    container = tfwarden["spec"]["template"]["spec"]["containers"][0]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert str(config.state.dsn_file).startswith(str(tmp_path))  # the Secret's file, read
+    assert "/var/run/secrets/tfwarden-postgres" in mounts and "/serving-config" in mounts
+

@@ -49,6 +49,7 @@ class FakeDaemon:
             2: [Bucket(NOW - 120, (30.0, 40.0, 55.0), 50, 1)]}
         self.drift: dict[str, Any] | None = None
         self.rollout: dict[str, Any] | None = None
+        self.leases: dict[str, Any] = {"kind": "sole", "units": []}
 
     def now(self) -> float:
         return NOW
@@ -58,7 +59,7 @@ class FakeDaemon:
                 "config": {"path": "/etc/tfwarden.yaml", "generation": 3,
                            "last_reload": {"ok": False, "error": "models[0].slo: bad"},
                            "pending_restart": []},
-                "models": [{"name": "m", "serving": "dev"}],
+                "models": [{"name": "m", "serving": "dev"}], "leases": self.leases,
                 "jobs": [{"name": "policy", "interval_seconds": 2.0, "runs": 5,
                           "last_start": NOW - 1, "last_duration_seconds": 0.001,
                           "last_outcome": "failure", "last_error": "boom"}],
@@ -141,6 +142,23 @@ def test_health_shows_failed_jobs_probe_failures_and_a_failed_reload() -> None:
     assert "boom" in html and "timed out" in html and "timeout 2" in html
     assert "no TensorFlow in the daemon" in html
     assert "devserver" in html  # a memory target's finding, under other findings
+
+
+def test_replicas_show_who_holds_each_unit_and_which_models_run_elsewhere() -> None:
+    daemon = FakeDaemon()
+    assert 'id="replicas"' not in page(daemon)  # one daemon alone: no such section
+    daemon.leases = {
+        "kind": "postgres-leases", "replica": "r1", "url": "http://r1:9321", "ttl_seconds": 15.0,
+        "confirmed": False, "live_replicas": ["r1", "r2"],
+        "last_error": "postgresql://db:5432/tfwarden: unreachable", "held": ["serving/dev"],
+        "units": [{"unit": "serving/dev", "owner": "r1", "token": 7, "expires_in_seconds": -2.0,
+                   "url": "http://r1:9321", "mine": True, "state": "inconclusive"},
+                  {"unit": "serving/other", "owner": "r2", "token": 9, "expires_in_seconds": 11.0,
+                   "url": "http://r2:9321", "mine": False, "state": "other"}]}
+    html = page(daemon)
+    assert 'id="replicas"' in html and "This is replica <b>r1</b>" in html
+    assert "inconclusive: nothing acts" in html and "unreachable" in html
+    assert '<a href="http://r2:9321">r2</a>' in html and 'data-unit="serving/other"' in html
 
 
 def test_drift_features_and_edge_cohorts() -> None:
