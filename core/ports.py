@@ -54,6 +54,11 @@ class StateStore(Protocol):
 
     def put(self, key: str, value: Any, t: float) -> None: ...
 
+    def put_new(self, key: str, value: Any, t: float) -> Any:
+        """Store ``value`` unless the key holds one already (another replica may have been
+        first); return the value the key holds after."""
+        ...
+
     def get(self, key: str) -> Any: ...
 
     def transaction(self) -> AbstractContextManager[None]: ...
@@ -70,6 +75,11 @@ class KeyValueStore(Protocol):
     takes in what the journal appends meanwhile (both live in one store)."""
 
     def put(self, key: str, value: Any, t: float) -> None: ...
+
+    def put_new(self, key: str, value: Any, t: float) -> Any:
+        """Store ``value`` unless the key holds one already (another replica may have been
+        first); return the value the key holds after."""
+        ...
 
     def get(self, key: str) -> Any: ...
 

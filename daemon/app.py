@@ -134,6 +134,7 @@ class Daemon:
         self._background: set[asyncio.Task[Any]] = set()
         self._latency_history: BucketHistory | None = None  # the status page's, kept across renders
         self.leases: SoleOwner | LeaseKeeper = SoleOwner()
+        self._built_for: dict[str, int] = {}  # replicas: the leases (unit -> token) the pipeline runs
 
     # -- DaemonControl -------------------------------------------------------------------
     @property
@@ -354,23 +355,45 @@ class Daemon:
                 "owner": self.leases.replica if mine else owner["owner"] if owner else None,
                 "owner_url": self.leases.url if mine else owner["url"] if owner else None}
 
-    def owned(self, config: Config) -> Config:
-        """The part of ``config`` this replica runs (all of it without replicas)."""
+    def owned(self, config: Config, tokens: dict[str, int] | None = None) -> Config:
+        """The part of ``config`` this replica runs (all of it without replicas): the units of
+        ``tokens``, by default those the pipeline was built for."""
         if not isinstance(self.leases, LeaseKeeper):
             return config
-        return owned_config(config, self.leases.owned(units_of(config)))
+        return owned_config(config, set(self._built_for if tokens is None else tokens))
 
     async def _renew_leases(self) -> None:
         """Claim, renew or give up leases; hand the pipeline its new share when it changed."""
         if self.config is None or self.pipeline is None or self.process is None:
             return
-        if not await asyncio.to_thread(self.leases.refresh, units_of(self.config)):
+        await asyncio.to_thread(self.leases.refresh, units_of(self.config))
+        await self._follow_leases()
+
+    async def _follow_leases(self) -> None:
+        """Rebuild the pipeline for the leases held now. A unit lost and taken again (a new
+        token) leaves first and comes back: its models resume from the store, finishing what
+        was pending, as on a takeover. A rebuild that fails is tried again at the next round."""
+        if self.leases.tokens() == self._built_for:
             return
         async with self._reload_lock:
-            assert self.config is not None
-            log.info("units now run here: %s",
-                     ", ".join(sorted(self.leases.owned(units_of(self.config)))) or "none")
-            await build.reconfigure(self.pipeline, self.owned(self.config), self.process)
+            assert self.config is not None and self.pipeline is not None
+            assert self.process is not None
+            tokens = self.leases.tokens()
+            stale = {u: t for u, t in self._built_for.items() if tokens.get(u, t) != t}
+            try:
+                if stale:
+                    kept = {u: t for u, t in self._built_for.items() if u not in stale}
+                    await build.reconfigure(self.pipeline, self.owned(self.config, kept),
+                                            self.process)
+                    self._built_for = kept
+                await build.reconfigure(self.pipeline, self.owned(self.config, tokens),
+                                        self.process)
+            except ConfigError as exc:
+                log.error("units not taken up (tried again in %.0fs): %s",
+                          self.leases.ttl / 3 if isinstance(self.leases, LeaseKeeper) else 0, exc)
+                return
+            self._built_for = tokens
+            log.info("units run here: %s", ", ".join(sorted(tokens)) or "none")
 
     def _unit_busy(self, unit: str) -> bool:
         """An action of the unit is running or pending: its lease is not given up now."""
@@ -491,6 +514,7 @@ class Daemon:
                                   metrics=self.recorder)
         self.process.fence = self.leases
         await asyncio.to_thread(self.leases.refresh, units_of(config))
+        self._built_for = self.leases.tokens()
         log.info("replica %s: %d of %d unit(s) held (lease %.0fs)", name,
                  len(self.leases.owned(units_of(config))), len(units_of(config)),
                  config.state.lease_seconds)

@@ -248,9 +248,8 @@ def device_key(store: KeyValueStore) -> bytes:
     """The key edge device ids are hashed with: made once, kept in the state store, so hashes
     (and the sticky buckets built on them) stay the same across restarts."""
     stored = store.get(DEVICE_KEY)
-    if stored is None:
-        stored = secrets.token_hex(32)
-        store.put(DEVICE_KEY, stored, time.time())
+    if stored is None:  # replicas starting together on a new database: the first one's key
+        stored = store.put_new(DEVICE_KEY, secrets.token_hex(32), time.time())
     return bytes.fromhex(stored)
 
 

@@ -96,8 +96,11 @@ class SoleOwner:
     def owned(self, units: Sequence[str]) -> set[str]:
         return set(units)
 
-    def refresh(self, units: Sequence[str]) -> bool:
-        return False
+    def refresh(self, units: Sequence[str]) -> None:
+        return None
+
+    def tokens(self) -> dict[str, int]:
+        return {}
 
     def leave(self) -> None:
         return None
@@ -120,7 +123,9 @@ class LeaseKeeper:
         self.busy, self.metrics = busy, metrics
         self._held: dict[str, int] = {}  # unit -> fencing token
         self._lock = threading.Lock()
-        self._confirmed_until = 0.0  # monotonic: every held lease renewed until then
+        self._round_lock = threading.Lock()  # one round at a time; none after ``leave``
+        self._left = False
+        self._confirmed_until = 0.0  # boot clock: every held lease renewed until then
         self._last_error: str | None = None
         self._owners: list[dict[str, Any]] = []
         self._live: list[str] = []
@@ -128,7 +133,7 @@ class LeaseKeeper:
     # -- Fence -----------------------------------------------------------------------------
     def may_act(self, unit: str) -> bool:
         with self._lock:
-            return unit in self._held and time.monotonic() < self._confirmed_until
+            return unit in self._held and _clock() < self._confirmed_until
 
     def check(self, unit: str) -> None:
         with self._lock:
@@ -148,19 +153,26 @@ class LeaseKeeper:
         with self._lock:
             return {u for u in units if u in self._held}
 
-    def refresh(self, units: Sequence[str]) -> bool:
-        """``_round``, then the metrics: which units this replica may act on now."""
-        changed, failed = self._round(units)
+    def tokens(self) -> dict[str, int]:
+        """unit -> fencing token of every lease held now (a unit lost and taken again between
+        two looks has a new token: what was built for the old one is stale)."""
+        with self._lock:
+            return dict(self._held)
+
+    def refresh(self, units: Sequence[str]) -> None:
+        """One round (``_round``), then the metrics: which units this replica may act on."""
+        with self._round_lock:
+            if self._left:
+                return
+            failed = self._round(units)
         if self.metrics is not None:
             self.metrics.leases({unit: self.may_act(unit) for unit in units}, failed)
-        return changed
 
-    def _round(self, units: Sequence[str]) -> tuple[bool, bool]:
-        """One round against the database; True when the set of held units changed. A
-        database that cannot be reached changes nothing here: the leases stay held until their
-        TTL passes unconfirmed (``may_act`` is then False everywhere), and renew if nobody
-        claimed them meanwhile."""
-        started = time.monotonic()
+    def _round(self, units: Sequence[str]) -> bool:
+        """One round against the database; True when it could not be reached. Then nothing
+        changes here: the leases stay held until their TTL passes unconfirmed (``may_act`` is
+        then False everywhere), and renew if nobody claimed them meanwhile."""
+        started = _clock()
         with self._lock:
             before = dict(self._held)
         held = dict(before)
@@ -168,8 +180,10 @@ class LeaseKeeper:
             live = self.table.heartbeat(self.replica, self.url, self.ttl)
             self.table.register(units)
             renewed = self.table.renew(self.replica, held, self.ttl)
-            for unit in [u for u in held if u not in renewed]:
-                log.warning("lease of %s lost (another replica took it over)", unit)
+            lost = [u for u in held if u not in renewed]
+            if lost:
+                self._say_lost(lost)
+            for unit in lost:
                 del held[unit]
             gone = {u: t for u, t in held.items() if u not in units}
             if gone:
@@ -182,10 +196,10 @@ class LeaseKeeper:
         except StateError as exc:
             with self._lock:
                 self._last_error = str(exc)
-                self._held = {u: t for u, t in self._held.items() if u in held}
+                self._held = {u: t for u, t in self._held.items() if held.get(u) == t}
             log.error("leases not renewed: %s", exc)
-            return set(held) != set(before), True
-        with self._lock:
+            return True
+        with self._lock:  # what the database confirmed, whatever ``check`` saw meanwhile
             self._held = held
             self._confirmed_until = started + self.ttl
             self._last_error, self._owners, self._live = None, owners, live
@@ -193,7 +207,18 @@ class LeaseKeeper:
             log.info("lease of %s taken (token %d)", unit, token)
         for unit in given_up:
             log.info("lease of %s given up to balance %d replica(s)", unit, len(live))
-        return set(held) != set(before), False
+        return False
+
+    def _say_lost(self, units: list[str]) -> None:
+        owners = {lease["unit"]: lease for lease in self.table.owners()}
+        for unit in units:
+            owner = owners.get(unit, {}).get("owner")
+            if owner == self.replica:
+                log.error("lease of %s taken by another process named %r: give every replica "
+                          "its own state.replica_name", unit, self.replica)
+            else:
+                log.warning("lease of %s lost (now %s)", unit,
+                            f"held by {owner!r}" if owner else "free")
 
     def _rebalance(self, units: Sequence[str], held: dict[str, int], live: list[str],
                    owners: list[dict[str, Any]]) -> tuple[dict[str, int], list[str]]:
@@ -226,7 +251,10 @@ class LeaseKeeper:
         return {}, []
 
     def leave(self) -> None:
-        """A clean stop: every lease free at once, for the other replicas to take."""
+        """A clean stop: every lease free at once, for the other replicas to take (after the
+        round in progress, if any; none starts after)."""
+        with self._round_lock:
+            self._left = True
         with self._lock:
             held, self._held = dict(self._held), {}
         try:
@@ -236,7 +264,7 @@ class LeaseKeeper:
 
     def to_json(self) -> dict[str, Any]:
         with self._lock:
-            confirmed = time.monotonic() < self._confirmed_until
+            confirmed = _clock() < self._confirmed_until
             units = []
             for lease in self._owners:
                 mine = lease["unit"] in self._held
@@ -257,3 +285,9 @@ class LeaseKeeper:
                         and lease["expires_in_seconds"] > 0:
                     return lease
         return None
+
+
+def _clock() -> float:
+    """Seconds on a clock that goes on while the host is suspended (a lease expires then too)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+

@@ -107,6 +107,12 @@ SCHEMA_VERSION = len(MIGRATIONS)
 MIGRATION_LOCK = 0x7466776172646E  # pg_advisory_xact_lock key: replicas migrate one at a time
 ROW_OVERHEAD_BYTES = 96  # as SQLite's store counts a row beyond its payload
 PRUNE_BATCH = 2000
+# A server that stops answering (a host down, a partition: packets dropped, nothing refused)
+# fails a call within seconds instead of TCP's 15 minutes of retransmissions, and a statement
+# never runs for longer than a lease lasts (libpq connection parameters).
+LIBPQ_TIMEOUTS = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                  "keepalives_count": 2, "tcp_user_timeout": 5000,
+                  "options": "-c statement_timeout=30000"}
 RETRY_SECONDS = 2.0  # an unreachable server: how often a call tries it again
 WAIT_SECONDS = 1.0  # how long a call waits for a pooled connection
 
@@ -128,15 +134,14 @@ class PostgresStateStore:
 
     def __init__(self, dsn: str, *, max_connections: int = 4, connect_timeout: float = 10.0) -> None:
         self.where = describe(dsn)
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._tx: psycopg.Connection[Any] | None = None
+        self._local = threading.local()  # each thread's transaction: its connection, depth
         self._unreachable_at: float | None = None
         self._unreachable_since, self._unreachable_error = 0.0, ""
         try:
             self._pool = psycopg_pool.ConnectionPool(
                 dsn, min_size=1, max_size=max_connections, open=False,
-                kwargs={"autocommit": True}, timeout=connect_timeout, name="tfwarden-state",
+                kwargs={"autocommit": True, **_timeouts(dsn)}, timeout=connect_timeout,
+                name="tfwarden-state",
                 check=psycopg_pool.ConnectionPool.check_connection)  # a restarted server
             self._pool.open(wait=True, timeout=connect_timeout)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
@@ -193,6 +198,13 @@ class PostgresStateStore:
                   "DO UPDATE SET value = excluded.value, updated_t = excluded.updated_t",
                   (key, json.dumps(value, sort_keys=True), t))
 
+    def put_new(self, key: str, value: Any, t: float) -> Any:
+        row = self._one("INSERT INTO kv (key, value, updated_t) VALUES (%s, %s, %s) ON CONFLICT "
+                        "(key) DO UPDATE SET value = excluded.value, updated_t = excluded.updated_t "
+                        "WHERE kv.value = 'null' RETURNING value",
+                        (key, json.dumps(value, sort_keys=True), t))
+        return json.loads(row[0]) if row is not None else self.get(key)
+
     def get(self, key: str) -> Any:
         row = self._one("SELECT value FROM kv WHERE key = %s", (key,))
         return None if row is None else json.loads(row[0])
@@ -200,24 +212,26 @@ class PostgresStateStore:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Everything written inside commits together or not at all (nests; the outermost
-        commits). Other threads of this process wait for it to end."""
-        with self._lock:
-            if self._depth:
-                self._depth += 1
+        commits). A transaction is its thread's, on its own pooled connection: another
+        thread's statements (the lease rounds, retention) neither wait for it nor join it,
+        and PostgreSQL isolates the two."""
+        local = self._local
+        if getattr(local, "depth", 0):
+            local.depth += 1
+            try:
+                yield
+            finally:
+                local.depth -= 1
+            return
+        try:
+            with self._connection() as conn, conn.transaction():
+                local.tx, local.depth = conn, 1
                 try:
                     yield
                 finally:
-                    self._depth -= 1
-                return
-            try:
-                with self._connection() as conn, conn.transaction():
-                    self._tx, self._depth = conn, 1
-                    try:
-                        yield
-                    finally:
-                        self._tx, self._depth = None, 0
-            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-                raise StateError(f"{self.where}: {_first_line(exc)}") from exc
+                    local.tx, local.depth = None, 0
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise StateError(f"{self.where}: {_first_line(exc)}") from exc
 
     def prune(self, now: float, max_age_seconds: float, max_bytes: int) -> int:
         """Journal retention, as SQLite's store does it: raise the floor, then delete below it
@@ -252,20 +266,19 @@ class PostgresStateStore:
         """Nothing to fold back: PostgreSQL's own checkpoints and autovacuum do it."""
 
     def close(self) -> None:
-        with self._lock:
-            self._pool.close()
+        self._pool.close()
 
     # -- statements ------------------------------------------------------------------------
     def _execute(self, sql: str, args: Sequence[Any], fetch: str) -> Any:
-        with self._lock:
-            try:
-                params = args or None  # none: the simple protocol (a migration's many statements)
-                if self._tx is not None:
-                    return _fetch(self._tx.execute(sql, params), fetch)
-                with self._connection() as conn:
-                    return _fetch(conn.execute(sql, params), fetch)
-            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-                raise StateError(f"{self.where}: {_first_line(exc)}") from exc
+        try:
+            params = args or None  # none: the simple protocol (a migration's many statements)
+            tx = getattr(self._local, "tx", None)
+            if tx is not None:
+                return _fetch(tx.execute(sql, params), fetch)
+            with self._connection() as conn:
+                return _fetch(conn.execute(sql, params), fetch)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise StateError(f"{self.where}: {_first_line(exc)}") from exc
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -280,9 +293,10 @@ class PostgresStateStore:
             with self._pool.connection(timeout=WAIT_SECONDS) as conn:
                 yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
-            if self._unreachable_at is None:
-                self._unreachable_since = time.monotonic()
-            self._unreachable_at, self._unreachable_error = time.monotonic(), _first_line(exc)
+            if _server_away(exc):
+                if self._unreachable_at is None:
+                    self._unreachable_since = time.monotonic()
+                self._unreachable_at, self._unreachable_error = time.monotonic(), _first_line(exc)
             raise
         self._unreachable_at = None
 
@@ -392,6 +406,28 @@ class PostgresLeases:
             "LEFT JOIN replicas r ON r.name = l.owner ORDER BY l.unit", ())
         return [{"unit": r[0], "owner": r[1], "token": int(r[2]),
                  "expires_in_seconds": round(float(r[3]), 3), "url": r[4]} for r in rows]
+
+
+def _timeouts(dsn: str) -> dict[str, Any]:
+    """``LIBPQ_TIMEOUTS`` where the DSN does not set its own (its ``options`` are kept, ours
+    added after them)."""
+    try:
+        given = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        given = {}
+    out: dict[str, Any] = {k: v for k, v in LIBPQ_TIMEOUTS.items() if k not in given}
+    if "options" in given and "statement_timeout" not in str(given["options"]):
+        out["options"] = f"{given['options']} {LIBPQ_TIMEOUTS['options']}"
+    return out
+
+
+def _server_away(exc: BaseException) -> bool:
+    """The server cannot be reached or went down (not a deadlock, a cancelled query...):
+    no SQLSTATE (the connection broke), class 08 (connection exception), 57P0x (shutdown)."""
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return True
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith(("08", "57P"))
 
 
 def _fetch(cursor: psycopg.Cursor[Any], fetch: str) -> Any:

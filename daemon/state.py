@@ -173,6 +173,13 @@ class SQLiteStateStore:
                 (key, json.dumps(value, sort_keys=True), t),
             )
 
+    def put_new(self, key: str, value: Any, t: float) -> Any:
+        with self._lock, self.transaction():
+            self._run("INSERT INTO kv (key, value, updated_t) VALUES (?, ?, ?) ON CONFLICT(key) "
+                      "DO UPDATE SET value = excluded.value, updated_t = excluded.updated_t "
+                      "WHERE kv.value = 'null'", (key, json.dumps(value, sort_keys=True), t))
+            return self.get(key)
+
     def get(self, key: str) -> Any:
         with self._lock:
             row = self._run("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()

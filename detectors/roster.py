@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from pydantic import Field
 
 from tfwarden.core.clock import Clock
+from tfwarden.core.errors import StateError
 from tfwarden.core.events import VerdictChanged
 from tfwarden.core.ports import FindingKey, FindingMetrics, Journal
 from tfwarden.core.series import SeriesWindows
@@ -223,7 +224,10 @@ class Roster:
 
     def _changed(self, finding: Finding) -> None:
         if self.journal is not None:
-            self.journal.record(VerdictChanged(finding))
+            try:
+                self.journal.record(VerdictChanged(finding))
+            except StateError as exc:  # the store is away: the change is logged, judging goes on
+                log.warning("verdict change not journaled: %s", exc)
             level = logging.WARNING if finding.verdict == REGRESSION else logging.INFO
             log.log(level, "%s %s %s%s: %s %s", finding.detector, finding.model or finding.target,
                     finding.target if finding.model else "",

@@ -4,6 +4,11 @@ A published variant becomes a canary through the new-version watcher (``auto_can
 normal rules; it is never promoted directly. int8 calibration inputs come from
 ``optimize.representative``, else the model's drift reference, else the rows captured for the
 stable version; ``recalibrate`` always uses the captured rows.
+
+With replicas, ``fence`` (set by the lifecycle runner) is asked in the start's and the
+outcome's transactions and just before the candidate is published: a replica that lost the
+model's unit meanwhile publishes nothing and journals no outcome; the unit's new owner gives the
+pending start its outcome (``resume``).
 """
 
 from __future__ import annotations
@@ -11,12 +16,12 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from tfwarden.core import failpoints, trace
-from tfwarden.core.errors import OptimizeError, ServingError
+from tfwarden.core.errors import LeaseLost, OptimizeError, ServingError
 from tfwarden.core.events import (
     Event,
     Reoptimized,
@@ -70,6 +75,14 @@ class Reoptimizer:
         self.captured, self.calibration = captured, calibration
         self.runner = runner or Runner()  # one optimizer worker at a time, killed on stop
         self._running: set[str] = set()
+        self.fence: Callable[[str], None] | None = None  # raises LeaseLost: another replica's
+
+    def running(self, model: str) -> bool:
+        return model in self._running
+
+    def _check(self, model: str) -> None:
+        if self.fence is not None:
+            self.fence(model)
 
     def reconfigure(self, models: Mapping[str, OptimizeSettings]) -> None:
         self.models = dict(models)
@@ -108,6 +121,9 @@ class Reoptimizer:
                 current.set(accepted=report.accepted, version=report.version,
                             reasons=report.reasons)
             failpoints.reached("reoptimize.before_outcome")
+        except LeaseLost as exc:
+            log.error("model %s: reoptimize fenced off, left to the unit's owner: %s", model, exc)
+            return
         except Exception as exc:  # whatever failed is an outcome (a stop leaves it pending)
             error = str(exc) if isinstance(exc, OptimizeError) else f"{type(exc).__name__}: {exc}"
             if intent is not None:
@@ -130,16 +146,22 @@ class Reoptimizer:
     def _start(self, model: str, method: str, stable: int, origin: str) -> int:
         """Journal the start and keep it pending, in one transaction."""
         with self.store.transaction():
+            self._check(model)
             intent = self.journal.record(ReoptimizeStarted(model, method, stable, origin))
             self.store.put(pending_key(model), {"intent_id": intent, "method": method,
                                                 "source_version": stable}, time.time())
         return intent
 
     def _outcome(self, model: str, event: Event) -> None:
-        """Journal the outcome and clear the pending start, in one transaction."""
-        with self.store.transaction():
-            self.journal.record(event)
-            self.store.put(pending_key(model), None, time.time())
+        """Journal the outcome and clear the pending start, in one transaction (none when this
+        replica lost the model's unit: the new owner's ``resume`` gives it)."""
+        try:
+            with self.store.transaction():
+                self._check(model)
+                self.journal.record(event)
+                self.store.put(pending_key(model), None, time.time())
+        except LeaseLost as exc:
+            log.error("model %s: reoptimize outcome left to the unit's owner: %s", model, exc)
 
     def resume(self, model: str, server: HasBasePath) -> None:
         """A reoptimization a stop or crash interrupted gets its one outcome: the variant it
@@ -180,7 +202,8 @@ class Reoptimizer:
             source=base / str(stable), method=method, base=base, golden=settings.golden,
             representative=settings.representative, train=settings.train,
             params={**settings.params, **{k: v for k, v in params.items() if k != "method"}},
-            tolerances=settings.tolerances, timeout_seconds=settings.timeout_seconds)
+            tolerances=settings.tolerances, timeout_seconds=settings.timeout_seconds,
+            before_publish=lambda: self._check(model))
         if method == "recalibrate":
             request.representative = self._captured_file(model, stable)
             if request.representative is None:

@@ -106,25 +106,34 @@ class LifecycleRunner:
         self.decisions: dict[str, deque[dict[str, Any]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stranded: set[str] = set()  # an outcome the store could not take: pending, retried
+        if reoptimizer is not None:
+            reoptimizer.fence = self.check_lease
 
     def lock(self, model: str) -> asyncio.Lock:
         return self._locks.setdefault(model, asyncio.Lock())
 
     def busy(self, model: str) -> bool:
-        return self.lock(model).locked()
+        """An action runs (or waits to be completed), or a reoptimization of it runs."""
+        return self.lock(model).locked() or model in self._stranded or (
+            self.reoptimizer is not None and self.reoptimizer.running(model))
 
     def may_act(self, model: str) -> bool:
         """This replica holds the lease of the model's unit (always, without replicas)."""
         managed = self.models.get(model)
         return self.fence is None or (managed is not None and self.fence.may_act(managed.unit))
 
-    def check_lease(self, model: str) -> None:
-        """LeaseLost unless this replica's fencing token still holds the model's unit."""
-        managed = self.models.get(model)
-        if self.fence is not None:
+    def check_lease(self, model: str, unit: str | None = None) -> None:
+        """LeaseLost unless this replica's fencing token still holds ``unit`` (by default the
+        model's; an action passes the one it started under, which a reload cannot change)."""
+        if self.fence is None:
+            return
+        if unit is None:
+            managed = self.models.get(model)
             if managed is None:
                 raise LeaseLost(f"model {model!r} is not run by this replica")
-            self.fence.check(managed.unit)
+            unit = managed.unit
+        self.fence.check(unit)
 
     # -- start-up: adopt or resume ---------------------------------------------------------
     async def start(self, names: list[str] | None = None) -> None:
@@ -151,19 +160,26 @@ class LifecycleRunner:
             self.models[name]))
         if self.reoptimizer is not None:
             self.reoptimizer.resume(name, self.models[name].server)
-        pending = self.store.get(pending_key(name))
-        if pending is None:
+        if not await self._complete_pending(name, "a restart"):
             await self.apply_routing(name)
-            return
-        log.warning("model %s: completing %s interrupted by a restart", name, pending["action"])
+
+    async def _complete_pending(self, name: str, cause: str) -> bool:
+        """Run again the action left pending (by a crash, a stop, a fenced-off replica, or an
+        outcome the store could not take); False when nothing is pending."""
+        pending = self.store.get(pending_key(name))
+        self._stranded.discard(name)
+        if pending is None:
+            return False
+        log.warning("model %s: completing %s interrupted by %s", name, pending["action"], cause)
         try:
             action = action_from(pending["action"], pending["params"])
         except ActionRefused as exc:  # a pending record this version cannot read: say so once
             with self.store.transaction():
                 self._failed(name, pending["action"], pending["intent_id"], str(exc))
                 self.store.put(pending_key(name), None, self.clock.now())
-            return
+            return True
         await self.run(name, action, pending["origin"], intent_id=pending["intent_id"])
+        return True
 
     async def apply_routing(self, name: str) -> None:
         """Write the nginx routing for the current weight (nginx routes and mirrors from the
@@ -209,6 +225,9 @@ class LifecycleRunner:
 
     # -- the policy loop -------------------------------------------------------------------
     async def tick(self) -> None:
+        for name in [m for m in self._stranded if m in self.models and self.may_act(m)
+                     and not self.lock(m).locked()]:
+            self._spawn(self._retry(name))
         now = self.clock.now()
         statuses = {m: s for m, s in self.statuses.items()
                     if m in self.models and s.phase != Phase.PAUSED and not self.busy(m)
@@ -260,6 +279,13 @@ class LifecycleRunner:
                  decision.action, dict(decision.params), decision.reason,
                  " [dry run]" if decision.dry_run else "")
 
+    async def _retry(self, name: str) -> None:
+        try:
+            await self._complete_pending(name, "a state store that could not take its outcome")
+        except StateError as exc:  # still away: stays stranded, tried at the next tick
+            self._stranded.add(name)
+            log.error("model %s: pending action not completed yet: %s", name, exc)
+
     async def _reoptimize(self, model: str, params: dict[str, Any], origin: str) -> None:
         if self.reoptimizer is None:
             return
@@ -303,15 +329,16 @@ class LifecycleRunner:
                 log.warning("model %s: %s dropped: the model is no longer managed", model,
                             action.name)
                 return
+            unit = managed.unit
             if intent_id is None:
-                intent_id = self._intend(model, action, origin, status, started)
+                intent_id = self._intend(model, action, origin, status, started, unit)
             with trace.span(f"lifecycle.{action.name}", model=model, origin=origin,
                             params=action.params, intent_id=intent_id) as current:
                 try:  # the table is asked first: nothing moves for an action it refuses
                     new = reconcile.outcome(action, status, started,
                                             shadow=managed.router.name == "shadow")
                     failpoints.reached(f"{action.name}.after_intent")
-                    self.check_lease(model)  # paused past the lease: fenced before anything moves
+                    self.check_lease(model, unit)  # paused past the lease: nothing moves
                     await carry_out(action, status, managed.server, managed.router)
                     failpoints.reached(f"{action.name}.before_outcome")
                 except LeaseLost as exc:
@@ -322,22 +349,28 @@ class LifecycleRunner:
                     current.fail(str(exc))
                     try:
                         with self.store.transaction():  # the outcome and the cleared marker
-                            self.check_lease(model)
+                            self.check_lease(model, unit)
                             self._failed(model, action.name, intent_id, _one_line(exc))
                             self.store.put(pending_key(model), None, self.clock.now())
                     except LeaseLost as lost:
                         self._fenced(model, action.name, intent_id, lost)
+                    except StateError:
+                        self._stranded.add(model)
+                        raise
                 else:
                     current.set(phase=new.phase.value, weight=new.weight,
                                 stable_version=new.stable_version,
                                 canary_version=new.canary_version)
                     try:
                         with self.store.transaction():
-                            self.check_lease(model)
+                            self.check_lease(model, unit)
                             self._done(model, action, intent_id, started, new, origin)
                             self.store.put(pending_key(model), None, self.clock.now())
                     except LeaseLost as lost:
                         self._fenced(model, action.name, intent_id, lost)
+                    except StateError:  # pending; completed once the store takes it again
+                        self._stranded.add(model)
+                        raise
 
     def _fenced(self, model: str, action: str, intent_id: int, exc: LeaseLost) -> None:
         """This replica lost the unit mid-action: no outcome here; the intent stays pending
@@ -347,13 +380,13 @@ class LifecycleRunner:
         self.metrics.action(model, action, "fenced")
 
     def _intend(self, model: str, action: Action, origin: str, status: ModelStatus,
-                started: float) -> int:
+                started: float, unit: str) -> int:
         """Journal the intent and keep it pending, in one transaction (a crash leaves both or
         neither). A store that cannot take them (a full disk) refuses the action before it
         starts: alerted, and raised to the caller."""
         try:
             with self.store.transaction():  # the token is checked where the intent is written
-                self.check_lease(model)
+                self.check_lease(model, unit)
                 intent_id = self.journal.record(ActionIntended(model, action.name, action.params,
                                                                origin, status))
                 self.store.put(pending_key(model), {
@@ -412,6 +445,7 @@ class LifecycleRunner:
         for name in [n for n in self.models if n not in models]:
             self.statuses.pop(name, None)
             self.approvals.pop(name, None)
+            self._stranded.discard(name)  # its pending intent stays in the store
         self.models = dict(models)
         return added + [name for name in self.unstarted() if name not in added]
 

@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ class Request:
     tolerances: Tolerances = Tolerances()
     timeout_seconds: float = default(OptimizeSettings, "timeout_seconds")
     latency_runs: int = 200
+    before_publish: Callable[[], None] | None = None  # raises to keep the candidate unpublished
 
 
 @dataclass
@@ -158,6 +160,8 @@ async def optimize(request: Request, runner: Runner | None = None,
         report.reasons = judge(validated["agreement"], request.tolerances) + latency_reasons(
             source["latency"], validated["latency"], request.tolerances)
         if not report.reasons:
+            if request.before_publish is not None:
+                request.before_publish()
             report.version = _publish(request, candidate, report.metrics, provenance_extra)
             report.accepted = True
         return report

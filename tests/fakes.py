@@ -56,6 +56,11 @@ class MemoryStateStore:
     def put(self, key: str, value: Any, t: float) -> None:
         self._kv[key] = json.dumps(value)
 
+    def put_new(self, key: str, value: Any, t: float) -> Any:
+        if self.get(key) is None:
+            self.put(key, value, t)
+        return self.get(key)
+
     def get(self, key: str) -> Any:
         raw = self._kv.get(key)
         return None if raw is None else json.loads(raw)

@@ -62,6 +62,8 @@ class TFServingController:
             try:
                 await self.client.reload_config(config)
             except ServingError as exc:
+                if self.guard is not None:  # lost meanwhile: the file is the new owner's now
+                    self.guard()
                 write_config_atomically(self.config_file, previous)
                 raise ServingError(f"model {model!r}: {exc}; model config file restored") \
                     from exc

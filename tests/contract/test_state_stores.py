@@ -144,6 +144,14 @@ def test_none_overwrites_a_value(store: StateStore) -> None:
     assert store.get("k") == [1]
 
 
+def test_put_new_keeps_the_first_value(store: StateStore) -> None:
+    assert store.put_new("edge/device_key", "first", 1.0) == "first"
+    assert store.put_new("edge/device_key", "second", 2.0) == "first"
+    assert store.get("edge/device_key") == "first"
+    store.put("k", None, 1.0)  # a key set to None holds nothing
+    assert store.put_new("k", {"v": 1}, 2.0) == {"v": 1}
+
+
 def test_keys_are_independent_and_unicode(store: StateStore) -> None:
     store.put("lifecycle/résnet", 1, 1.0)
     store.put("lifecycle/resnet", 2, 1.0)

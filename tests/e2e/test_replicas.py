@@ -163,6 +163,11 @@ def test_kill_9_of_the_owner_mid_rollout_is_taken_over_and_the_rollout_completes
     assert intent[1] == "action_intent" and intent[2]["action"] == "stage_canary"
     other = ({"r2", "r3"} - {owner}).pop()
     assert replicas.leases_of(other)["held"] == []  # the standby acted on nothing
+    standby = replicas.daemons[other].client
+    page = standby.get("/").text  # the standby's page says who runs the model
+    assert 'id="replicas"' in page and f"m (<a href=\"{replicas.leases_of(owner)['url']}" in page
+    refused = standby.post("/api/v1/models/m/pause")
+    assert refused.status_code == 409 and f"replica {owner!r}" in refused.json()["error"]
     assert replicas.watcher is not None and replicas.watcher.failures == []
 
 
@@ -178,6 +183,8 @@ def test_a_replica_stopped_past_its_lease_is_fenced_off_when_it_wakes(replicas: 
     first.proc.send_signal(signal.SIGCONT)  # r1 goes on from its failpoint, believing it owns
     wait(lambda: "fenced off" in first.stderr(), 15, "r1 fenced off")
     wait(lambda: UNIT not in replicas.leases_of("r1")["held"], 10, "r1 gives the unit up")
+    wait(lambda: first.client.get("/api/v1/models/m").status_code == 409, 10,
+         "r1 no longer runs the model (it answers with the owner's name)")
     line = next(x for x in first.stderr().splitlines() if "fenced off" in x)
     print(f"\nfencing: {line.strip()}")
     assert "stage_canary" in line and "holds it with token" in line
@@ -194,6 +201,7 @@ def test_replicas_hold_while_postgres_is_down_and_resume_after(replicas: Replica
                                                               postgres: Any) -> None:
     replicas.start_all()
     config_before = replicas.model_config.read_text()
+    stopped = time.monotonic()
     postgres.stop()
     try:
         wait(lambda: not replicas.leases_of("r1")["confirmed"], 2 * LEASE_SECONDS,
@@ -207,8 +215,10 @@ def test_replicas_hold_while_postgres_is_down_and_resume_after(replicas: Replica
         assert replicas.model_config.read_text() == config_before
     finally:
         postgres.start()
+    outage = time.monotonic() - stopped
     resumed = wait(lambda: "stage_canary" in replicas.actions(), 60, "resumed after the restart")
-    print(f"\npostgres restart: the canary staged {resumed:.1f}s after the server came back")
+    print(f"\npostgres restart: down {outage:.1f}s, nothing staged; the canary staged "
+          f"{resumed:.1f}s after the server came back")
     assert [p["action"] for _, k, p in replicas.journal() if k == "action_intent"][0] == \
         "stage_canary"
     replicas.assert_one_outcome_per_intent()

@@ -69,7 +69,7 @@ def test_a_dead_replicas_units_are_taken_over_after_the_ttl_with_larger_tokens(
     unit = sorted(first[0])[0]
     with pytest.raises(LeaseLost, match="fenced off: replica 'b' holds it"):
         a.check(unit)  # a wakes up believing it owns the unit: the database says no
-    assert not a.may_act(unit)
+    assert not a.may_act(unit) and unit not in a.tokens()  # the daemon drops what it built
     a.refresh(UNITS)
     assert a.owned(UNITS) == set()  # and it learns it: b holds all six, a is below its share
     rounds([a, b])
@@ -113,6 +113,22 @@ def test_a_claim_skips_a_unit_whose_owner_is_writing_an_intent(store: Any) -> No
     b.refresh(UNITS)
     assert b.owned(UNITS) == set(UNITS)
     other.close()
+
+
+def test_a_unit_lost_and_taken_again_in_one_round_has_a_new_token(store: Any) -> None:
+    """What the pipeline built under the old token is stale (the daemon rebuilds it, so that
+    the pending intent of the replica that held the unit meanwhile is completed)."""
+    a = keeper(store, "a", ttl=0.5)
+    a.refresh(UNITS)
+    before = a.tokens()
+    time.sleep(0.6)
+    b = keeper(store, "b", ttl=30.0)
+    b.refresh(UNITS)  # a looked dead: b took everything, then stopped cleanly
+    b.leave()
+    a.refresh(UNITS)  # a's renewals fail, its claims succeed
+    after = a.tokens()
+    assert set(after) == set(before) == set(UNITS)
+    assert all(after[u] > before[u] for u in UNITS)
 
 
 def test_a_busy_unit_is_not_given_up(store: Any) -> None:

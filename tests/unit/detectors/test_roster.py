@@ -4,6 +4,7 @@ journaled on change, external findings that expire, and reconfiguration that kee
 from __future__ import annotations
 
 from tests.fakes import FakeClock, MemoryStateStore
+from tfwarden.core.errors import StateError
 from tfwarden.core.series import SeriesWindows
 from tfwarden.core.status import ModelStatus, Phase
 from tfwarden.core.types import Finding, Sample, VersionState
@@ -93,6 +94,18 @@ def test_findings_are_journaled_when_their_verdict_changes_and_external_ones_exp
     assert page in r.findings()
     r.clock.advance(61)
     assert page not in r.findings()
+
+
+def test_a_state_store_that_is_away_does_not_stop_the_judging() -> None:
+    class Away:
+        def record(self, event: object) -> int:
+            raise StateError("postgresql://db:5432/tfwarden: unreachable")
+
+    r = roster()
+    r.journal = Away()
+    key = ("drift", "m", "inputs")
+    assert r.publish(key, Finding("drift", "regression", 1.0, model="m", target="inputs"))
+    assert [f.verdict for f in r.findings()] == ["regression"]  # kept, the policy sees it
 
 
 def test_reconfigure_keeps_evidence_unless_the_settings_changed() -> None:

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from tests.fakes import FakeClock, FakeServer, MemoryStateStore, RecordingRouter
-from tfwarden.core.errors import ActionRefused, StateError
+from tfwarden.core.errors import ActionRefused, LeaseLost, StateError
+from tfwarden.core.ports import Fence
 from tfwarden.core.status import ModelStatus, Phase
 from tfwarden.core.types import Finding
 from tfwarden.daemon.recorder import Recorder
@@ -72,7 +73,8 @@ class Sent:
 class Harness:
     """A runner for model ``m`` on a FakeServer with versions 1 and 2 loaded."""
 
-    def __init__(self, tmp_path: Path, store: MemoryStateStore | None = None) -> None:
+    def __init__(self, tmp_path: Path, store: MemoryStateStore | None = None,
+                 fence: Fence | None = None) -> None:
         self.clock, self.store = FakeClock(), store or MemoryStateStore()
         self.server = FakeServer(tmp_path / "m", versions={1: "AVAILABLE", 2: "AVAILABLE"})
         for version in (1, 2):
@@ -82,10 +84,10 @@ class Harness:
         journal = EventJournal(self.store, self.clock, Recorder())
         self.alerts = AlertBook(self.sent, journal, self.clock, {"team": "ml"})
         self.runner = LifecycleRunner(
-            {"m": ManagedModel("m", LifecycleSettings(), self.server, self.router)},
+            {"m": ManagedModel("m", LifecycleSettings(), self.server, self.router, "serving/dev")},
             store=self.store, journal=journal, clock=self.clock, metrics=Recorder(),
             policy=PolicyEngine(RuleSet.model_validate(yaml.safe_load(RULES))),
-            findings=self.findings, alerts=self.alerts, listener=self.roles)
+            findings=self.findings, alerts=self.alerts, listener=self.roles, fence=fence)
         self.watcher = VersionWatcher(self.runner)
 
     @property
@@ -457,6 +459,123 @@ def test_an_outcome_that_cannot_be_kept_leaves_the_intent_pending_for_one_outcom
     outcomes = [e for e in store.entries(limit=100) if e.kind == "action_done"]
     assert len(outcomes) == 1 and outcomes[0].payload["intent_id"] == pending["intent_id"]
     assert restarted.status.stable_version == 2 and store.get(pending_key("m")) is None
+
+
+def test_an_outcome_the_store_could_not_take_is_completed_once_it_can(tmp_path: Path) -> None:
+    """No restart needed (a PostgreSQL that was away comes back): the policy loop completes
+    the pending intent, and nothing else starts on the model meanwhile."""
+    store = FullDiskStore()
+    h = Harness(tmp_path, store=store)
+    h.server.model_labels = {"stable": 1, "canary": 2}
+
+    async def scenario() -> None:
+        await h.runner.start()
+        promote = h.server.promote
+
+        async def promote_then_lose_the_store(model: str, version: int) -> None:
+            await promote(model, version)
+            store.full = True
+
+        h.server.promote = promote_then_lose_the_store  # type: ignore[method-assign]
+        with pytest.raises(StateError):
+            await h.runner.run("m", Promote(2), "test")
+        h.server.promote = promote  # type: ignore[method-assign]
+        assert h.runner.busy("m")  # the policy and the watcher leave it alone
+        await h.tick()  # still away: stays pending
+        assert "action_done" not in h.kinds()
+        store.full = False
+        await h.tick()
+
+    run(scenario)
+    outcomes = [e for e in store.entries(limit=100) if e.kind == "action_done"]
+    intents = [e for e in store.entries(limit=100) if e.kind == "action_intent"]
+    assert len(intents) == 1 and len(outcomes) == 1
+    assert outcomes[0].payload["intent_id"] == intents[0].id
+    assert h.status.stable_version == 2 and store.get(pending_key("m")) is None
+    assert not h.runner.busy("m")
+
+
+class Switch:
+    """A fence whose lease the test takes away."""
+
+    def __init__(self) -> None:
+        self.held = True
+        self.checks: list[str] = []
+
+    def may_act(self, unit: str) -> bool:
+        return self.held
+
+    def check(self, unit: str) -> None:
+        self.checks.append(unit)
+        if not self.held:
+            raise LeaseLost(f"unit {unit!r}: replica 'r1' (token 1) is fenced off: replica 'r2' "
+                            "holds it with token 2")
+
+
+def test_without_the_lease_nothing_is_journaled_and_nothing_moves(tmp_path: Path) -> None:
+    fence = Switch()
+    h = Harness(tmp_path, fence=fence)
+    h.server.model_labels = {"stable": 1, "canary": 2}
+
+    async def scenario() -> None:
+        await h.runner.start()
+        fence.held = False
+        with pytest.raises(LeaseLost):
+            await h.runner.run("m", Promote(2), "test")
+
+    run(scenario)
+    assert "action_intent" not in h.kinds() and h.store.get(pending_key("m")) is None
+    assert not [c for c in h.server.calls if c[0] == "promote"] and h.router.applied == []
+    assert fence.checks == ["serving/dev"]
+    assert h.sent.alerts == []  # another replica's unit is no failure to page for
+
+
+def test_a_lease_lost_mid_action_leaves_the_intent_to_the_new_owner(tmp_path: Path) -> None:
+    fence = Switch()
+    h = Harness(tmp_path, fence=fence)
+    h.server.model_labels = {"stable": 1, "canary": 2}
+
+    async def scenario() -> None:
+        await h.runner.start()
+        promote = h.server.promote
+
+        async def promote_then_lose_the_lease(model: str, version: int) -> None:
+            await promote(model, version)
+            fence.held = False  # paused past the lease right after the server moved
+
+        h.server.promote = promote_then_lose_the_lease  # type: ignore[method-assign]
+        await h.runner.run("m", Promote(2), "test")
+
+    run(scenario)
+    assert "action_done" not in h.kinds() and "action_failed" not in h.kinds()
+    pending = h.store.get(pending_key("m"))
+    assert pending is not None and pending["action"] == "promote"
+    owner = Harness(tmp_path, store=h.store, fence=Switch())  # the new owner takes it over
+    owner.server.model_labels = dict(h.server.model_labels)
+    run(owner.runner.start)
+    outcomes = [e for e in h.store.entries(limit=100) if e.kind == "action_done"]
+    assert len(outcomes) == 1 and outcomes[0].payload["intent_id"] == pending["intent_id"]
+
+
+def test_a_reload_that_drops_the_model_mid_action_still_journals_its_outcome(
+        tmp_path: Path) -> None:
+    fence = Switch()
+    h = Harness(tmp_path, fence=fence)
+    h.server.model_labels = {"stable": 1, "canary": 2}
+
+    async def scenario() -> None:
+        await h.runner.start()
+        promote = h.server.promote
+
+        async def promote_then_reload(model: str, version: int) -> None:
+            h.runner.reconfigure({})  # the model left the configuration meanwhile
+            await promote(model, version)
+
+        h.server.promote = promote_then_reload  # type: ignore[method-assign]
+        await h.runner.run("m", Promote(2), "test")
+
+    run(scenario)
+    assert h.kinds().count("action_done") == 1 and h.store.get(pending_key("m")) is None
 
 
 def test_a_pause_waits_for_the_running_action_and_is_not_overwritten(tmp_path: Path) -> None:
