@@ -385,7 +385,8 @@ class PostgresLeases:
     def check(self, unit: str, replica: str, token: int) -> None:
         """LeaseLost unless ``replica`` holds ``unit`` with ``token`` and the lease has not
         expired. The row is locked ``FOR SHARE`` to the end of the caller's transaction: a
-        claim by another replica waits until what this one records has committed."""
+        claim by another replica (``FOR UPDATE SKIP LOCKED``) skips it until what this one
+        records has committed."""
         row = self.store._one(
             f"SELECT owner, token, expires_at - {NOW} FROM leases WHERE unit = %s FOR SHARE",
             (unit,))

@@ -119,7 +119,7 @@ class StateConfig(Settings):
     connect_timeout_seconds: float = Field(10.0, gt=0, le=300)
     lease_seconds: float = Field(15.0, ge=1, le=600, description=(
         "postgres: how long a replica's ownership of a unit lasts unless renewed (every third "
-        "of it); a dead replica's units are taken over within it."))
+        "of it); a dead replica's units are taken over within it plus a third."))
     replica_name: Annotated[str, Field(pattern=NAME)] | None = Field(None, description=(
         "postgres: this replica's name in the lease table (default: the host name); two "
         "replicas on one host need their own."))
