@@ -40,6 +40,8 @@ class Flags:
     load_retry_interval_micros: int
     enable_model_warmup: bool
     grpc_max_threads: int
+    grpc_socket_path: str
+    grpc_channel_arguments: tuple[tuple[str, int | str], ...]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,7 +74,27 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--load_retry_interval_micros", type=int, default=60_000_000)
     flag("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True)
     flag("--grpc_max_threads", type=int, default=16, help="gRPC handler threads")
+    flag("--grpc_socket_path", default="",
+         help="also serve gRPC on this UNIX domain socket (relative or absolute path)")
+    flag("--grpc_channel_arguments", type=channel_arguments, default=(),
+         help="comma-separated KEY=VALUE gRPC server arguments, e.g. "
+              "grpc.max_connection_age_ms=2000 (an integer VALUE is passed as one)")
     return p
+
+
+def channel_arguments(text: str) -> tuple[tuple[str, int | str], ...]:
+    """``a=1,b=x`` -> ((a, 1), (b, "x")): values that parse as integers are integers, as
+    TF Serving passes them to gRPC."""
+    out: list[tuple[str, int | str]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"{item!r} is not KEY=VALUE")
+        try:
+            out.append((key.strip(), int(value)))
+        except ValueError:
+            out.append((key.strip(), value))
+    return tuple(out)
 
 
 def parse_flags(argv: Sequence[str]) -> Flags:
@@ -80,6 +102,7 @@ def parse_flags(argv: Sequence[str]) -> Flags:
     parser = build_parser()
     if not args.model_config_file and not args.model_base_path:
         parser.error("either --model_config_file or --model_base_path is required")
-    if args.port == 0 and args.rest_api_port == 0:
-        parser.error("at least one of --port and --rest_api_port must be non-zero")
+    if args.port == 0 and args.rest_api_port == 0 and not args.grpc_socket_path:
+        parser.error("at least one of --port, --grpc_socket_path and --rest_api_port must be "
+                     "given")
     return Flags(**vars(args))

@@ -72,22 +72,32 @@ async def _serve(flags: Any) -> int:
     inference = Inference(core)
 
     grpc_server = None
-    if flags.port:
+    if flags.port or flags.grpc_socket_path:
+        options: dict[str, int | str] = {"grpc.max_receive_message_length": 2**31 - 1,
+                                         "grpc.max_send_message_length": 2**31 - 1,
+                                         "grpc.so_reuseport": 0}
+        options.update(flags.grpc_channel_arguments)  # the operator's win
         grpc_server = grpc.server(ThreadPoolExecutor(max_workers=flags.grpc_max_threads),
-                                  options=[("grpc.max_receive_message_length", 2**31 - 1),
-                                           ("grpc.max_send_message_length", 2**31 - 1),
-                                           ("grpc.so_reuseport", 0)])
+                                  options=list(options.items()))
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(core, inference), grpc_server)
         reload_fault = Path(flags.model_config_file).parent / RELOAD_FAULT_FILE \
             if flags.model_config_file else None
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelService(core, reload_fault), grpc_server)
-        address = f"{_host(flags.bind_address)}:{flags.port}"
-        if grpc_server.add_insecure_port(address) == 0:
-            raise OSError(f"cannot listen for gRPC on {address}")
+        addresses = [f"{_host(flags.bind_address)}:{flags.port}"] if flags.port else []
+        if flags.grpc_socket_path:
+            addresses.append(f"unix:{flags.grpc_socket_path}")
+        for address in addresses:
+            try:
+                bound = grpc_server.add_insecure_port(address)
+            except RuntimeError as exc:  # grpcio raises for a socket path it cannot bind
+                raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
+            if bound == 0:
+                raise OSError(f"cannot listen for gRPC on {address}")
         grpc_server.start()
-        log.info("Running gRPC ModelServer at %s ...", address)
+        for address in addresses:
+            log.info("Running gRPC ModelServer at %s ...", address)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

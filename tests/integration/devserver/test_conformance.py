@@ -449,3 +449,44 @@ def test_grpc_input_mismatch_message(two_versions: DevServer, protos) -> None:  
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details().startswith("input size does not match signature: 1!=1")
     assert "Sent extra: {z}. Missing but required: {x}." in caught.value.details()
+
+
+def test_case17_grpc_on_a_unix_socket_with_channel_arguments(tmp_path: Path, protos) -> None:  # type: ignore[no-untyped-def]
+    """TF Serving's testPredictUDS and its --grpc_channel_arguments: the same gRPC server on
+    a UNIX domain socket beside the TCP port, with the operator's server arguments."""
+    socket_path = tmp_path / "tfs.sock"
+    server = DevServer("--model_name=default",
+                       f"--model_base_path={TFS / 'saved_model_half_plus_two_cpu'}",
+                       f"--grpc_socket_path={socket_path}",
+                       "--grpc_channel_arguments=grpc.max_connection_age_ms=60000,"
+                       "grpc.primary_user_agent=tfwarden-test",
+                       workdir=tmp_path, rest=False)
+    try:
+        server.wait_ready()
+        assert f"Running gRPC ModelServer at unix:{socket_path}" in server.output()
+        request = protos.predict_pb2.PredictRequest()
+        request.model_spec.name = "default"
+        request.inputs["x"].CopyFrom(float_input(protos, [2.0], [1]))
+        for target in (f"unix:{socket_path}", server.grpc_address):
+            with grpc.insecure_channel(target) as channel:
+                stub = protos.prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                response = stub.Predict(request, timeout=10)
+            assert list(response.outputs["y"].float_val) == [3.0], target
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("value", ["grpc.max_connection_age_ms", "=5", "a=1,,b"])
+def test_case18_a_channel_argument_that_is_not_key_value_is_refused(tmp_path: Path,
+                                                                     value: str) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "tfwarden.daemon", "devserver", "--port=0", "--rest_api_port=1",
+         f"--model_base_path={tmp_path}", f"--grpc_channel_arguments={value}"],
+        capture_output=True, text=True, timeout=60)
+    if value == "a=1,,b":
+        assert "'b' is not KEY=VALUE" in out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--grpc_channel_arguments" in out.stderr and "KEY=VALUE" in out.stderr
