@@ -10,7 +10,8 @@ lease must expire) or stopped (SIGTERM: it gives the lease back), and the clock 
 - probing: the new owner's first probe request of the model (its
   ``tfwarden_probe_requests_total``), i.e. the gap in monitoring.
 
-The killed or stopped replica is started again before the next trial. Expected for kill -9:
+The killed or stopped replica is started again before the next trial, which begins at a random
+point of the replicas' rounds. Expected for kill -9:
 between about 2/3 and 4/3 of the lease (the lease was renewed up to a third of it before the
 kill; the others look every third of it); for SIGTERM: up to a third of the lease.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import shutil
 import signal
 import statistics
@@ -119,7 +121,8 @@ def trial(group: Group, how: str) -> tuple[float, float]:
     victim.proc.wait(timeout=30)
     victim.close()
     group.start(owner)
-    time.sleep(group.lease / 3 + 0.5)  # settled: the restarted replica stands by
+    # settled (the restarted replica stands by), then a random phase against the rounds
+    time.sleep(group.lease / 3 + 0.5 + random.uniform(0, group.lease / 3))
     return owned, probing
 
 
